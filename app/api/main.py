@@ -1,0 +1,39 @@
+"""The FastAPI application factory."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from fastapi import FastAPI
+from fastapi.routing import APIRoute
+
+import app
+from app.api import problems
+from app.api.limits import BodySizeLimit
+from app.api.routes import images, jobs, meta, models, projects
+from app.config import Settings, get_settings
+
+
+def _operation_id(route: APIRoute) -> str:
+    """Stable OpenAPI operation ids (the function name), so generated clients keep names."""
+    return route.name
+
+
+def create_app(
+    settings: Settings | None = None, *, enqueue: Callable[[str], None] | None = None
+) -> FastAPI:
+    """Build the API. ``enqueue`` replaces the Celery sender (used by in-process tests)."""
+    settings = settings or get_settings()
+    api = FastAPI(
+        title="Dovecote",
+        version=app.__version__,
+        description="Transfer learning as a service. Authenticate with `Authorization: Bearer <key>`.",
+        generate_unique_id_function=_operation_id,
+    )
+    api.state.settings = settings
+    api.state.enqueue = enqueue
+    problems.install(api)
+    for router in (meta.router, projects.router, images.router, jobs.router, models.router):
+        api.include_router(router)
+    api.add_middleware(BodySizeLimit, max_bytes=settings.max_upload_bytes)
+    return api

@@ -1,0 +1,109 @@
+from __future__ import annotations
+
+from typing import Annotated
+
+from fastapi import APIRouter, File, Query, Response, UploadFile, status
+
+from app.api.deps import (
+    CursorQuery,
+    LimitQuery,
+    ProjectDep,
+    SessionDep,
+    SettingsDep,
+    StoreDep,
+    TenantDep,
+)
+from app.api.routes.projects import project_out
+from app.api.schemas import (
+    DefaultModelIn,
+    ModelOut,
+    Page,
+    PredictionOut,
+    PredictOut,
+    ProjectOut,
+    Score,
+)
+from app.db.models import Model
+from app.services import models as service
+from app.services import predict as predict_service
+
+router = APIRouter(tags=["models"])
+
+FilesField = Annotated[list[UploadFile], File(description="One or more images.")]
+TopK = Annotated[int, Query(ge=1, le=predict_service.MAX_TOP_K)]
+
+
+@router.get("/v1/projects/{project_id}/models")
+def list_models(
+    project: ProjectDep, db: SessionDep, limit: LimitQuery = 50, cursor: CursorQuery = None
+) -> Page[ModelOut]:
+    items, next_cursor = service.list_(db=db, project=project, limit=limit, cursor=cursor)
+    return Page(items=[ModelOut.model_validate(m) for m in items], next_cursor=next_cursor)
+
+
+@router.get("/v1/models/{model_id}")
+def get_model(model_id: str, db: SessionDep, tenant: TenantDep) -> ModelOut:
+    return ModelOut.model_validate(service.get(db=db, tenant_id=tenant.id, model_id=model_id))
+
+
+@router.delete("/v1/models/{model_id}", status_code=status.HTTP_204_NO_CONTENT)
+def delete_model(
+    model_id: str, db: SessionDep, tenant: TenantDep, store: StoreDep, settings: SettingsDep
+) -> Response:
+    model = service.get(db=db, tenant_id=tenant.id, model_id=model_id)
+    service.delete(db=db, store=store, model=model)
+    predict_service.evict(settings=settings, model_id=model_id)
+    return Response(status_code=status.HTTP_204_NO_CONTENT)
+
+
+@router.post("/v1/projects/{project_id}/default-model")
+def set_default_model(body: DefaultModelIn, project: ProjectDep, db: SessionDep) -> ProjectOut:
+    return project_out(db, service.set_default(db=db, project=project, model_id=body.model_id))
+
+
+def _predict(
+    model: Model, files: list[UploadFile], top_k: int, settings: SettingsDep, store: StoreDep
+) -> PredictOut:
+    images = [f.file.read() for f in files]
+    results = predict_service.predict(
+        settings=settings, store=store, model=model, images=images, top_k=top_k
+    )
+    return PredictOut(
+        model_id=model.id,
+        predictions=[
+            PredictionOut(
+                filename=f.filename or "",
+                label=r.label,
+                score=r.score,
+                scores=[Score(label=label, score=score) for label, score in r.scores],
+            )
+            for f, r in zip(files, results, strict=True)
+        ],
+    )
+
+
+@router.post("/v1/models/{model_id}/predict", tags=["prediction"])
+def predict_with_model(
+    model_id: str,
+    files: FilesField,
+    db: SessionDep,
+    tenant: TenantDep,
+    settings: SettingsDep,
+    store: StoreDep,
+    top_k: TopK = 5,
+) -> PredictOut:
+    model = service.get(db=db, tenant_id=tenant.id, model_id=model_id)
+    return _predict(model, files, top_k, settings, store)
+
+
+@router.post("/v1/projects/{project_id}/predict", tags=["prediction"])
+def predict_with_project(
+    project: ProjectDep,
+    files: FilesField,
+    db: SessionDep,
+    settings: SettingsDep,
+    store: StoreDep,
+    top_k: TopK = 5,
+) -> PredictOut:
+    model = predict_service.default_model(db=db, project=project)
+    return _predict(model, files, top_k, settings, store)

@@ -1,0 +1,71 @@
+from __future__ import annotations
+
+from fastapi import APIRouter, Response, status
+from sqlalchemy.orm import Session
+
+from app.api.deps import CursorQuery, LimitQuery, ProjectDep, SessionDep, StoreDep, TenantDep
+from app.api.schemas import ClassOut, Page, ProjectCreate, ProjectOut, ProjectUpdate
+from app.db.models import Project
+from app.services import projects as service
+
+router = APIRouter(prefix="/v1/projects", tags=["projects"])
+
+
+def project_out(db: Session, project: Project) -> ProjectOut:
+    counts = service.class_image_counts(db=db, project_id=project.id)
+    return ProjectOut(
+        id=project.id,
+        name=project.name,
+        description=project.description,
+        classes=[
+            ClassOut(
+                name=c.name,
+                description=c.description,
+                attributes=c.attributes or {},
+                image_count=counts.get(c.name, 0),
+            )
+            for c in project.classes
+        ],
+        image_count=service.image_count(db=db, project_id=project.id),
+        default_model_id=project.default_model_id,
+        created_at=project.created_at,
+    )
+
+
+@router.post("", status_code=status.HTTP_201_CREATED)
+def create_project(body: ProjectCreate, db: SessionDep, tenant: TenantDep) -> ProjectOut:
+    project = service.create(
+        db=db,
+        tenant_id=tenant.id,
+        name=body.name,
+        description=body.description,
+        classes=body.class_dicts(),
+    )
+    return project_out(db, project)
+
+
+@router.get("")
+def list_projects(
+    db: SessionDep, tenant: TenantDep, limit: LimitQuery = 50, cursor: CursorQuery = None
+) -> Page[ProjectOut]:
+    items, next_cursor = service.list_(db=db, tenant_id=tenant.id, limit=limit, cursor=cursor)
+    return Page(items=[project_out(db, p) for p in items], next_cursor=next_cursor)
+
+
+@router.get("/{project_id}")
+def get_project(project: ProjectDep, db: SessionDep) -> ProjectOut:
+    return project_out(db, project)
+
+
+@router.patch("/{project_id}")
+def update_project(body: ProjectUpdate, project: ProjectDep, db: SessionDep) -> ProjectOut:
+    changes = body.model_dump(exclude_unset=True)
+    if body.classes is not None:
+        changes["classes"] = ProjectCreate(name="_", classes=body.classes).class_dicts()
+    return project_out(db, service.update(db=db, project=project, changes=changes))
+
+
+@router.delete("/{project_id}", status_code=status.HTTP_204_NO_CONTENT)
+def delete_project(project: ProjectDep, db: SessionDep, store: StoreDep) -> Response:
+    service.delete(db=db, store=store, project=project)
+    return Response(status_code=status.HTTP_204_NO_CONTENT)

@@ -1,0 +1,190 @@
+"""Request and response bodies of the HTTP contract (shared/API.md)."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Annotated, Any, Generic, Literal, TypeVar
+
+from pydantic import BaseModel, ConfigDict, Field, PlainSerializer
+
+T = TypeVar("T")
+
+
+def _iso_utc(value: datetime | None) -> str | None:
+    if value is None:
+        return None
+    if value.tzinfo is None:  # SQLite hands back naive datetimes; all are stored as UTC
+        value = value.replace(tzinfo=UTC)
+    return value.astimezone(UTC).isoformat().replace("+00:00", "Z")
+
+
+UTCDatetime = Annotated[datetime, PlainSerializer(_iso_utc, return_type=str)]
+
+
+class Page(BaseModel, Generic[T]):
+    items: list[T]
+    next_cursor: str | None
+
+
+# --- projects ---------------------------------------------------------------------------
+
+
+class ClassSpec(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    name: str = Field(min_length=1, max_length=100)
+    description: str | None = Field(None, max_length=2000)
+    attributes: dict[str, float] | None = None
+
+
+class ProjectCreate(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    name: str = Field(min_length=1, max_length=200)
+    description: str = Field("", max_length=5000)
+    classes: list[str | ClassSpec] = Field(default_factory=list, max_length=10_000)
+
+    def class_dicts(self) -> list[dict[str, Any]]:
+        return [{"name": c} if isinstance(c, str) else c.model_dump() for c in self.classes]
+
+
+class ProjectUpdate(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    name: str | None = Field(None, min_length=1, max_length=200)
+    description: str | None = Field(None, max_length=5000)
+    classes: list[str | ClassSpec] | None = None
+
+
+class ClassOut(BaseModel):
+    name: str
+    description: str
+    attributes: dict[str, float]
+    image_count: int
+
+
+class ProjectOut(BaseModel):
+    id: str
+    name: str
+    description: str
+    classes: list[ClassOut]
+    image_count: int
+    default_model_id: str | None
+    created_at: UTCDatetime
+
+
+# --- images -----------------------------------------------------------------------------
+
+
+class ImageOut(BaseModel):
+    model_config = ConfigDict(from_attributes=True)
+    id: str
+    filename: str
+    label: str | None
+    domain: str
+    split: str
+    width: int
+    height: int
+    sha256: str
+    created_at: UTCDatetime
+
+
+class ImageUpdate(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    label: str | None = Field(None, max_length=100)
+    split: Literal["auto", "train", "test"] | None = None
+    domain: Literal["target", "source"] | None = None
+
+
+class Rejected(BaseModel):
+    filename: str
+    code: str
+    detail: str
+
+
+class UploadResult(BaseModel):
+    created: int
+    duplicates: int
+    rejected: list[Rejected]
+    items: list[ImageOut]
+
+
+# --- jobs -------------------------------------------------------------------------------
+
+
+class JobCreate(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    method: str = Field("linear_probe", description="linear_probe | knn (see GET /v1/methods)")
+    backbone: str | None = Field(None, description="Backbone name (see GET /v1/backbones).")
+    params: dict[str, Any] | None = None
+
+
+class JobOut(BaseModel):
+    model_config = ConfigDict(from_attributes=True)
+    id: str
+    project_id: str
+    method: str
+    backbone: str
+    params: dict[str, Any]
+    status: str
+    progress: float
+    stage: str
+    error: dict[str, Any] | None
+    model_id: str | None
+    attempts: int
+    cancel_requested: bool
+    created_at: UTCDatetime
+    started_at: UTCDatetime | None
+    finished_at: UTCDatetime | None
+    heartbeat_at: UTCDatetime | None
+
+
+# --- models and prediction --------------------------------------------------------------
+
+
+class ModelOut(BaseModel):
+    model_config = ConfigDict(from_attributes=True)
+    id: str
+    project_id: str
+    job_id: str
+    method: str
+    backbone: str
+    classes: list[str]
+    metrics: dict[str, Any]
+    created_at: UTCDatetime
+
+
+class DefaultModelIn(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    model_id: str
+
+
+class Score(BaseModel):
+    label: str
+    score: float
+
+
+class PredictionOut(BaseModel):
+    filename: str
+    label: str
+    score: float
+    scores: list[Score]
+
+
+class PredictOut(BaseModel):
+    model_id: str
+    predictions: list[PredictionOut]
+
+
+# --- catalogue --------------------------------------------------------------------------
+
+
+class MethodOut(BaseModel):
+    name: str
+    summary: str
+    params_schema: dict[str, Any]
+
+
+class BackboneOut(BaseModel):
+    name: str
+    architecture: str
+    description: str
+    available: bool
+    weights_source: str | None

@@ -1,0 +1,149 @@
+"""``dovecote``: serve, worker, migrate, keys create."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+MIGRATIONS_DIR = Path(__file__).resolve().parent.parent / "migrations"
+
+
+def _apply_data_dir(data_dir: str | None) -> None:
+    if data_dir:
+        os.environ["DOVECOTE_DATA_DIR"] = str(Path(data_dir).resolve())
+    from app.config import get_settings
+
+    get_settings.cache_clear()
+    get_settings().data_dir.mkdir(parents=True, exist_ok=True)
+
+
+def _configure_torch() -> None:
+    from app.config import get_settings
+
+    threads = get_settings().torch_threads
+    if threads > 0:
+        import torch
+
+        torch.set_num_threads(threads)
+
+
+def alembic_config(database_url: str):  # type: ignore[no-untyped-def]
+    from alembic.config import Config
+
+    cfg = Config()
+    cfg.set_main_option("script_location", str(MIGRATIONS_DIR))
+    cfg.set_main_option("sqlalchemy.url", database_url.replace("%", "%%"))
+    return cfg
+
+
+def migrate() -> None:
+    from alembic import command
+
+    from app.config import get_settings
+
+    command.upgrade(alembic_config(get_settings().resolved_database_url), "head")
+
+
+def cmd_migrate(args: argparse.Namespace) -> None:
+    _apply_data_dir(args.data_dir)
+    migrate()
+    print("database is at the latest migration")
+
+
+def cmd_worker(args: argparse.Namespace) -> None:
+    _apply_data_dir(args.data_dir)
+    _configure_torch()
+    from worker.celery_app import celery
+
+    celery.worker_main(
+        [
+            "worker",
+            "--pool=solo",
+            "--concurrency=1",
+            "--queues=train",
+            f"--loglevel={args.loglevel}",
+        ]
+    )
+
+
+def cmd_serve(args: argparse.Namespace) -> None:
+    """API plus one worker process, everything embedded under the data directory."""
+    _apply_data_dir(args.data_dir)
+    migrate()
+    _configure_torch()
+    import uvicorn
+
+    from app.api.main import create_app
+    from app.config import get_settings
+
+    settings = get_settings()
+    worker = None
+    if not args.no_worker:
+        worker = subprocess.Popen(
+            [sys.executable, "-m", "app.cli", "worker", "--data-dir", str(settings.data_dir)]
+        )
+    print(f"Dovecote on http://{args.host}:{args.port}  (docs: /docs, data: {settings.data_dir})")
+    if not settings.api_key:
+        print("warning: DOVECOTE_API_KEY is not set; create keys with `dovecote keys create`")
+    try:
+        uvicorn.run(create_app(settings), host=args.host, port=args.port, log_level="info")
+    finally:
+        if worker is not None:
+            worker.send_signal(signal.SIGTERM)
+            try:
+                worker.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                worker.kill()
+
+
+def cmd_keys_create(args: argparse.Namespace) -> None:
+    _apply_data_dir(args.data_dir)
+    from app.config import get_settings
+    from app.db.session import session_scope
+    from app.services.tenants import create_key
+
+    with session_scope(get_settings().resolved_database_url) as db:
+        key = create_key(db=db, tenant_name=args.tenant)
+    print(key)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="dovecote", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    def with_data_dir(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
+        p.add_argument("--data-dir", help="data directory (default: $DOVECOTE_DATA_DIR or ./data)")
+        return p
+
+    serve = with_data_dir(sub.add_parser("serve", help="run the API and one worker"))
+    serve.add_argument("--host", default="127.0.0.1")
+    serve.add_argument("--port", type=int, default=8000)
+    serve.add_argument("--no-worker", action="store_true", help="run the API alone")
+    serve.set_defaults(func=cmd_serve)
+
+    work = with_data_dir(sub.add_parser("worker", help="run a training worker"))
+    work.add_argument("--loglevel", default="INFO")
+    work.set_defaults(func=cmd_worker)
+
+    with_data_dir(sub.add_parser("migrate", help="upgrade the database")).set_defaults(
+        func=cmd_migrate
+    )
+
+    keys = sub.add_parser("keys", help="manage API keys").add_subparsers(dest="keys", required=True)
+    create = with_data_dir(keys.add_parser("create", help="create a key (printed once)"))
+    create.add_argument("--tenant", required=True)
+    create.set_defaults(func=cmd_keys_create)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = build_parser().parse_args(argv)
+    args.func(args)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,98 @@
+"""Every knob of Dovecote, read from the environment with the ``DOVECOTE_`` prefix.
+
+One class, one place: the API, the worker and the CLI all read their settings here.
+"""
+
+from __future__ import annotations
+
+from functools import lru_cache
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(
+        env_prefix="DOVECOTE_", env_file=".env", extra="ignore", frozen=True
+    )
+
+    env: Literal["development", "production"] = Field(
+        "development", description="`production` refuses unsafe defaults (no API key, dev key)."
+    )
+    data_dir: Path = Field(
+        Path("./data"), description="Root of everything embedded: SQLite files, blobs, caches."
+    )
+    database_url: str | None = Field(
+        None, description="SQLAlchemy URL; default `sqlite:///<data_dir>/dovecote.sqlite`."
+    )
+    broker_url: str | None = Field(
+        None,
+        description="Celery broker; default kombu's `sqla+sqlite:///<data_dir>/broker.sqlite`.",
+    )
+    storage_url: str | None = Field(
+        None, description="Blob store; default `file://<data_dir>/blobs`."
+    )
+    api_key: str | None = Field(
+        None, description="Admin key of the tenant `default` (accepted as a Bearer token)."
+    )
+    max_upload_bytes: int = Field(
+        200 * 1024 * 1024, description="Largest request body accepted (413 while reading past it)."
+    )
+    max_image_pixels: int = Field(
+        50_000_000, description="Images claiming more pixels are refused (decompression bombs)."
+    )
+    max_zip_members: int = Field(10_000, description="Most members one zip upload may hold.")
+    max_zip_uncompressed_bytes: int = Field(
+        1024 * 1024 * 1024, description="Most bytes one zip upload may expand to."
+    )
+    weights_dir: Path | None = Field(
+        None, description="Folder of explicit backbone weights (`<name>.safetensors`), tried first."
+    )
+    allow_hub: bool = Field(
+        False, description="Allow downloading backbone weights from the Hugging Face hub."
+    )
+    torch_threads: int = Field(
+        0, description="Threads torch may use in the worker and predictor (0: all cores)."
+    )
+    feature_batch_size: int = Field(
+        32, description="Images per forward pass of feature extraction."
+    )
+    job_heartbeat_seconds: float = Field(10.0, description="How often a running job heartbeats.")
+    job_stale_after_seconds: float = Field(
+        120.0, description="A running job silent this long is treated as orphaned by the sweep."
+    )
+    job_max_attempts: int = Field(
+        2, description="Runs a job may start before the sweep fails it instead of requeueing."
+    )
+    sweep_interval_seconds: float = Field(30.0, description="How often a worker runs the sweep.")
+    predictor_max_backbones: int = Field(4, description="Backbones kept in the predictor cache.")
+    predictor_max_heads: int = Field(1024, description="Model heads kept in the predictor cache.")
+
+    @model_validator(mode="after")
+    def _refuse_unsafe_production(self) -> Settings:
+        if self.env == "production" and self.api_key in (None, "", "dev-key"):
+            raise ValueError("DOVECOTE_API_KEY must be set to a real secret in production")
+        return self
+
+    @property
+    def resolved_database_url(self) -> str:
+        return self.database_url or f"sqlite:///{self.data_dir.resolve() / 'dovecote.sqlite'}"
+
+    @property
+    def resolved_broker_url(self) -> str:
+        return self.broker_url or f"sqla+sqlite:///{self.data_dir.resolve() / 'broker.sqlite'}"
+
+    @property
+    def resolved_storage_url(self) -> str:
+        return self.storage_url or f"file://{self.data_dir.resolve() / 'blobs'}"
+
+    @property
+    def feature_cache_dir(self) -> Path:
+        return self.data_dir.resolve() / "feature-cache"
+
+
+@lru_cache
+def get_settings() -> Settings:
+    return Settings()

@@ -1,0 +1,1 @@
+"""Persistence: SQLAlchemy 2.0 models and sessions. Migrations live in ``migrations/``."""

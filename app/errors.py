@@ -1,0 +1,125 @@
+"""The one exception hierarchy of Dovecote's domain.
+
+Each error carries a stable machine-readable ``code`` and the HTTP status the API
+answers it with; the API maps them to RFC 9457 problem documents in one place
+(``app/api/problems.py``). Nothing here imports HTTP.
+"""
+
+from __future__ import annotations
+
+from typing import Any, ClassVar
+
+
+class DovecoteError(Exception):
+    code: ClassVar[str] = "error"
+    status: ClassVar[int] = 400
+    title: ClassVar[str] = "Bad request"
+
+    def __init__(self, detail: str, **extra: Any) -> None:
+        super().__init__(detail)
+        self.detail = detail
+        self.extra = extra
+
+
+class NotFound(DovecoteError):
+    code = "not_found"
+    status = 404
+    title = "Not found"
+
+
+class Unauthorized(DovecoteError):
+    code = "unauthorized"
+    status = 401
+    title = "Missing or invalid API key"
+
+
+class Conflict(DovecoteError):
+    code = "conflict"
+    status = 409
+    title = "Conflict"
+
+
+class InvalidInput(DovecoteError):
+    code = "invalid_input"
+    status = 422
+    title = "Invalid input"
+
+
+class UploadTooLarge(DovecoteError):
+    code = "upload_too_large"
+    status = 413
+    title = "Upload too large"
+
+
+class ImageUndecodable(InvalidInput):
+    code = "image_undecodable"
+    title = "Not a decodable image"
+
+
+class ImageTooLarge(InvalidInput):
+    code = "image_too_large"
+    title = "Image has too many pixels"
+
+
+class ArchiveInvalid(InvalidInput):
+    code = "archive_invalid"
+    title = "Not a readable zip archive"
+
+
+class ArchiveTooLarge(InvalidInput):
+    code = "archive_too_large"
+    title = "Zip archive exceeds the configured limits"
+
+
+class InvalidLabel(InvalidInput):
+    code = "invalid_label"
+    title = "Invalid label"
+
+
+class ProjectHasNoLabels(InvalidInput):
+    code = "project_has_no_labels"
+    title = "Not enough labeled images to train"
+
+
+class ClassTooSmall(InvalidInput):
+    code = "class_too_small"
+    title = "A class has too few images"
+
+
+class UnknownMethod(InvalidInput):
+    code = "unknown_method"
+    title = "Unknown training method"
+
+
+class InvalidParams(InvalidInput):
+    code = "invalid_params"
+    title = "Invalid method parameters"
+
+
+class BackboneUnavailable(InvalidInput):
+    code = "backbone_unavailable"
+    title = "Backbone weights cannot be had"
+
+
+class JobNotCancellable(Conflict):
+    code = "job_not_cancellable"
+    title = "Job is not cancellable"
+
+
+class ProjectHasNoModel(Conflict):
+    code = "project_has_no_model"
+    title = "Project has no model"
+
+
+class JobCancelled(DovecoteError):
+    """Raised inside a training run when its job was cancelled; not an HTTP error."""
+
+    code = "job_cancelled"
+    status = 409
+    title = "Job cancelled"
+
+
+class TrainingFailed(DovecoteError):
+    code = "training_failed"
+    status = 500
+    title = "Training failed"

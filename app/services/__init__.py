@@ -1,0 +1,1 @@
+"""Use cases. Functions take keyword-only arguments (``db``, ``tenant_id``, ...): no hidden globals."""

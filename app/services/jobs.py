@@ -1,0 +1,245 @@
+"""Training jobs: create (validate everything up front), read, cancel; and the worker-side
+state machine: claim, heartbeat, progress, finish, and the recovery sweep.
+
+``queued -> running -> succeeded | failed | cancelled``. The job row is the truth.
+"""
+
+from __future__ import annotations
+
+import logging
+import secrets
+from collections import Counter
+from collections.abc import Callable
+from datetime import timedelta
+from typing import Any
+
+from sqlalchemy import or_, select, update
+from sqlalchemy.orm import Session
+
+from app.config import Settings
+from app.db.base import utcnow
+from app.db.models import Image, Job, Project
+from app.errors import DovecoteError, JobNotCancellable, NotFound
+from app.services.pagination import paginate
+from app.transfer.backbones import DEFAULT_BACKBONE, resolve_weights
+from app.transfer.methods import get_method
+
+log = logging.getLogger(__name__)
+
+TERMINAL = ("succeeded", "failed", "cancelled")
+
+
+class QueueUnavailable(DovecoteError):
+    code = "queue_unavailable"
+    status = 503
+    title = "The job queue is unavailable"
+
+
+def problem(error: DovecoteError) -> dict[str, Any]:
+    return {
+        "type": f"https://dovecote.dev/problems/{error.code}",
+        "title": error.title,
+        "status": error.status,
+        "detail": error.detail,
+        "code": error.code,
+    }
+
+
+def training_class_counts(*, db: Session, project_id: str) -> Counter[str]:
+    rows = db.execute(
+        select(Image.label).where(
+            Image.project_id == project_id,
+            Image.label.is_not(None),
+            Image.domain == "target",
+            Image.split != "test",
+        )
+    )
+    return Counter(label for (label,) in rows)
+
+
+def create(
+    *,
+    db: Session,
+    settings: Settings,
+    project: Project,
+    method: str,
+    backbone: str | None,
+    params: dict[str, Any] | None,
+    enqueue: Callable[[str], None],
+) -> Job:
+    """Validate method, params, backbone and data, then store and enqueue the job."""
+    impl = get_method(method)
+    parsed = impl.parse_params(params)
+    backbone = backbone or DEFAULT_BACKBONE
+    resolve_weights(backbone, weights_dir=settings.weights_dir, allow_hub=settings.allow_hub)
+    impl.check_data(training_class_counts(db=db, project_id=project.id))
+    job = Job(
+        project_id=project.id,
+        method=method,
+        backbone=backbone,
+        params=parsed.model_dump(mode="json"),
+        status="queued",
+        stage="queued",
+    )
+    db.add(job)
+    db.commit()
+    try:
+        enqueue(job.id)
+    except Exception as exc:
+        log.exception("could not enqueue job %s", job.id)
+        error = QueueUnavailable(f"The job could not be queued: {exc}.")
+        fail(db=db, job_id=job.id, error=error)
+        raise error from exc
+    return job
+
+
+def get(*, db: Session, tenant_id: str, job_id: str) -> Job:
+    job = db.get(Job, job_id)
+    if job is not None:
+        project = db.get(Project, job.project_id)
+        if project is not None and project.tenant_id == tenant_id:
+            return job
+    raise NotFound(f"No job {job_id!r}.", resource="job")
+
+
+def list_(
+    *, db: Session, project: Project, limit: int, cursor: str | None
+) -> tuple[list[Job], str | None]:
+    stmt = select(Job).where(Job.project_id == project.id)
+    return paginate(db, stmt, Job.id, limit=limit, cursor=cursor)
+
+
+def cancel(*, db: Session, job: Job) -> Job:
+    """Queued jobs end at once; running ones stop at their next progress report."""
+    if job.status == "queued":
+        claimed = db.execute(
+            update(Job)
+            .where(Job.id == job.id, Job.status == "queued")
+            .values(
+                status="cancelled", stage="cancelled", cancel_requested=True, finished_at=utcnow()
+            )
+        ).rowcount
+        db.commit()
+        if claimed:
+            db.refresh(job)
+            return job
+        db.refresh(job)
+    if job.status == "running":
+        db.execute(update(Job).where(Job.id == job.id).values(cancel_requested=True))
+        db.commit()
+        db.refresh(job)
+        return job
+    raise JobNotCancellable(f"Job {job.id} is {job.status}; only queued or running jobs cancel.")
+
+
+# --- worker side -------------------------------------------------------------------------
+
+
+def claim(*, db: Session, job_id: str, stale_after: float) -> str | None:
+    """Atomically take a queued (or orphaned running) job; returns the run token or None."""
+    now = utcnow()
+    token = secrets.token_hex(8)
+    claimed = db.execute(
+        update(Job)
+        .where(
+            Job.id == job_id,
+            Job.cancel_requested.is_(False),
+            or_(
+                Job.status == "queued",
+                (Job.status == "running")
+                & (Job.heartbeat_at < now - timedelta(seconds=stale_after)),
+            ),
+        )
+        .values(
+            status="running",
+            stage="starting",
+            run_token=token,
+            heartbeat_at=now,
+            started_at=now,
+            attempts=Job.attempts + 1,
+            error=None,
+        )
+    ).rowcount
+    db.commit()
+    return token if claimed else None
+
+
+def heartbeat(
+    *, db: Session, job_id: str, token: str, progress: float | None = None, stage: str | None = None
+) -> bool:
+    """Record liveness (and progress); returns whether cancellation was requested.
+
+    Raises :class:`NotFound` when this run no longer owns the job (it was taken over).
+    """
+    values: dict[str, Any] = {"heartbeat_at": utcnow()}
+    if progress is not None:
+        values["progress"] = max(0.0, min(1.0, progress))
+    if stage is not None:
+        values["stage"] = stage[:100]
+    owned = db.execute(
+        update(Job)
+        .where(Job.id == job_id, Job.run_token == token, Job.status == "running")
+        .values(**values)
+    ).rowcount
+    db.commit()
+    if not owned:
+        raise NotFound(f"Job {job_id} is no longer owned by this run.")
+    return bool(db.scalar(select(Job.cancel_requested).where(Job.id == job_id)))
+
+
+def _finish(db: Session, job_id: str, token: str | None, **values: Any) -> bool:
+    stmt = update(Job).where(Job.id == job_id, Job.status.not_in(TERMINAL))
+    if token is not None:
+        stmt = stmt.where(Job.run_token == token)
+    done = db.execute(stmt.values(finished_at=utcnow(), **values)).rowcount
+    db.commit()
+    return bool(done)
+
+
+def succeed(*, db: Session, job_id: str, token: str, model_id: str) -> bool:
+    return _finish(
+        db, job_id, token, status="succeeded", stage="done", progress=1.0, model_id=model_id
+    )
+
+
+def fail(*, db: Session, job_id: str, error: DovecoteError, token: str | None = None) -> bool:
+    return _finish(db, job_id, token, status="failed", stage="failed", error=problem(error))
+
+
+def mark_cancelled(*, db: Session, job_id: str, token: str) -> bool:
+    return _finish(db, job_id, token, status="cancelled", stage="cancelled")
+
+
+class WorkerLost(DovecoteError):
+    code = "worker_lost"
+    status = 500
+    title = "The worker running this job stopped"
+
+
+def sweep(*, db: Session, settings: Settings, enqueue: Callable[[str], None]) -> dict[str, int]:
+    """Requeue (or, past ``job_max_attempts``, fail) running jobs whose heartbeat went silent."""
+    cutoff = utcnow() - timedelta(seconds=settings.job_stale_after_seconds)
+    stale = list(db.scalars(select(Job).where(Job.status == "running", Job.heartbeat_at < cutoff)))
+    counts = {"requeued": 0, "failed": 0}
+    for job in stale:
+        if job.cancel_requested:
+            _finish(db, job.id, job.run_token, status="cancelled", stage="cancelled")
+            continue
+        if job.attempts >= settings.job_max_attempts:
+            error = WorkerLost(
+                f"The worker stopped responding during attempt {job.attempts} of "
+                f"{settings.job_max_attempts} (last heartbeat {job.heartbeat_at}); giving up."
+            )
+            if fail(db=db, job_id=job.id, error=error, token=job.run_token):
+                counts["failed"] += 1
+            continue
+        requeued = db.execute(
+            update(Job)
+            .where(Job.id == job.id, Job.run_token == job.run_token, Job.status == "running")
+            .values(status="queued", stage="requeued after worker loss", run_token=None)
+        ).rowcount
+        db.commit()
+        if requeued:
+            enqueue(job.id)
+            counts["requeued"] += 1
+    return counts

@@ -1,0 +1,86 @@
+"""Trained models: store an artifact with its row, list, read, delete, publish."""
+
+from __future__ import annotations
+
+from sqlalchemy import select
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Session
+
+from app.db.base import new_id
+from app.db.models import Job, Model, Project
+from app.errors import InvalidInput, NotFound
+from app.services.pagination import paginate
+from app.storage import BlobStore
+from app.transfer.artifacts import TrainedModel
+
+
+def artifact_prefix(project_id: str, model_id: str) -> str:
+    return f"models/{project_id}/{model_id}"
+
+
+def save_trained(*, db: Session, store: BlobStore, job: Job, trained: TrainedModel) -> Model:
+    """Write the artifact, then its row. A job yields one model: a rerun returns the first."""
+    existing = db.scalar(select(Model).where(Model.job_id == job.id))
+    if existing is not None:
+        return existing
+    model_id = new_id("mdl")
+    prefix = artifact_prefix(job.project_id, model_id)
+    for name, data in trained.to_files().items():
+        store.put(f"{prefix}/{name}", data)
+    model = Model(
+        id=model_id,
+        project_id=job.project_id,
+        job_id=job.id,
+        method=trained.method,
+        backbone=trained.backbone,
+        classes=trained.classes,
+        metrics=trained.metrics,
+        artifact_prefix=prefix,
+    )
+    db.add(model)
+    try:
+        db.flush()
+        project = db.get(Project, job.project_id)
+        if project is not None and project.default_model_id is None:
+            project.default_model_id = model.id
+        db.commit()
+    except IntegrityError:
+        db.rollback()
+        store.delete_prefix(prefix)
+        return db.scalars(select(Model).where(Model.job_id == job.id)).one()
+    return model
+
+
+def get(*, db: Session, tenant_id: str, model_id: str) -> Model:
+    model = db.get(Model, model_id)
+    if model is not None:
+        project = db.get(Project, model.project_id)
+        if project is not None and project.tenant_id == tenant_id:
+            return model
+    raise NotFound(f"No model {model_id!r}.", resource="model")
+
+
+def list_(
+    *, db: Session, project: Project, limit: int, cursor: str | None
+) -> tuple[list[Model], str | None]:
+    stmt = select(Model).where(Model.project_id == project.id)
+    return paginate(db, stmt, Model.id, limit=limit, cursor=cursor)
+
+
+def set_default(*, db: Session, project: Project, model_id: str) -> Project:
+    model = db.get(Model, model_id)
+    if model is None or model.project_id != project.id:
+        raise InvalidInput(f"Model {model_id!r} does not belong to this project.", field="model_id")
+    project.default_model_id = model.id
+    db.commit()
+    return project
+
+
+def delete(*, db: Session, store: BlobStore, model: Model) -> None:
+    project = db.get(Project, model.project_id)
+    if project is not None and project.default_model_id == model.id:
+        project.default_model_id = None
+    prefix = model.artifact_prefix
+    db.delete(model)
+    db.commit()
+    store.delete_prefix(prefix)

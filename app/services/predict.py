@@ -1,0 +1,50 @@
+"""Prediction with a stored model through the process-wide :class:`Predictor`."""
+
+from __future__ import annotations
+
+from functools import lru_cache
+
+from sqlalchemy.orm import Session
+
+from app.config import Settings
+from app.db.models import Model, Project
+from app.errors import InvalidInput, ProjectHasNoModel
+from app.storage import BlobStore
+from app.transfer.predictor import Prediction, Predictor
+
+MAX_TOP_K = 100
+
+
+@lru_cache(maxsize=1)
+def get_predictor(settings: Settings) -> Predictor:
+    return Predictor(
+        max_backbones=settings.predictor_max_backbones,
+        max_heads=settings.predictor_max_heads,
+        weights_dir=settings.weights_dir,
+        allow_hub=settings.allow_hub,
+        max_pixels=settings.max_image_pixels,
+    )
+
+
+def default_model(*, db: Session, project: Project) -> Model:
+    model = db.get(Model, project.default_model_id) if project.default_model_id else None
+    if model is None:
+        raise ProjectHasNoModel(f"Project {project.id} has no trained model yet; train one first.")
+    return model
+
+
+def predict(
+    *, settings: Settings, store: BlobStore, model: Model, images: list[bytes], top_k: int
+) -> list[Prediction]:
+    if not images:
+        raise InvalidInput("Send one or more images in the multipart field `files`.", field="files")
+    if not 1 <= top_k <= MAX_TOP_K:
+        raise InvalidInput(f"top_k must be between 1 and {MAX_TOP_K}.", field="top_k")
+    prefix = model.artifact_prefix
+    return get_predictor(settings).predict(
+        model.id, lambda name: store.get(f"{prefix}/{name}"), images, top_k=top_k
+    )
+
+
+def evict(*, settings: Settings, model_id: str) -> None:
+    get_predictor(settings).evict(model_id)

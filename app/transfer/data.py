@@ -1,0 +1,82 @@
+"""What a training method receives: the project's images with labels, domains and splits."""
+
+from __future__ import annotations
+
+import hashlib
+import io
+from collections import Counter
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+DOMAINS = ("target", "source")
+SPLITS = ("auto", "train", "test")
+
+
+@dataclass(frozen=True)
+class Sample:
+    """One image. ``key`` is its content hash (sha256 hex): the feature-cache key."""
+
+    key: str
+    label: str | None = None
+    domain: str = "target"
+    split: str = "auto"
+
+
+Progress = Callable[[float, str], None]
+
+
+def no_progress(fraction: float, stage: str) -> None:
+    """A :data:`Progress` that reports nothing and never cancels."""
+
+
+@dataclass
+class TrainingData:
+    """Samples plus the way to read their bytes, and the shared extraction settings.
+
+    ``load_bytes(sample)`` returns the stored image bytes; features are computed through
+    :func:`app.transfer.features.extract_features`, cached under ``feature_cache_dir``.
+    """
+
+    samples: list[Sample]
+    load_bytes: Callable[[Sample], bytes]
+    backbone: str = "efficientnet_lite0"
+    feature_cache_dir: Path | None = None
+    weights_dir: Path | None = None
+    allow_hub: bool = False
+    batch_size: int = 32
+    max_pixels: int = 50_000_000
+    seed: int = 0
+    extras: dict[str, object] = field(default_factory=dict)
+
+    @classmethod
+    def from_arrays(
+        cls,
+        images: Sequence[np.ndarray],
+        labels: Sequence[str | None],
+        splits: Sequence[str] | None = None,
+        **kwargs: object,
+    ) -> TrainingData:
+        """Build from in-memory ``uint8`` arrays (H, W[, 3]) — the notebook entry point."""
+        from PIL import Image
+
+        blobs: dict[str, bytes] = {}
+        samples = []
+        for i, (array, label) in enumerate(zip(images, labels, strict=True)):
+            buf = io.BytesIO()
+            Image.fromarray(np.asarray(array, dtype=np.uint8)).save(buf, format="PNG")
+            data = buf.getvalue()
+            key = hashlib.sha256(data).hexdigest()
+            blobs[key] = data
+            split = splits[i] if splits is not None else "auto"
+            samples.append(Sample(key=key, label=label, split=split))
+        return cls(samples=samples, load_bytes=lambda s: blobs[s.key], **kwargs)  # type: ignore[arg-type]
+
+    def labeled(self, *, domain: str = "target") -> list[Sample]:
+        return [s for s in self.samples if s.label is not None and s.domain == domain]
+
+    def class_counts(self, *, domain: str = "target") -> Counter[str]:
+        """Labeled images per class among the training (non-test) samples."""
+        return Counter(s.label for s in self.labeled(domain=domain) if s.split != "test")  # type: ignore[misc]

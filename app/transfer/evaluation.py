@@ -1,0 +1,126 @@
+"""Honest evaluation: metrics, the validation protocol, and the majority baseline.
+
+Protocol: when the data has a ``test`` split (labeled with known classes), the model is
+trained on the rest and measured there (``"test-split"``). Otherwise every image is
+predicted once by a model that never saw it, by stratified k-fold cross-validation with
+``k = min(5, smallest class size)`` (``"k-fold"``). The majority-class baseline is measured
+under exactly the same protocol, so negative transfer is visible.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+from sklearn.metrics import accuracy_score, confusion_matrix, precision_recall_fscore_support
+from sklearn.model_selection import StratifiedKFold
+
+#: ``fit_predict(X_train, y_train, X_eval) -> probabilities (n_eval, n_classes)``
+FitPredict = Callable[[np.ndarray, np.ndarray, np.ndarray], np.ndarray]
+
+
+def classification_metrics(
+    y_true: np.ndarray, y_pred: np.ndarray, classes: Sequence[str]
+) -> dict[str, Any]:
+    """Accuracy, macro-F1, per-class P/R/F1/support and the confusion matrix.
+
+    ``y_true`` and ``y_pred`` are integer class indices into ``classes``.
+    """
+    labels = np.arange(len(classes))
+    precision, recall, f1, support = precision_recall_fscore_support(
+        y_true, y_pred, labels=labels, zero_division=0
+    )
+    return {
+        "accuracy": float(accuracy_score(y_true, y_pred)),
+        "macro_f1": float(np.mean(f1)),
+        "per_class": {
+            name: {
+                "precision": float(precision[i]),
+                "recall": float(recall[i]),
+                "f1": float(f1[i]),
+                "support": int(support[i]),
+            }
+            for i, name in enumerate(classes)
+        },
+        "confusion_matrix": {
+            "labels": list(classes),
+            "matrix": confusion_matrix(y_true, y_pred, labels=labels).tolist(),
+        },
+    }
+
+
+@dataclass(frozen=True)
+class Protocol:
+    """Which rows train and which rows are predicted, fold by fold."""
+
+    name: str  # "test-split" | "k-fold"
+    folds: list[tuple[np.ndarray, np.ndarray]]  # (train_idx, eval_idx) into the labeled rows
+    n_train: int  # rows the final model is fit on
+
+    @property
+    def eval_idx(self) -> np.ndarray:
+        return np.concatenate([e for _, e in self.folds])
+
+
+def make_protocol(y: np.ndarray, is_test: np.ndarray, *, seed: int = 0) -> Protocol:
+    """Pick the protocol for labels ``y`` (int) with the ``is_test`` mask."""
+    train_idx = np.flatnonzero(~is_test)
+    test_idx = np.flatnonzero(is_test)
+    if len(test_idx):
+        return Protocol("test-split", [(train_idx, test_idx)], n_train=len(train_idx))
+    counts = np.bincount(y[train_idx])
+    k = int(min(5, counts[counts > 0].min()))
+    skf = StratifiedKFold(n_splits=k, shuffle=True, random_state=seed)
+    folds = [(train_idx[a], train_idx[b]) for a, b in skf.split(train_idx, y[train_idx])]
+    return Protocol("k-fold", folds, n_train=len(train_idx))
+
+
+def predict_under(
+    protocol: Protocol, fit_predict: FitPredict, X: np.ndarray, y: np.ndarray
+) -> np.ndarray:
+    """Out-of-sample class predictions for ``protocol.eval_idx``, in that order."""
+    return np.concatenate(
+        [fit_predict(X[tr], y[tr], X[ev]).argmax(axis=1) for tr, ev in protocol.folds]
+    )
+
+
+def majority_fit_predict(n_classes: int) -> FitPredict:
+    """The baseline: always the most frequent training class."""
+
+    def fit_predict(X_train: np.ndarray, y_train: np.ndarray, X_eval: np.ndarray) -> np.ndarray:
+        probs = np.zeros((len(X_eval), n_classes))
+        probs[:, np.bincount(y_train, minlength=n_classes).argmax()] = 1.0
+        return probs
+
+    return fit_predict
+
+
+def evaluate(
+    fit_predict: FitPredict,
+    X: np.ndarray,
+    y: np.ndarray,
+    is_test: np.ndarray,
+    classes: Sequence[str],
+    *,
+    seed: int = 0,
+) -> dict[str, Any]:
+    """Metrics of ``fit_predict`` and of the majority baseline under one protocol."""
+    protocol = make_protocol(y, is_test, seed=seed)
+    y_eval = y[protocol.eval_idx]
+
+    def measured(fp: FitPredict) -> dict[str, Any]:
+        m = classification_metrics(y_eval, predict_under(protocol, fp, X, y), classes)
+        m.update(
+            validation=protocol.name,
+            n_train=protocol.n_train,
+            n_validation=len(y_eval),
+        )
+        if protocol.name == "k-fold":
+            m["folds"] = len(protocol.folds)
+        return m
+
+    metrics = measured(fit_predict)
+    metrics["baseline"] = {"name": "majority_class", **measured(majority_fit_predict(len(classes)))}
+    return metrics

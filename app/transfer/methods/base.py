@@ -1,0 +1,135 @@
+"""What every method shares: validated params, data requirements, one ``fit`` call."""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections import Counter
+from functools import lru_cache
+from pathlib import Path
+from typing import Any, ClassVar
+
+import numpy as np
+import torch
+from pydantic import BaseModel, ConfigDict, ValidationError
+
+from app.errors import ClassTooSmall, InvalidParams, ProjectHasNoLabels
+from app.transfer.artifacts import TrainedModel
+from app.transfer.backbones import Backbone, load_backbone
+from app.transfer.data import Progress, TrainingData, no_progress
+from app.transfer.evaluation import evaluate
+from app.transfer.features import extract_features, prepare_backbone
+from app.transfer.heads import Head
+
+
+class MethodParams(BaseModel):
+    """Base of every method's params: unknown keys are an error, not silently ignored."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class Method(ABC):
+    name: ClassVar[str]
+    summary: ClassVar[str]
+    Params: ClassVar[type[MethodParams]] = MethodParams
+    min_classes: ClassVar[int] = 2
+    min_per_class: ClassVar[int] = 2
+
+    def parse_params(self, raw: dict[str, Any] | None) -> MethodParams:
+        try:
+            return self.Params.model_validate(raw or {})
+        except ValidationError as exc:
+            errors = [
+                {"loc": list(e["loc"]), "msg": e["msg"], "type": e["type"]} for e in exc.errors()
+            ]
+            raise InvalidParams(
+                f"Invalid params for method {self.name!r}: {exc.error_count()} error(s).",
+                errors=errors,
+            ) from None
+
+    def check_data(self, class_counts: Counter[str]) -> None:
+        """Refuse up front data this method cannot learn from (counts: training images)."""
+        if len(class_counts) < self.min_classes:
+            raise ProjectHasNoLabels(
+                f"Method {self.name!r} needs labeled images of at least {self.min_classes} "
+                f"classes; the project has {len(class_counts)}.",
+                class_counts=dict(class_counts),
+            )
+        small = {c: n for c, n in class_counts.items() if n < self.min_per_class}
+        if small:
+            raise ClassTooSmall(
+                f"Every class needs at least {self.min_per_class} training images; "
+                f"too few: {small}.",
+                class_counts=dict(class_counts),
+            )
+
+    @abstractmethod
+    def fit(
+        self,
+        data: TrainingData,
+        params: MethodParams | None = None,
+        progress: Progress = no_progress,
+    ) -> TrainedModel:
+        """Train on ``data`` and return the model with its metrics."""
+
+
+@lru_cache(maxsize=2)
+def shared_backbone(name: str, weights_dir: Path | None, allow_hub: bool) -> Backbone:
+    """A frozen backbone shared by every frozen-feature job in this process."""
+    return prepare_backbone(load_backbone(name, weights_dir=weights_dir, allow_hub=allow_hub))
+
+
+class FeatureMethod(Method):
+    """A classifier head on frozen features: features once, then the head's own fit.
+
+    Subclasses implement :meth:`fit_head`; evaluation runs that same function fold by fold,
+    so the measured head is exactly the kind of head that is served.
+    """
+
+    @abstractmethod
+    def fit_head(self, X: np.ndarray, y: np.ndarray, n_classes: int, params: Any) -> Head:
+        """Fit a head on features ``X (N, D)`` and int labels ``y (N,)``."""
+
+    def fit(
+        self,
+        data: TrainingData,
+        params: MethodParams | None = None,
+        progress: Progress = no_progress,
+    ) -> TrainedModel:
+        params = params if params is not None else self.Params()
+        self.check_data(data.class_counts())
+        classes = sorted(data.class_counts())
+        samples = [s for s in data.labeled() if s.label in classes]
+        progress(0.0, "loading backbone")
+        backbone = shared_backbone(data.backbone, data.weights_dir, data.allow_hub)
+        X = extract_features(
+            samples,
+            backbone=backbone,
+            load_bytes=data.load_bytes,
+            max_pixels=data.max_pixels,
+            batch_size=data.batch_size,
+            cache_dir=data.feature_cache_dir,
+            progress=lambda f, stage: progress(0.8 * f, stage),
+        )
+        y = np.array([classes.index(s.label) for s in samples])  # type: ignore[arg-type]
+        is_test = np.array([s.split == "test" for s in samples])
+
+        def fit_predict(X_tr: np.ndarray, y_tr: np.ndarray, X_ev: np.ndarray) -> np.ndarray:
+            head = self.fit_head(X_tr, y_tr, len(classes), params).eval()
+            with torch.inference_mode():
+                return head(torch.from_numpy(X_ev)).numpy()
+
+        progress(0.8, "validating")
+        metrics = evaluate(fit_predict, X, y, is_test, classes, seed=data.seed)
+        progress(0.95, "fitting final model")
+        head = self.fit_head(X[~is_test], y[~is_test], len(classes), params).eval()
+        progress(1.0, "done")
+        return TrainedModel(
+            method=self.name,
+            backbone=backbone.name,
+            backbone_digest=backbone.weights_digest,
+            preprocessing=backbone.preprocessing,
+            classes=classes,
+            head=head,
+            metrics=metrics,
+            params=params.model_dump(),
+        )

@@ -1,0 +1,138 @@
+"""Serving: bounded caches of backbones and heads shared by every model.
+
+A thousand linear-probe models on one backbone cost one network and a thousand small
+heads. Models with a finetuned backbone carry their own backbone tensors and are cached
+whole, under the model's key.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections import OrderedDict
+from collections.abc import Callable, Hashable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Generic, TypeVar
+
+import torch
+
+from app.transfer.artifacts import TrainedModel
+from app.transfer.backbones import Backbone, load_backbone
+from app.transfer.features import embed_tensors, prepare_backbone
+from app.transfer.preprocess import load_for_model
+
+K = TypeVar("K", bound=Hashable)
+V = TypeVar("V")
+
+
+class LRUCache(Generic[K, V]):
+    """A thread-safe least-recently-used cache; ``get_or_load`` loads a key once."""
+
+    def __init__(self, maxsize: int) -> None:
+        self.maxsize = maxsize
+        self._data: OrderedDict[K, V] = OrderedDict()
+        self._lock = threading.Lock()
+        self._loading: dict[K, threading.Lock] = {}
+
+    def __len__(self) -> int:
+        return len(self._data)
+
+    def get_or_load(self, key: K, load: Callable[[], V]) -> V:
+        with self._lock:
+            if key in self._data:
+                self._data.move_to_end(key)
+                return self._data[key]
+            key_lock = self._loading.setdefault(key, threading.Lock())
+        with key_lock:
+            with self._lock:
+                if key in self._data:
+                    return self._data[key]
+            value = load()
+            with self._lock:
+                self._data[key] = value
+                self._data.move_to_end(key)
+                while len(self._data) > self.maxsize:
+                    self._data.popitem(last=False)
+                self._loading.pop(key, None)
+            return value
+
+    def discard(self, key: K) -> None:
+        with self._lock:
+            self._data.pop(key, None)
+
+
+@dataclass(frozen=True)
+class Prediction:
+    label: str
+    score: float
+    scores: list[tuple[str, float]]  # top-k, best first
+
+
+class Predictor:
+    """Loads artifacts on first use and predicts images with them."""
+
+    def __init__(
+        self,
+        *,
+        max_backbones: int = 4,
+        max_heads: int = 1024,
+        weights_dir: Path | None = None,
+        allow_hub: bool = False,
+        max_pixels: int = 50_000_000,
+    ) -> None:
+        self.backbones: LRUCache[tuple[str, str], Backbone] = LRUCache(max_backbones)
+        self.models: LRUCache[str, TrainedModel] = LRUCache(max_heads)
+        self.weights_dir = weights_dir
+        self.allow_hub = allow_hub
+        self.max_pixels = max_pixels
+
+    def _backbone_for(self, model_key: str, model: TrainedModel) -> Backbone:
+        if model.backbone_state is not None:
+            key = (model.backbone, f"finetuned:{model_key}")
+        else:
+            key = (model.backbone, model.backbone_digest)
+
+        def load() -> Backbone:
+            backbone = load_backbone(
+                model.backbone, weights_dir=self.weights_dir, allow_hub=self.allow_hub
+            )
+            if model.backbone_state is not None:
+                backbone.model.load_state_dict(model.backbone_state, strict=False)
+            elif backbone.weights_digest != model.backbone_digest:
+                raise RuntimeError(
+                    f"backbone {model.backbone} weights changed since the model was trained"
+                )
+            return prepare_backbone(backbone)
+
+        return self.backbones.get_or_load(key, load)
+
+    def load(self, model_key: str, read: Callable[[str], bytes]) -> TrainedModel:
+        return self.models.get_or_load(model_key, lambda: TrainedModel.from_files(read))
+
+    def evict(self, model_key: str) -> None:
+        self.models.discard(model_key)
+
+    def predict(
+        self,
+        model_key: str,
+        read: Callable[[str], bytes],
+        images: Sequence[bytes],
+        *,
+        top_k: int = 5,
+    ) -> list[Prediction]:
+        """Class probabilities for each image, top-``k`` best first."""
+        model = self.load(model_key, read)
+        backbone = self._backbone_for(model_key, model)
+        batch = torch.stack(
+            [load_for_model(b, model.preprocessing, max_pixels=self.max_pixels) for b in images]
+        )
+        feats = torch.from_numpy(embed_tensors(backbone, batch))
+        with torch.inference_mode():
+            probs = model.head(feats)
+        k = min(top_k, len(model.classes))
+        values, indices = probs.topk(k, dim=-1)
+        out = []
+        for vals, idx in zip(values.tolist(), indices.tolist(), strict=True):
+            scores = [(model.classes[i], float(v)) for v, i in zip(vals, idx, strict=True)]
+            out.append(Prediction(label=scores[0][0], score=scores[0][1], scores=scores))
+        return out

@@ -1,0 +1,60 @@
+"""The Celery app of the worker: shared config from ``app.queue`` plus the tasks here.
+
+Run it with ``dovecote worker`` (solo pool: no fork after torch is initialised).
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+
+from celery.signals import worker_ready, worker_shutdown
+
+from app.config import get_settings
+from app.db.session import session_scope
+from app.queue import TRAIN_TASK, enqueue_training, make_celery
+from app.services import jobs as jobs_service
+from worker.runner import run_job
+
+log = logging.getLogger(__name__)
+settings = get_settings()
+celery = make_celery(settings.resolved_broker_url)
+
+
+def _enqueue(job_id: str) -> None:
+    enqueue_training(settings.resolved_broker_url, job_id)
+
+
+@celery.task(name=TRAIN_TASK, acks_late=True, reject_on_worker_lost=True)
+def train(job_id: str) -> str:
+    return run_job(job_id, settings=settings)
+
+
+def sweep_once() -> dict[str, int]:
+    with session_scope(settings.resolved_database_url) as db:
+        return jobs_service.sweep(db=db, settings=settings, enqueue=_enqueue)
+
+
+_stop_sweeping = threading.Event()
+
+
+def _sweep_forever() -> None:
+    while True:
+        try:
+            counts = sweep_once()
+            if any(counts.values()):
+                log.warning("recovery sweep: %s", counts)
+        except Exception:
+            log.exception("recovery sweep failed")
+        if _stop_sweeping.wait(settings.sweep_interval_seconds):
+            return
+
+
+@worker_ready.connect
+def _start_sweeper(**_: object) -> None:
+    threading.Thread(target=_sweep_forever, name="recovery-sweep", daemon=True).start()
+
+
+@worker_shutdown.connect
+def _stop_sweeper(**_: object) -> None:
+    _stop_sweeping.set()

@@ -1,0 +1,141 @@
+"""One training run: claim the job, build the inputs, call the method, store the model.
+
+The worker looks methods up by name and never branches on them. A run heartbeats from a
+background thread, reports progress through the method's ``progress`` callback (which
+raises :class:`~app.errors.JobCancelled` when the job was cancelled), and writes the
+artifact before it marks the job ``succeeded``.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Callable
+
+from sqlalchemy import select
+
+from app.config import Settings
+from app.db.models import Image, Job
+from app.db.session import session_scope
+from app.errors import DovecoteError, JobCancelled, NotFound, TrainingFailed
+from app.services import jobs as jobs_service
+from app.services import models as models_service
+from app.services.images import blob_key
+from app.storage import open_store
+from app.transfer.data import Sample, TrainingData
+from app.transfer.methods import get_method
+
+log = logging.getLogger(__name__)
+
+
+class _Heartbeat(threading.Thread):
+    """Keeps ``heartbeat_at`` fresh while a long step (a big forward pass) runs."""
+
+    def __init__(self, settings: Settings, job_id: str, token: str) -> None:
+        super().__init__(name=f"heartbeat-{job_id}", daemon=True)
+        self.settings, self.job_id, self.token = settings, job_id, token
+        self.stopped = threading.Event()
+
+    def run(self) -> None:
+        while not self.stopped.wait(self.settings.job_heartbeat_seconds):
+            try:
+                with session_scope(self.settings.resolved_database_url) as db:
+                    jobs_service.heartbeat(db=db, job_id=self.job_id, token=self.token)
+            except NotFound:
+                return
+            except Exception:  # a DB hiccup must not kill the run; the next beat retries
+                log.exception("heartbeat failed for job %s", self.job_id)
+
+
+def _progress_reporter(settings: Settings, job_id: str, token: str) -> Callable[[float, str], None]:
+    last: dict[str, object] = {}
+
+    def report(fraction: float, stage: str) -> None:
+        rounded = round(fraction, 3)
+        if last.get("v") == (rounded, stage):
+            return
+        last["v"] = (rounded, stage)
+        with session_scope(settings.resolved_database_url) as db:
+            cancelled = jobs_service.heartbeat(
+                db=db, job_id=job_id, token=token, progress=fraction, stage=stage
+            )
+        if cancelled:
+            raise JobCancelled(f"Job {job_id} was cancelled.")
+
+    return report
+
+
+def run_job(
+    job_id: str, *, settings: Settings, enqueue: Callable[[str], None] | None = None
+) -> str:
+    """Run job ``job_id`` once; returns its final status. Safe to call twice."""
+    url = settings.resolved_database_url
+    with session_scope(url) as db:
+        token = jobs_service.claim(
+            db=db, job_id=job_id, stale_after=settings.job_stale_after_seconds
+        )
+        job = db.get(Job, job_id)
+        if job is None:
+            return "missing"
+        if token is None:
+            log.info("job %s not claimable (status %s); skipping", job_id, job.status)
+            return job.status
+        samples = [
+            Sample(key=img.sha256, label=img.label, domain=img.domain, split=img.split)
+            for img in db.scalars(
+                select(Image).where(Image.project_id == job.project_id).order_by(Image.id)
+            )
+        ]
+        method_name, backbone, raw_params, project_id = (
+            job.method,
+            job.backbone,
+            job.params,
+            job.project_id,
+        )
+
+    store = open_store(settings.resolved_storage_url)
+    data = TrainingData(
+        samples=samples,
+        load_bytes=lambda s: store.get(blob_key(project_id, s.key)),
+        backbone=backbone,
+        feature_cache_dir=settings.feature_cache_dir,
+        weights_dir=settings.weights_dir,
+        allow_hub=settings.allow_hub,
+        batch_size=settings.feature_batch_size,
+        max_pixels=settings.max_image_pixels,
+    )
+    beat = _Heartbeat(settings, job_id, token)
+    beat.start()
+    try:
+        method = get_method(method_name)
+        trained = method.fit(
+            data, method.parse_params(raw_params), _progress_reporter(settings, job_id, token)
+        )
+        with session_scope(url) as db:
+            job = db.get(Job, job_id)
+            assert job is not None
+            model = models_service.save_trained(db=db, store=store, job=job, trained=trained)
+            jobs_service.succeed(db=db, job_id=job_id, token=token, model_id=model.id)
+        return "succeeded"
+    except JobCancelled:
+        with session_scope(url) as db:
+            jobs_service.mark_cancelled(db=db, job_id=job_id, token=token)
+        return "cancelled"
+    except NotFound:  # another run took the job over; it owns the outcome
+        return "superseded"
+    except DovecoteError as exc:
+        with session_scope(url) as db:
+            jobs_service.fail(db=db, job_id=job_id, error=exc, token=token)
+        return "failed"
+    except Exception as exc:
+        log.exception("job %s failed", job_id)
+        with session_scope(url) as db:
+            jobs_service.fail(
+                db=db,
+                job_id=job_id,
+                error=TrainingFailed(f"{type(exc).__name__}: {exc}"),
+                token=token,
+            )
+        return "failed"
+    finally:
+        beat.stopped.set()
