@@ -25,7 +25,10 @@ def make_celery(broker_url: str) -> Celery:
         task_default_queue=TRAIN_QUEUE,
         task_routes={TRAIN_TASK: {"queue": TRAIN_QUEUE}},
         broker_connection_retry_on_startup=True,
-        broker_transport_options={"visibility_timeout": 3600, "polling_interval": 0.5},
+        # kombu's SQLAlchemy transport hands its options to create_engine: Redis only.
+        broker_transport_options=(
+            {"visibility_timeout": 3600} if broker_url.startswith(("redis", "rediss")) else {}
+        ),
         worker_hijack_root_logger=False,
         worker_cancel_long_running_tasks_on_connection_loss=False,
     )
