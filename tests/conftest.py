@@ -1,10 +1,13 @@
 from __future__ import annotations
 
+import os
+import secrets
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 from fastapi.testclient import TestClient
+from sqlalchemy import create_engine, text
 
 from app.api.main import create_app
 from app.cli import alembic_config
@@ -12,6 +15,10 @@ from app.config import Settings
 from worker.runner import run_job
 
 API_KEY = "test-admin-key"
+POSTGRES_ADMIN_URL = os.environ.get(
+    "DOVECOTE_TEST_POSTGRES_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/test"
+)
+REDIS_URL = os.environ.get("DOVECOTE_TEST_REDIS_URL", "redis://127.0.0.1:6379")
 
 
 def make_settings(tmp_path: Path, **overrides: object) -> Settings:
@@ -90,3 +97,29 @@ def api(settings: Settings) -> Iterator[Api]:
     a = Api(settings)
     with a.client:
         yield a
+
+
+@pytest.fixture
+def postgres_redis(tmp_path: Path) -> Iterator[dict[str, str]]:
+    import redis
+
+    name = f"dovecote_it_{secrets.token_hex(4)}"
+    admin = create_engine(POSTGRES_ADMIN_URL, isolation_level="AUTOCOMMIT")
+    with admin.connect() as conn:
+        conn.execute(text(f'CREATE DATABASE "{name}"'))
+    db_index = 1 + secrets.randbelow(15)
+    client = redis.Redis.from_url(f"{REDIS_URL}/{db_index}")
+    client.flushdb()
+    try:
+        yield {
+            "database_url": POSTGRES_ADMIN_URL.rsplit("/", 1)[0] + f"/{name}",
+            "broker_url": f"{REDIS_URL}/{db_index}",
+        }
+    finally:
+        client.flushdb()
+        from app.db.session import get_engine
+
+        get_engine.cache_clear()
+        with admin.connect() as conn:
+            conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+        admin.dispose()

@@ -7,7 +7,6 @@ Backends: the embedded default (SQLite database + kombu's SQLite broker) and pro
 from __future__ import annotations
 
 import os
-import secrets
 import signal
 import subprocess
 import sys
@@ -17,7 +16,6 @@ from pathlib import Path
 
 import pytest
 from fastapi.testclient import TestClient
-from sqlalchemy import create_engine, text
 
 from app.api.main import create_app
 from app.config import Settings
@@ -26,41 +24,11 @@ from tests.factories import digit_images
 
 pytestmark = pytest.mark.integration
 
-POSTGRES_ADMIN_URL = os.environ.get(
-    "DOVECOTE_TEST_POSTGRES_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/test"
-)
-REDIS_URL = os.environ.get("DOVECOTE_TEST_REDIS_URL", "redis://127.0.0.1:6379")
 FAST_RECOVERY = {
     "job_heartbeat_seconds": 0.5,
     "job_stale_after_seconds": 4.0,
     "sweep_interval_seconds": 1.0,
 }
-
-
-@pytest.fixture
-def postgres_redis(tmp_path: Path) -> Iterator[dict[str, str]]:
-    import redis
-
-    name = f"dovecote_it_{secrets.token_hex(4)}"
-    admin = create_engine(POSTGRES_ADMIN_URL, isolation_level="AUTOCOMMIT")
-    with admin.connect() as conn:
-        conn.execute(text(f'CREATE DATABASE "{name}"'))
-    db_index = 1 + secrets.randbelow(15)
-    client = redis.Redis.from_url(f"{REDIS_URL}/{db_index}")
-    client.flushdb()
-    try:
-        yield {
-            "database_url": POSTGRES_ADMIN_URL.rsplit("/", 1)[0] + f"/{name}",
-            "broker_url": f"{REDIS_URL}/{db_index}",
-        }
-    finally:
-        client.flushdb()
-        from app.db.session import get_engine
-
-        get_engine.cache_clear()
-        with admin.connect() as conn:
-            conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
-        admin.dispose()
 
 
 @pytest.fixture(params=["sqlite", "postgres+redis"])
@@ -125,8 +93,12 @@ def client_for(settings: Settings) -> TestClient:
 
 def upload(client: TestClient, project_id: str, items: list[tuple[str, bytes]], split: str) -> None:
     for label in sorted({label for label, _ in items}):
-        files = [("files", (f"{label}-{i}.png", d)) for i, (lb, d) in enumerate(items) if lb == label]
-        r = client.post(f"/v1/projects/{project_id}/images", files=files, data={"label": label, "split": split})
+        files = [
+            ("files", (f"{label}-{i}.png", d)) for i, (lb, d) in enumerate(items) if lb == label
+        ]
+        r = client.post(
+            f"/v1/projects/{project_id}/images", files=files, data={"label": label, "split": split}
+        )
         assert r.status_code == 201, r.text
 
 
@@ -164,7 +136,9 @@ def test_worker_trains_digits_and_predicts_held_out_images(
         )
         assert r.status_code == 200, r.text
         predicted = [p["label"] for p in r.json()["predictions"]]
-        accuracy = sum(p == label for p, (label, _) in zip(predicted, held_out, strict=True)) / len(held_out)
+        accuracy = sum(p == label for p, (label, _) in zip(predicted, held_out, strict=True)) / len(
+            held_out
+        )
         assert accuracy >= 0.5, (accuracy, predicted)  # chance is 0.1
 
 
@@ -176,7 +150,9 @@ def test_killed_worker_job_ends_succeeded_once_or_failed_clearly(
         upload(client, project["id"], digit_images(12), split="auto")
         first = WorkerProcess(backend, tmp_path / "worker-1.log")
         workers.append(first)
-        job_id = client.post(f"/v1/projects/{project['id']}/jobs", json={"method": "knn"}).json()["id"]
+        job_id = client.post(f"/v1/projects/{project['id']}/jobs", json={"method": "knn"}).json()[
+            "id"
+        ]
         deadline = time.monotonic() + 120
         while time.monotonic() < deadline:
             job = client.get(f"/v1/jobs/{job_id}").json()
@@ -207,7 +183,9 @@ def test_cancel_running_job_stops_it(
         project = client.post("/v1/projects", json={"name": "cancel"}).json()
         upload(client, project["id"], digit_images(12), split="auto")
         workers.append(WorkerProcess(backend, tmp_path / "worker.log"))
-        job_id = client.post(f"/v1/projects/{project['id']}/jobs", json={"method": "knn"}).json()["id"]
+        job_id = client.post(f"/v1/projects/{project['id']}/jobs", json={"method": "knn"}).json()[
+            "id"
+        ]
         wait_for(client, job_id, {"running"})
         r = client.post(f"/v1/jobs/{job_id}/cancel")
         assert r.status_code == 202 and r.json()["cancel_requested"] is True
