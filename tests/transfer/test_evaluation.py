@@ -11,7 +11,10 @@ def test_metrics_match_hand_computed_values() -> None:
     m = classification_metrics(y_true, y_pred, ["a", "b", "c"])
     assert m["accuracy"] == 4 / 6
     assert m["per_class"]["b"] == {"precision": 2 / 3, "recall": 1.0, "f1": 0.8, "support": 2}
-    assert m["confusion_matrix"] == {"labels": ["a", "b", "c"], "matrix": [[1, 1, 0], [0, 2, 0], [1, 0, 1]]}
+    assert m["confusion_matrix"] == {
+        "labels": ["a", "b", "c"],
+        "matrix": [[1, 1, 0], [0, 2, 0], [1, 0, 1]],
+    }
     f1_a, f1_c = 0.5, 2 / 3
     assert np.isclose(m["macro_f1"], (f1_a + 0.8 + f1_c) / 3)
 
@@ -30,7 +33,7 @@ def test_test_split_is_never_trained_on() -> None:
     is_test = np.array([False, False, False, False, True, True])
     protocol = make_protocol(y, is_test)
     assert protocol.name == "test-split"
-    (train, ev), = protocol.folds
+    ((train, ev),) = protocol.folds
     assert set(ev) == {4, 5} and set(train) == {0, 1, 2, 3}
 
 

@@ -77,7 +77,9 @@ def test_predictor_shares_one_backbone_across_models() -> None:
     assert sum(s for _, s in pa.scores) == pytest.approx(1.0, abs=1e-5)
 
 
-def test_feature_cache_computes_only_new_images(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_feature_cache_computes_only_new_images(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     embedded: list[int] = []
     original = features.embed_tensors
 
@@ -98,7 +100,9 @@ def test_cached_and_fresh_features_agree(tmp_path: Path) -> None:
     first = get_method("linear_probe").fit(data)
     second = get_method("linear_probe").fit(data)  # all from the cache
     assert first.metrics == second.metrics
-    assert np.allclose(first.head.tensors()["linear.weight"], second.head.tensors()["linear.weight"])
+    assert np.allclose(
+        first.head.tensors()["linear.weight"], second.head.tensors()["linear.weight"]
+    )
 
 
 def test_data_requirements_are_typed_errors() -> None:
