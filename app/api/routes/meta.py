@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 from fastapi import APIRouter
-from fastapi.responses import JSONResponse
-from sqlalchemy import text
+from fastapi.responses import JSONResponse, PlainTextResponse
+from sqlalchemy import func, select, text
 
-from app.api.deps import SessionDep, TenantDep
+from app.api.deps import SessionDep, SettingsDep, TenantDep
+from app.db.models import Job, Model, Project
+from app.services.predict import get_predictor
 from app.api.schemas import BackboneOut, MethodOut
 from app.errors import BackboneUnavailable
 from app.transfer.backbones import list_backbones, resolve_weights
@@ -31,6 +33,24 @@ def readyz(db: SessionDep) -> JSONResponse:
     return JSONResponse({"status": "ok"})
 
 
+@router.get("/metrics", tags=["health"], response_class=PlainTextResponse)
+def metrics(db: SessionDep, settings: SettingsDep) -> PlainTextResponse:
+    """Prometheus text exposition: jobs by status, totals, predictor cache sizes."""
+    lines = ["# TYPE dovecote_jobs gauge"]
+    for status, count in db.execute(select(Job.status, func.count()).group_by(Job.status)):
+        lines.append(f'dovecote_jobs{{status="{status}"}} {count}')
+    for name, table in (("projects", Project), ("models", Model)):
+        count = db.scalar(select(func.count()).select_from(table))
+        lines += [f"# TYPE dovecote_{name} gauge", f"dovecote_{name} {count}"]
+    predictor = get_predictor(settings)
+    lines += [
+        "# TYPE dovecote_predictor_cached gauge",
+        f'dovecote_predictor_cached{{kind="backbones"}} {len(predictor.backbones)}',
+        f'dovecote_predictor_cached{{kind="models"}} {len(predictor.models)}',
+    ]
+    return PlainTextResponse("\n".join(lines) + "\n", media_type="text/plain; version=0.0.4")
+
+
 @router.get("/v1/methods", tags=["catalogue"])
 def methods(_: TenantDep) -> list[MethodOut]:
     return [
@@ -40,11 +60,13 @@ def methods(_: TenantDep) -> list[MethodOut]:
 
 
 @router.get("/v1/backbones", tags=["catalogue"])
-def backbones(_: TenantDep) -> list[BackboneOut]:
+def backbones(_: TenantDep, settings: SettingsDep) -> list[BackboneOut]:
     out = []
     for spec in list_backbones():
         try:
-            source: str | None = resolve_weights(spec.name).kind
+            source: str | None = resolve_weights(
+                spec.name, weights_dir=settings.weights_dir, allow_hub=settings.allow_hub
+            ).kind
         except BackboneUnavailable:
             source = None
         out.append(
