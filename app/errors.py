@@ -9,6 +9,8 @@ from __future__ import annotations
 
 from typing import Any, ClassVar
 
+PROBLEM_BASE = "https://dovecote.dev/problems/"
+
 
 class DovecoteError(Exception):
     code: ClassVar[str] = "error"
@@ -19,6 +21,17 @@ class DovecoteError(Exception):
         super().__init__(detail)
         self.detail = detail
         self.extra = extra
+
+    def problem(self) -> dict[str, Any]:
+        """This error as an RFC 9457 problem document."""
+        return {
+            "type": PROBLEM_BASE + self.code,
+            "title": self.title,
+            "status": self.status,
+            "detail": self.detail,
+            "code": self.code,
+            **self.extra,
+        }
 
 
 class NotFound(DovecoteError):

@@ -10,11 +10,10 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from app.errors import DovecoteError
+from app.errors import PROBLEM_BASE, DovecoteError
 
 log = logging.getLogger(__name__)
 PROBLEM_JSON = "application/problem+json"
-PROBLEM_BASE = "https://dovecote.dev/problems/"
 
 
 def problem_response(
@@ -34,7 +33,9 @@ def problem_response(
 
 def error_response(exc: DovecoteError) -> JSONResponse:
     headers = {"WWW-Authenticate": "Bearer"} if exc.status == 401 else None
-    return problem_response(exc.status, exc.code, exc.title, exc.detail, headers, **exc.extra)
+    return JSONResponse(
+        exc.problem(), status_code=exc.status, media_type=PROBLEM_JSON, headers=headers
+    )
 
 
 _HTTP_CODES = {

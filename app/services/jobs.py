@@ -35,16 +35,6 @@ class QueueUnavailable(DovecoteError):
     title = "The job queue is unavailable"
 
 
-def problem(error: DovecoteError) -> dict[str, Any]:
-    return {
-        "type": f"https://dovecote.dev/problems/{error.code}",
-        "title": error.title,
-        "status": error.status,
-        "detail": error.detail,
-        "code": error.code,
-    }
-
-
 def training_class_counts(*, db: Session, project_id: str) -> Counter[str]:
     rows = db.execute(
         select(Image.label).where(
@@ -203,7 +193,7 @@ def succeed(*, db: Session, job_id: str, token: str, model_id: str) -> bool:
 
 
 def fail(*, db: Session, job_id: str, error: DovecoteError, token: str | None = None) -> bool:
-    return _finish(db, job_id, token, status="failed", stage="failed", error=problem(error))
+    return _finish(db, job_id, token, status="failed", stage="failed", error=error.problem())
 
 
 def mark_cancelled(*, db: Session, job_id: str, token: str) -> bool:

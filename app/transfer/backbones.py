@@ -16,9 +16,7 @@ from __future__ import annotations
 
 import hashlib
 import importlib
-import threading
-from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
 
@@ -185,7 +183,6 @@ class Backbone:
     preprocessing: Preprocessing
     weights_digest: str
     source: WeightsSource
-    lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
     @property
     def num_features(self) -> int:
@@ -239,6 +236,3 @@ def load_backbone(
         weights_digest=digest,
         source=source,
     )
-
-
-BackboneLoader = Callable[[str], Backbone]

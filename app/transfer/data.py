@@ -6,7 +6,7 @@ import hashlib
 import io
 from collections import Counter
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -49,7 +49,6 @@ class TrainingData:
     batch_size: int = 32
     max_pixels: int = 50_000_000
     seed: int = 0
-    extras: dict[str, object] = field(default_factory=dict)
 
     @classmethod
     def from_arrays(

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import io
 import warnings
-from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from functools import lru_cache
 from typing import Any
@@ -155,12 +154,6 @@ def _transform(cfg: Preprocessing) -> Any:
         crop_mode=cfg.crop_mode,
         is_training=False,
     )
-
-
-def preprocess(images: Sequence[Image.Image], cfg: Preprocessing) -> torch.Tensor:
-    """RGB images -> float tensor ``(N, 3, H, W)``, normalised as ``cfg`` says."""
-    transform = _transform(cfg)
-    return torch.stack([transform(img) for img in images])
 
 
 def load_for_model(data: bytes, cfg: Preprocessing, *, max_pixels: int) -> torch.Tensor:
