@@ -4,13 +4,13 @@ from __future__ import annotations
 
 from fastapi import APIRouter
 from fastapi.responses import JSONResponse, PlainTextResponse
-from sqlalchemy import func, select, text
+from sqlalchemy import text
 
 from app.api.deps import SessionDep, SettingsDep, TenantDep
-from app.db.models import Job, Model, Project
-from app.services.predict import get_predictor
 from app.api.schemas import BackboneOut, MethodOut
 from app.errors import BackboneUnavailable
+from app.services import stats
+from app.services.predict import get_predictor
 from app.transfer.backbones import list_backbones, resolve_weights
 from app.transfer.methods import list_methods
 
@@ -37,10 +37,9 @@ def readyz(db: SessionDep) -> JSONResponse:
 def metrics(db: SessionDep, settings: SettingsDep) -> PlainTextResponse:
     """Prometheus text exposition: jobs by status, totals, predictor cache sizes."""
     lines = ["# TYPE dovecote_jobs gauge"]
-    for status, count in db.execute(select(Job.status, func.count()).group_by(Job.status)):
+    for status, count in stats.jobs_by_status(db=db).items():
         lines.append(f'dovecote_jobs{{status="{status}"}} {count}')
-    for name, table in (("projects", Project), ("models", Model)):
-        count = db.scalar(select(func.count()).select_from(table))
+    for name, count in stats.totals(db=db).items():
         lines += [f"# TYPE dovecote_{name} gauge", f"dovecote_{name} {count}"]
     predictor = get_predictor(settings)
     lines += [
