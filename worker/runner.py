@@ -11,6 +11,7 @@ from __future__ import annotations
 import logging
 import threading
 from collections.abc import Callable
+from typing import Any
 
 from sqlalchemy import select
 
@@ -22,7 +23,7 @@ from app.services import jobs as jobs_service
 from app.services import models as models_service
 from app.services.images import blob_key
 from app.storage import open_store
-from app.transfer.data import Sample, TrainingData
+from app.transfer.data import Progress, Sample, TrainingData
 from app.transfer.methods import get_method
 
 log = logging.getLogger(__name__)
@@ -47,17 +48,17 @@ class _Heartbeat(threading.Thread):
                 log.exception("heartbeat failed for job %s", self.job_id)
 
 
-def _progress_reporter(settings: Settings, job_id: str, token: str) -> Callable[[float, str], None]:
+def _progress_reporter(settings: Settings, job_id: str, token: str) -> Progress:
     last: dict[str, object] = {}
 
-    def report(fraction: float, stage: str) -> None:
+    def report(fraction: float, stage: str, record: dict[str, Any] | None = None) -> None:
         rounded = round(fraction, 3)
-        if last.get("v") == (rounded, stage):
+        if record is None and last.get("v") == (rounded, stage):
             return
         last["v"] = (rounded, stage)
         with session_scope(settings.resolved_database_url) as db:
             cancelled = jobs_service.heartbeat(
-                db=db, job_id=job_id, token=token, progress=fraction, stage=stage
+                db=db, job_id=job_id, token=token, progress=fraction, stage=stage, record=record
             )
         if cancelled:
             raise JobCancelled(f"Job {job_id} was cancelled.")

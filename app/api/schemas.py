@@ -5,7 +5,7 @@ from __future__ import annotations
 from datetime import UTC, datetime
 from typing import Annotated, Any, Generic, Literal, TypeVar
 
-from pydantic import BaseModel, ConfigDict, Field, PlainSerializer
+from pydantic import BaseModel, ConfigDict, Field, PlainSerializer, field_validator
 
 T = TypeVar("T")
 
@@ -51,6 +51,14 @@ class ProjectUpdate(BaseModel):
     name: str | None = Field(None, min_length=1, max_length=200)
     description: str | None = Field(None, max_length=5000)
     classes: list[str | ClassSpec] | None = None
+
+    @field_validator("name", "description")
+    @classmethod
+    def _not_null(cls, value: str | None) -> str:
+        # Omitted means "unchanged"; an explicit null is not a name or a description.
+        if value is None:
+            raise ValueError("may not be null; omit the field to leave it unchanged")
+        return value
 
 
 class ClassOut(BaseModel):
@@ -127,6 +135,10 @@ class JobOut(BaseModel):
     progress: float
     stage: str
     error: dict[str, Any] | None
+    history: list[dict[str, Any]] = Field(
+        default_factory=list,
+        description="Per-epoch records: epoch, losses, accuracy, seconds, ETA.",
+    )
     model_id: str | None
     attempts: int
     cancel_requested: bool

@@ -111,6 +111,8 @@ class Job(Base):
     progress: Mapped[float] = mapped_column(Float, default=0.0)
     stage: Mapped[str] = mapped_column(String(100), default="queued")
     error: Mapped[dict[str, Any] | None] = mapped_column(JSON)
+    # Per-epoch records of iterative methods: epoch, losses, validation accuracy, seconds, ETA.
+    history: Mapped[list[dict[str, Any]]] = mapped_column(JSON, default=list)
     model_id: Mapped[str | None] = mapped_column(String(40))
     cancel_requested: Mapped[bool] = mapped_column(Boolean, default=False)
     attempts: Mapped[int] = mapped_column(Integer, default=0)

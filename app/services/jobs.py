@@ -148,6 +148,7 @@ def claim(*, db: Session, job_id: str, stale_after: float) -> str | None:
             started_at=now,
             attempts=Job.attempts + 1,
             error=None,
+            history=[],
         )
     ).rowcount
     db.commit()
@@ -155,9 +156,16 @@ def claim(*, db: Session, job_id: str, stale_after: float) -> str | None:
 
 
 def heartbeat(
-    *, db: Session, job_id: str, token: str, progress: float | None = None, stage: str | None = None
+    *,
+    db: Session,
+    job_id: str,
+    token: str,
+    progress: float | None = None,
+    stage: str | None = None,
+    record: dict[str, Any] | None = None,
 ) -> bool:
-    """Record liveness (and progress); returns whether cancellation was requested.
+    """Record liveness (and progress, and a history record); returns whether cancellation
+    was requested.
 
     Raises :class:`NotFound` when this run no longer owns the job (it was taken over).
     """
@@ -166,6 +174,9 @@ def heartbeat(
         values["progress"] = max(0.0, min(1.0, progress))
     if stage is not None:
         values["stage"] = stage[:100]
+    if record is not None:
+        history = db.scalar(select(Job.history).where(Job.id == job_id)) or []
+        values["history"] = [*history, record]
     owned = db.execute(
         update(Job)
         .where(Job.id == job_id, Job.run_token == token, Job.status == "running")

@@ -8,6 +8,7 @@ from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any, Protocol
 
 import numpy as np
 
@@ -25,11 +26,18 @@ class Sample:
     split: str = "auto"
 
 
-Progress = Callable[[float, str], None]
+class Progress(Protocol):
+    """Reports ``fraction`` (0..1) and ``stage``, plus an optional ``record`` for the job's
+    history (an epoch's losses, say). Raises :class:`~app.errors.JobCancelled` when the
+    job was cancelled, so methods call it between steps."""
+
+    def __call__(
+        self, fraction: float, stage: str, record: dict[str, Any] | None = None
+    ) -> None: ...
 
 
-def no_progress(fraction: float, stage: str) -> None:
-    """A :data:`Progress` that reports nothing and never cancels."""
+def no_progress(fraction: float, stage: str, record: dict[str, Any] | None = None) -> None:
+    """A :class:`Progress` that reports nothing and never cancels."""
 
 
 @dataclass

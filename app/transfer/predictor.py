@@ -19,6 +19,7 @@ import torch
 from app.transfer.artifacts import TrainedModel
 from app.transfer.backbones import Backbone, load_backbone
 from app.transfer.features import embed_tensors, prepare_backbone
+from app.transfer.finetune_parts import classifier_param_names
 from app.transfer.preprocess import load_for_model
 
 K = TypeVar("K", bound=Hashable)
@@ -97,7 +98,13 @@ class Predictor:
                 model.backbone, weights_dir=self.weights_dir, allow_hub=self.allow_hub
             )
             if model.backbone_state is not None:
-                backbone.model.load_state_dict(model.backbone_state, strict=False)
+                loaded = backbone.model.load_state_dict(model.backbone_state, strict=False)
+                if loaded.unexpected_keys or set(loaded.missing_keys) - classifier_param_names(
+                    backbone.model
+                ):
+                    raise ValueError(
+                        f"finetuned backbone of {model_key} does not fit {model.backbone}"
+                    )
             elif backbone.weights_digest != model.backbone_digest:
                 raise RuntimeError(
                     f"backbone {model.backbone} weights changed since the model was trained"

@@ -142,7 +142,8 @@ class Preprocessing:
 
 
 @lru_cache(maxsize=32)
-def _transform(cfg: Preprocessing) -> Any:
+def eval_transform(cfg: Preprocessing) -> Any:
+    """The deterministic transform of ``cfg`` (PIL image -> normalised tensor)."""
     from timm.data import create_transform
 
     return create_transform(
@@ -159,4 +160,4 @@ def _transform(cfg: Preprocessing) -> Any:
 def load_for_model(data: bytes, cfg: Preprocessing, *, max_pixels: int) -> torch.Tensor:
     """Bytes -> one preprocessed tensor ``(3, H, W)``: the single path used everywhere."""
     img = decode_image(data, max_pixels=max_pixels, draft_size=cfg.side)
-    return _transform(cfg)(img)
+    return eval_transform(cfg)(img)

@@ -108,7 +108,7 @@ class FeatureMethod(Method):
             max_pixels=data.max_pixels,
             batch_size=data.batch_size,
             cache_dir=data.feature_cache_dir,
-            progress=lambda f, stage: progress(0.8 * f, stage),
+            progress=lambda f, stage, record=None: progress(0.8 * f, stage),
         )
         y = np.array([classes.index(s.label) for s in samples])  # type: ignore[arg-type]
         is_test = np.array([s.split == "test" for s in samples])

@@ -1,0 +1,299 @@
+"""``finetune``: train all or some blocks of the pretrained network, starting from the probe.
+
+Linear-probe-then-finetune (Kumar et al., 2022, "Fine-Tuning can Distort Pretrained
+Features"): the classifier starts from the linear-probe solution, so early gradients do
+not wreck the features, and the backbone moves with a smaller learning rate
+(``lr * backbone_lr_mult``) than the head. ``trainable`` picks what moves: ``head``,
+``last_n_blocks`` (with ``n``), ``all``, or block names (``stem``, ``blocks.3`` ...) —
+intermediate blocks alone ("flex-tuning") suit a changed input style such as photo ->
+line drawing. Frozen blocks stay bit-identical, BatchNorm statistics included.
+
+Loss: cross-entropy :math:`-\\log \\mathrm{softmax}(f_\\theta(x))_y` with AdamW and a cosine
+schedule; mixed precision (bf16) on CUDA; early stopping on a stratified validation split
+carved from the training images, keeping the best epoch's weights.
+
+Honesty: the model is measured on the ``test`` split, or else on a stratified holdout that
+neither training nor early stopping sees (``validation="holdout"``). Its ``baseline`` is
+the linear probe trained and measured on exactly the same split, and ``negative_transfer``
+says whether finetuning did worse than that probe.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+import time
+from typing import Any, Literal
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from pydantic import Field
+from sklearn.model_selection import train_test_split
+
+from app.transfer.artifacts import TrainedModel
+from app.transfer.backbones import Backbone, load_backbone
+from app.transfer.data import Progress, Sample, TrainingData, no_progress
+from app.transfer.evaluation import classification_metrics
+from app.transfer.features import extract_features
+from app.transfer.finetune_parts import (
+    classifier_param_names,
+    freeze_except,
+    set_train_mode,
+    trainable_parameters,
+)
+from app.transfer.heads import LinearHead
+from app.transfer.methods import register_method
+from app.transfer.methods.base import Method, MethodParams, shared_backbone
+from app.transfer.methods.linear_probe import LinearProbe, LinearProbeParams
+from app.transfer.preprocess import Preprocessing, decode_image, eval_transform
+
+
+class FinetuneParams(MethodParams):
+    trainable: Literal["head", "last_n_blocks", "all"] | list[str] = "last_n_blocks"
+    n: int = Field(2, ge=1, le=100, description="Blocks that train with `last_n_blocks`.")
+    epochs: int = Field(15, ge=1, le=1000)
+    lr: float = Field(1e-3, gt=0, le=1, description="Learning rate of the classifier.")
+    backbone_lr_mult: float = Field(0.1, ge=0, le=10, description="Backbone lr = lr * this.")
+    weight_decay: float = Field(1e-4, ge=0, le=1)
+    batch_size: int = Field(16, ge=1, le=1024)
+    augment: bool = Field(True, description="random-resized-crop, flip, colour jitter (timm)")
+    max_minutes: float = Field(30.0, gt=0, le=24 * 60)
+    patience: int = Field(5, ge=1, le=1000, description="Epochs without improvement to stop.")
+    linear_probe_init: bool = Field(True, description="Start the head from the linear probe.")
+    holdout_fraction: float = Field(0.2, gt=0, lt=0.6)
+    max_grad_norm: float = Field(1.0, gt=0, description="Gradient-norm clipping.")
+    seed: int = 0
+
+
+def device_for_training() -> torch.device:
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def _carve(
+    idx: np.ndarray, y: np.ndarray, fraction: float, seed: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """Stratified ``(rest, carved)`` split of ``idx``; carved is empty if a class is too small."""
+    counts = np.bincount(y[idx])
+    if len(idx) == 0 or counts[counts > 0].min() < 2:
+        return idx, idx[:0]
+    n_classes = int((counts > 0).sum())
+    size = max(n_classes, round(fraction * len(idx)))
+    if len(idx) - size < n_classes:
+        return idx, idx[:0]
+    rest, carved = train_test_split(idx, test_size=size, stratify=y[idx], random_state=seed)
+    return np.sort(rest), np.sort(carved)
+
+
+class _Images(torch.utils.data.Dataset):  # type: ignore[type-arg]
+    def __init__(self, images: list[Any], labels: np.ndarray, transform: Any) -> None:
+        self.images, self.labels, self.transform = images, labels, transform
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+    def __getitem__(self, i: int) -> tuple[torch.Tensor, int]:
+        return self.transform(self.images[i]), int(self.labels[i])
+
+
+def _train_transform(cfg: Preprocessing, augment: bool) -> Any:
+    from timm.data import create_transform
+
+    if not augment:
+        return eval_transform(cfg)
+    return create_transform(
+        input_size=cfg.input_size, is_training=True, scale=(0.6, 1.0), hflip=0.5,
+        color_jitter=0.2, interpolation=cfg.interpolation, mean=cfg.mean, std=cfg.std,
+    )  # fmt: skip
+
+
+@torch.no_grad()
+def _predict(model: torch.nn.Module, loader: Any, device: torch.device) -> tuple[np.ndarray, float]:
+    """Probabilities and mean cross-entropy over ``loader``."""
+    model.eval()
+    probs, losses = [], []
+    for x, y in loader:
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"):
+            logits = model(x.to(device, memory_format=torch.channels_last)).float()
+        losses.append(F.cross_entropy(logits, y.to(device), reduction="sum").item())
+        probs.append(logits.softmax(-1).cpu().numpy())
+    return np.concatenate(probs), sum(losses) / max(1, len(loader.dataset))
+
+
+@register_method
+class Finetune(Method):
+    name = "finetune"
+    summary = "Train all or some blocks from pretrained weights (linear-probe-then-finetune)."
+    Params = FinetuneParams
+
+    def fit(
+        self,
+        data: TrainingData,
+        params: MethodParams | None = None,
+        progress: Progress = no_progress,
+    ) -> TrainedModel:
+        p: FinetuneParams = params if isinstance(params, FinetuneParams) else FinetuneParams()
+        self.check_data(data.class_counts())
+        classes = sorted(data.class_counts())
+        samples: list[Sample] = [s for s in data.labeled() if s.label in classes]
+        y = np.array([classes.index(s.label) for s in samples])  # type: ignore[arg-type]
+        is_test = np.array([s.split == "test" for s in samples])
+        if is_test.any():
+            protocol, eval_idx, pool = (
+                "test-split",
+                np.flatnonzero(is_test),
+                np.flatnonzero(~is_test),
+            )
+        else:
+            protocol = "holdout"
+            pool, eval_idx = _carve(np.flatnonzero(~is_test), y, p.holdout_fraction, p.seed)
+        train_idx, val_idx = _carve(pool, y, p.holdout_fraction, p.seed + 1)
+
+        # The baseline, and the head's starting point: the linear probe on the same split.
+        progress(0.0, "linear probe baseline")
+        frozen = shared_backbone(data.backbone, data.weights_dir, data.allow_hub)
+        feats = extract_features(
+            samples, backbone=frozen, load_bytes=data.load_bytes, max_pixels=data.max_pixels,
+            batch_size=data.batch_size, cache_dir=data.feature_cache_dir,
+        )  # fmt: skip
+        probe = LinearProbe().fit_head(feats[pool], y[pool], len(classes), LinearProbeParams())
+        with torch.inference_mode():
+            probe_pred = probe(torch.from_numpy(feats[eval_idx])).argmax(-1).numpy()
+
+        device = device_for_training()
+        backbone: Backbone = load_backbone(
+            data.backbone, weights_dir=data.weights_dir, allow_hub=data.allow_hub
+        )
+        model = backbone.model
+        model.reset_classifier(len(classes))  # type: ignore[operator]
+        if p.linear_probe_init:
+            with torch.no_grad():
+                model.get_classifier().weight.copy_(probe.linear.weight)  # type: ignore[operator]
+                model.get_classifier().bias.copy_(probe.linear.bias)  # type: ignore[operator]
+        frozen_norms = freeze_except(model, trainable_parameters(model, p.trainable, p.n))
+        model.to(device, memory_format=torch.channels_last)  # type: ignore[call-overload]
+        head_params = {id(q) for q in model.get_classifier().parameters()}  # type: ignore[operator]
+        moving = [q for q in model.parameters() if q.requires_grad]
+        groups = [
+            {"params": [q for q in moving if id(q) in head_params], "lr": p.lr},
+            {
+                "params": [q for q in moving if id(q) not in head_params],
+                "lr": p.lr * p.backbone_lr_mult,
+            },
+        ]
+        optimizer = torch.optim.AdamW(
+            [g for g in groups if g["params"]], weight_decay=p.weight_decay
+        )
+
+        cfg = backbone.preprocessing
+        pil = {i: decode_image(data.load_bytes(samples[i]), max_pixels=data.max_pixels, draft_size=cfg.side * 2)
+               for i in np.concatenate([train_idx, val_idx, eval_idx]).tolist()}  # fmt: skip
+
+        def loader(idx: np.ndarray, transform: Any, shuffle: bool) -> Any:
+            ds = _Images([pil[i] for i in idx.tolist()], y[idx], transform)
+            g = torch.Generator().manual_seed(p.seed)
+            return torch.utils.data.DataLoader(
+                ds, batch_size=p.batch_size, shuffle=shuffle, generator=g
+            )
+
+        train_loader = loader(train_idx, _train_transform(cfg, p.augment), shuffle=True)
+        val_loader = loader(val_idx, eval_transform(cfg), shuffle=False) if len(val_idx) else None
+        steps = p.epochs * len(train_loader)
+        scheduler = torch.optim.lr_scheduler.LambdaLR(
+            optimizer, lambda step: 0.5 * (1 + math.cos(math.pi * min(step, steps) / max(1, steps)))
+        )
+
+        history: list[dict[str, Any]] = []
+        best_state, best_key, best_epoch, since_best = (
+            copy.deepcopy(model.state_dict()),
+            (-1.0, 0.0),
+            0,
+            0,
+        )
+        started = time.monotonic()
+        for epoch in range(1, p.epochs + 1):
+            epoch_start = time.monotonic()
+            set_train_mode(model, frozen_norms)
+            total, seen = 0.0, 0
+            for step, (x, t) in enumerate(train_loader):
+                with torch.autocast(
+                    device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"
+                ):
+                    loss = F.cross_entropy(
+                        model(x.to(device, memory_format=torch.channels_last)).float(), t.to(device)
+                    )
+                optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                torch.nn.utils.clip_grad_norm_(moving, p.max_grad_norm)
+                optimizer.step()
+                scheduler.step()
+                total, seen = total + loss.item() * len(t), seen + len(t)
+                done = (epoch - 1 + (step + 1) / len(train_loader)) / p.epochs
+                progress(0.05 + 0.9 * done, f"epoch {epoch}/{p.epochs}")  # cancels within a batch
+            record: dict[str, Any] = {"epoch": epoch, "train_loss": total / max(1, seen)}
+            if val_loader is not None:
+                val_probs, val_loss = _predict(model, val_loader, device)
+                val_acc = float((val_probs.argmax(1) == y[val_idx]).mean())
+                record.update(val_accuracy=val_acc, val_loss=val_loss)
+                key = (val_acc, -val_loss)
+            else:
+                key = (float(epoch), 0.0)  # no validation split: keep the last epoch
+            elapsed = time.monotonic() - started
+            record.update(
+                seconds=round(time.monotonic() - epoch_start, 3),
+                eta_seconds=round(elapsed / epoch * (p.epochs - epoch), 1),
+            )
+            history.append(record)
+            if key > best_key:
+                best_key, best_state, best_epoch, since_best = (
+                    key,
+                    copy.deepcopy(model.state_dict()),
+                    epoch,
+                    0,
+                )
+            else:
+                since_best += 1
+            progress(0.05 + 0.9 * epoch / p.epochs, f"epoch {epoch}/{p.epochs}", record)
+            if since_best >= p.patience or elapsed > p.max_minutes * 60:
+                break
+
+        model.load_state_dict(best_state)
+        progress(0.96, "evaluating")
+        eval_probs, _ = _predict(
+            model, loader(eval_idx, eval_transform(cfg), shuffle=False), device
+        )
+        names = classes
+        metrics = classification_metrics(y[eval_idx], eval_probs.argmax(1), names)
+        baseline = classification_metrics(y[eval_idx], probe_pred, names)
+        split_info = {
+            "validation": protocol,
+            "n_train": len(train_idx),
+            "n_validation": len(eval_idx),
+        }
+        metrics.update(split_info)
+        metrics["baseline"] = {"name": "linear_probe", **baseline, **split_info}
+        metrics["negative_transfer"] = metrics["accuracy"] < baseline["accuracy"]
+        metrics["history"] = history
+        metrics["best_epoch"] = best_epoch
+        metrics["device"] = device.type
+
+        model.cpu()
+        classifier = model.get_classifier()  # type: ignore[operator]
+        skip = classifier_param_names(model)
+        state = {
+            k: v.detach().clone().contiguous()
+            for k, v in model.state_dict().items()
+            if k not in skip
+        }
+        progress(1.0, "done")
+        return TrainedModel(
+            method=self.name,
+            backbone=backbone.name,
+            backbone_digest=backbone.weights_digest,
+            preprocessing=cfg,
+            classes=classes,
+            head=LinearHead(classifier.weight.detach().clone(), classifier.bias.detach().clone()),
+            metrics=metrics,
+            params=p.model_dump(),
+            backbone_state=state,
+        )
