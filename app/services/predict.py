@@ -10,9 +10,12 @@ from app.config import Settings
 from app.db.models import Model, Project
 from app.errors import InvalidInput, ProjectHasNoModel
 from app.storage import BlobStore
+from app.transfer.export import FORMATS as EXPORT_FORMATS
+from app.transfer.export import ExportFormat
 from app.transfer.predictor import Prediction, Predictor
 
 MAX_TOP_K = 100
+__all__ = ["EXPORT_FORMATS", "ExportFormat", "default_model", "evict", "export", "predict"]
 
 
 @lru_cache(maxsize=1)
@@ -48,3 +51,8 @@ def predict(
 
 def evict(*, settings: Settings, model_id: str) -> None:
     get_predictor(settings).evict(model_id)
+
+
+def export(*, settings: Settings, store: BlobStore, model: Model, fmt: ExportFormat) -> bytes:
+    prefix = model.artifact_prefix
+    return get_predictor(settings).export(model.id, lambda name: store.get(f"{prefix}/{name}"), fmt)

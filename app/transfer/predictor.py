@@ -18,6 +18,7 @@ import torch
 
 from app.transfer.artifacts import TrainedModel
 from app.transfer.backbones import Backbone, load_backbone
+from app.transfer.export import ExportFormat, export_model
 from app.transfer.features import embed_tensors, prepare_backbone
 from app.transfer.finetune_parts import classifier_param_names
 from app.transfer.preprocess import load_for_model
@@ -112,6 +113,13 @@ class Predictor:
             return prepare_backbone(backbone)
 
         return self.backbones.get_or_load(key, load)
+
+    def export(self, model_key: str, read: Callable[[str], bytes], fmt: ExportFormat) -> bytes:
+        """The model as one ONNX or TorchScript file (see :mod:`app.transfer.export`)."""
+        model = self.load(model_key, read)
+        return export_model(
+            self._backbone_for(model_key, model), model, model_id=model_key, fmt=fmt
+        )
 
     def load(self, model_key: str, read: Callable[[str], bytes]) -> TrainedModel:
         return self.models.get_or_load(model_key, lambda: TrainedModel.from_files(read))

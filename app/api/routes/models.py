@@ -56,6 +56,32 @@ def delete_model(
     return Response(status_code=status.HTTP_204_NO_CONTENT)
 
 
+@router.get(
+    "/v1/models/{model_id}/export",
+    response_class=Response,
+    responses={200: {"content": {"application/onnx": {}, "application/octet-stream": {}}}},
+)
+def export_model(
+    model_id: str,
+    db: SessionDep,
+    tenant: TenantDep,
+    settings: SettingsDep,
+    store: StoreDep,
+    format: Annotated[predict_service.ExportFormat, Query(description="onnx | torchscript")] = "onnx",
+) -> Response:
+    """One self-contained file: preprocessed image tensors in, class probabilities out;
+    class names and preprocessing in its metadata (ONNX `metadata_props["dovecote"]`,
+    TorchScript extra file `dovecote.json`)."""
+    model = service.get(db=db, tenant_id=tenant.id, model_id=model_id)
+    data = predict_service.export(settings=settings, store=store, model=model, fmt=format)
+    suffix, media_type = predict_service.EXPORT_FORMATS[format]
+    return Response(
+        data,
+        media_type=media_type,
+        headers={"Content-Disposition": f'attachment; filename="{model.id}{suffix}"'},
+    )
+
+
 @router.post("/v1/projects/{project_id}/default-model")
 def set_default_model(body: DefaultModelIn, project: ProjectDep, db: SessionDep) -> ProjectOut:
     return project_out(db, service.set_default(db=db, project=project, model_id=body.model_id))

@@ -1,0 +1,83 @@
+"""Export a model as one self-contained file: preprocessed images in, class probabilities out.
+
+``onnx``: an ONNX graph (opset 17) with input ``input`` ``(N, 3, H, W)`` float32 and output
+``probabilities`` ``(N, C)``; the class names and the preprocessing ride in the model's
+``metadata_props`` under ``dovecote``. ``torchscript``: a traced module with the same
+contract and the same JSON as the extra file ``dovecote.json``. Both compute exactly what
+the service's predictor computes (backbone -> head), so they agree with ``/predict``.
+"""
+
+from __future__ import annotations
+
+import copy
+import io
+import json
+import warnings
+from typing import Any, Literal
+
+import torch
+from torch import nn
+
+from app.transfer.artifacts import TrainedModel
+from app.transfer.backbones import Backbone
+
+ExportFormat = Literal["onnx", "torchscript"]
+FORMATS: dict[str, tuple[str, str]] = {  # format -> (file suffix, media type)
+    "onnx": (".onnx", "application/onnx"),
+    "torchscript": (".pt", "application/octet-stream"),
+}
+
+
+class ExportedClassifier(nn.Module):
+    """``probabilities = head(backbone.embed(x))`` as one module."""
+
+    def __init__(self, backbone: Backbone, model: TrainedModel) -> None:
+        super().__init__()
+        self.network = (
+            copy.deepcopy(backbone.model).to(memory_format=torch.contiguous_format).eval()
+        )
+        self.head = copy.deepcopy(model.head).eval()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        feats = self.network.forward_head(self.network.forward_features(x), pre_logits=True)  # type: ignore[operator]
+        return self.head(feats)
+
+
+def export_metadata(model: TrainedModel, model_id: str) -> dict[str, Any]:
+    return {
+        "model_id": model_id,
+        "classes": model.classes,
+        "preprocessing": model.preprocessing.to_dict(),
+        "input": "RGB image resized and normalised as `preprocessing` says, NCHW float32",
+        "output": "class probabilities, columns in the order of `classes`",
+        "method": model.method,
+        "backbone": model.backbone,
+    }
+
+
+def export_model(
+    backbone: Backbone, model: TrainedModel, *, model_id: str, fmt: ExportFormat
+) -> bytes:
+    module = ExportedClassifier(backbone, model)
+    example = torch.zeros(1, *model.preprocessing.input_size)
+    meta = json.dumps(export_metadata(model, model_id))
+    buf = io.BytesIO()
+    if fmt == "torchscript":
+        with torch.no_grad(), warnings.catch_warnings():
+            warnings.simplefilter("ignore", FutureWarning)  # TorchScript is deprecated, still served
+            traced = torch.jit.trace(module, example)
+            torch.jit.save(traced, buf, _extra_files={"dovecote.json": meta})
+        return buf.getvalue()
+    import onnx
+
+    with warnings.catch_warnings():
+        # The TorchScript-based exporter: needs only `onnx`, handles timm's TF-"same" padding.
+        warnings.simplefilter("ignore", DeprecationWarning)
+        torch.onnx.export(
+            module, (example,), buf, dynamo=False, opset_version=17,
+            input_names=["input"], output_names=["probabilities"],
+            dynamic_axes={"input": {0: "batch"}, "probabilities": {0: "batch"}},
+        )  # fmt: skip
+    proto = onnx.load_from_string(buf.getvalue())
+    proto.metadata_props.add(key="dovecote", value=meta)
+    return proto.SerializeToString()
