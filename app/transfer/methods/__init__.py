@@ -33,4 +33,4 @@ def list_methods() -> list[Method]:
 
 
 # Registration happens on import; keep this list sorted.
-from app.transfer.methods import finetune, knn, linear_probe  # noqa: E402, F401
+from app.transfer.methods import auto, finetune, knn, linear_probe  # noqa: E402, F401

@@ -1,0 +1,127 @@
+"""``auto``: try the applicable methods on one honest protocol and keep the best.
+
+Selection: a stratified holdout is carved from the training images (never from the
+``test`` split). Every candidate is trained on the rest and scored on that same holdout,
+by accuracy, then macro-F1. The winner is refit on all training images by its own
+``fit``, so its reported metrics follow the usual protocol (the ``test`` split when there
+is one); ``candidates`` lists every candidate's selection scores, failures included.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+from typing import Any
+
+import numpy as np
+from pydantic import Field
+
+from app.errors import DovecoteError, InvalidParams, JobCancelled
+from app.transfer.artifacts import TrainedModel
+from app.transfer.data import Progress, TrainingData, no_progress
+from app.transfer.methods import get_method, register_method
+from app.transfer.methods.base import Method, MethodParams
+from app.transfer.methods.finetune import _carve
+
+
+class AutoParams(MethodParams):
+    candidates: list[str] = Field(
+        default_factory=lambda: ["linear_probe", "knn", "finetune"],
+        min_length=1,
+        description="Methods to try, each with its default params unless given below.",
+    )
+    params: dict[str, dict[str, Any]] = Field(
+        default_factory=dict, description="Per-candidate params, e.g. {'finetune': {'epochs': 5}}."
+    )
+    finetune_budget_minutes: float = Field(10.0, gt=0, le=24 * 60)
+    selection_fraction: float = Field(0.25, gt=0, lt=0.6)
+    seed: int = 0
+
+
+@register_method
+class Auto(Method):
+    name = "auto"
+    summary = "Try linear probe, kNN and finetuning on one holdout; keep the best."
+    Params = AutoParams
+    min_per_class = 3  # one for the selection holdout, two to train on
+
+    def parse_params(self, raw: dict[str, Any] | None) -> MethodParams:
+        parsed: AutoParams = super().parse_params(raw)  # type: ignore[assignment]
+        for name in parsed.candidates:  # unknown candidates or bad params: 422 up front
+            if name == self.name:
+                raise InvalidParams("`auto` cannot be one of its own candidates.")
+            get_method(name).parse_params(self._candidate_raw(parsed, name))
+        return parsed
+
+    @staticmethod
+    def _candidate_raw(p: AutoParams, name: str) -> dict[str, Any]:
+        raw = dict(p.params.get(name, {}))
+        if name == "finetune":
+            raw.setdefault("max_minutes", p.finetune_budget_minutes)
+        return raw
+
+    def fit(
+        self,
+        data: TrainingData,
+        params: MethodParams | None = None,
+        progress: Progress = no_progress,
+    ) -> TrainedModel:
+        p: AutoParams = params if isinstance(params, AutoParams) else AutoParams()
+        self.check_data(data.class_counts())
+        classes = sorted(data.class_counts())
+        pool = [s for s in data.labeled() if s.label in classes and s.split != "test"]
+        y = np.array([classes.index(s.label) for s in pool])  # type: ignore[arg-type]
+        _, held = _carve(np.arange(len(pool)), y, p.selection_fraction, p.seed)
+        held_keys = {pool[i].key for i in held.tolist()}
+        # Candidates see the selection holdout as their "test" split and the real test split not at all.
+        selection = dataclasses.replace(
+            data,
+            samples=[
+                dataclasses.replace(s, split="test" if s.key in held_keys else "train")
+                for s in data.samples
+                if s.split != "test"
+            ],
+        )
+        n = len(p.candidates) + 1
+        report: dict[str, dict[str, Any]] = {}
+        for k, name in enumerate(p.candidates):
+            impl = get_method(name)
+            started = time.monotonic()
+            try:
+                trained = impl.fit(
+                    selection,
+                    impl.parse_params(self._candidate_raw(p, name)),
+                    lambda f, stage, record=None, k=k, name=name: progress(
+                        (k + f) / n, f"{name}: {stage}"
+                    ),
+                )
+            except JobCancelled:
+                raise
+            except DovecoteError as exc:
+                report[name] = {"error": exc.problem()}
+                continue
+            m = trained.metrics
+            report[name] = {
+                "accuracy": m["accuracy"],
+                "macro_f1": m["macro_f1"],
+                "validation": "selection-holdout",
+                "n_train": m["n_train"],
+                "n_validation": m["n_validation"],
+                "seconds": round(time.monotonic() - started, 2),
+            }
+        scored = {k: v for k, v in report.items() if "accuracy" in v}
+        if not scored:
+            raise DovecoteError("No candidate method could be trained.", candidates=report)
+        best = max(scored, key=lambda k: (scored[k]["accuracy"], scored[k]["macro_f1"]))
+        impl = get_method(best)
+        final = impl.fit(
+            data,
+            impl.parse_params(self._candidate_raw(p, best)),
+            lambda f, stage, record=None: progress(
+                (len(p.candidates) + f) / n, f"{best} (final): {stage}", record
+            ),
+        )
+        final.metrics["selected"] = best
+        final.metrics["candidates"] = report
+        final.params = {"auto": p.model_dump(), "selected": best, best: final.params}
+        return dataclasses.replace(final, method=self.name)

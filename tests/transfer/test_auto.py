@@ -1,0 +1,37 @@
+from __future__ import annotations
+
+import pytest
+
+from app.errors import InvalidParams, UnknownMethod
+from app.transfer import get_method
+from tests.transfer.test_methods import digits_data
+
+AUTO = get_method("auto")
+
+
+def test_auto_scores_every_candidate_on_one_holdout_and_keeps_the_best() -> None:
+    data = digits_data(8, test_per_class=3)
+    params = AUTO.parse_params({"params": {"finetune": {"epochs": 1, "n": 1}}})
+    model = AUTO.fit(data, params)
+    m = model.metrics
+    candidates = m["candidates"]
+    assert set(candidates) == {"linear_probe", "knn", "finetune"}
+    non_test = 8 * 4
+    for name, c in candidates.items():
+        assert c["validation"] == "selection-holdout", name
+        assert c["n_validation"] == 8  # the same 25% holdout for every candidate ...
+        assert c["n_train"] + c["n_validation"] <= non_test  # ... and never the test split
+    best = max(candidates, key=lambda k: (candidates[k]["accuracy"], candidates[k]["macro_f1"]))
+    assert m["selected"] == best
+    assert model.method == "auto"
+    # the refit winner is measured on the real test split
+    assert m["validation"] == "test-split" and m["n_validation"] == 12
+
+
+def test_auto_validates_candidates_up_front() -> None:
+    with pytest.raises(UnknownMethod):
+        AUTO.parse_params({"candidates": ["linear_probe", "magic"]})
+    with pytest.raises(InvalidParams):
+        AUTO.parse_params({"candidates": ["auto"]})
+    with pytest.raises(InvalidParams):
+        AUTO.parse_params({"params": {"finetune": {"epochs": 0}}})
