@@ -1,0 +1,67 @@
+"""Finetune and auto jobs through the API, run by the real worker code."""
+
+from __future__ import annotations
+
+import threading
+import time
+
+from tests.conftest import Api
+from tests.factories import digit_images
+from worker.runner import run_job
+
+
+def test_finetune_job_records_history_and_baseline(api: Api) -> None:
+    project = api.project()
+    api.upload_labeled(project["id"], digit_images(5, [0, 1, 2]))
+    job = api.train(project["id"], "finetune", params={"trainable": "head", "epochs": 2})
+    assert [r["epoch"] for r in job["history"]] == [1, 2]
+    assert {"train_loss", "val_accuracy", "seconds", "eta_seconds"} <= set(job["history"][0])
+    model = api.client.get(f"/v1/models/{job['model_id']}").json()
+    assert model["method"] == "finetune"
+    assert model["metrics"]["baseline"]["name"] == "linear_probe"
+    assert isinstance(model["metrics"]["negative_transfer"], bool)
+
+
+def test_bad_finetune_params_are_refused_at_creation(api: Api) -> None:
+    project = api.project()
+    api.upload_labeled(project["id"], digit_images(3, [0, 1]))
+    for params in ({"epochs": 0}, {"trainable": "some"}, {"lr": -1}, {"nope": 1}):
+        r = api.client.post(
+            f"/v1/projects/{project['id']}/jobs", json={"method": "finetune", "params": params}
+        )
+        assert r.status_code == 422 and r.json()["code"] == "invalid_params", (params, r.text)
+
+
+def test_cancel_mid_training_ends_cancelled_without_a_model(api: Api) -> None:
+    project = api.project()
+    api.upload_labeled(project["id"], digit_images(6, [0, 1, 2]))
+    r = api.client.post(
+        f"/v1/projects/{project['id']}/jobs",
+        json={"method": "finetune", "params": {"trainable": "all", "epochs": 200, "batch_size": 4}},
+    )
+    job_id = r.json()["id"]
+    api.queued.clear()
+    outcome: list[str] = []
+    runner = threading.Thread(target=lambda: outcome.append(run_job(job_id, settings=api.settings)))
+    runner.start()
+    deadline = time.monotonic() + 120
+    while not api.client.get(f"/v1/jobs/{job_id}").json()["stage"].startswith("epoch"):
+        assert time.monotonic() < deadline and runner.is_alive()
+        time.sleep(0.05)
+    assert api.client.post(f"/v1/jobs/{job_id}/cancel").status_code == 202
+    runner.join(timeout=60)
+    assert outcome == ["cancelled"]
+    job = api.client.get(f"/v1/jobs/{job_id}").json()
+    assert job["status"] == "cancelled" and job["model_id"] is None
+    assert job["history"] == [] or job["history"][-1]["epoch"] < 200
+    assert api.client.get(f"/v1/projects/{project['id']}/models").json()["items"] == []
+
+
+def test_auto_job_reports_candidates(api: Api) -> None:
+    project = api.project()
+    api.upload_labeled(project["id"], digit_images(4, [0, 1, 2]))
+    job = api.train(project["id"], "auto", params={"candidates": ["linear_probe", "knn"]})
+    model = api.client.get(f"/v1/models/{job['model_id']}").json()
+    assert model["method"] == "auto"
+    assert set(model["metrics"]["candidates"]) == {"linear_probe", "knn"}
+    assert model["metrics"]["selected"] in {"linear_probe", "knn"}
