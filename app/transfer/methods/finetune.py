@@ -23,6 +23,7 @@ from __future__ import annotations
 import copy
 import math
 import time
+from collections.abc import Callable
 from typing import Any, Literal
 
 import numpy as np
@@ -120,6 +121,55 @@ def _predict(model: torch.nn.Module, loader: Any, device: torch.device) -> tuple
     return np.concatenate(probs), sum(losses) / max(1, len(loader.dataset))
 
 
+def setup_training(
+    model: torch.nn.Module, p: FinetuneParams
+) -> tuple[torch.optim.Optimizer, list[torch.nn.Parameter], list[torch.nn.Module]]:
+    """Freeze what ``p.trainable`` leaves out; AdamW with the head at ``lr`` and the
+    backbone at ``lr * backbone_lr_mult``. Returns (optimizer, moving params, frozen norms)."""
+    frozen_norms = freeze_except(model, trainable_parameters(model, p.trainable, p.n))
+    head_params = {id(q) for q in model.get_classifier().parameters()}  # type: ignore[operator]
+    moving = [q for q in model.parameters() if q.requires_grad]
+    groups = [
+        {"params": [q for q in moving if id(q) in head_params], "lr": p.lr},
+        {
+            "params": [q for q in moving if id(q) not in head_params],
+            "lr": p.lr * p.backbone_lr_mult,
+        },
+    ]
+    optimizer = torch.optim.AdamW([g for g in groups if g["params"]], weight_decay=p.weight_decay)
+    return optimizer, moving, frozen_norms
+
+
+def train_epoch(
+    model: torch.nn.Module,
+    loader: Any,
+    optimizer: torch.optim.Optimizer,
+    scheduler: Any,
+    device: torch.device,
+    moving: list[torch.nn.Parameter],
+    max_grad_norm: float,
+    on_batch: Callable[[int], None] = lambda step: None,
+) -> float:
+    """One pass over ``loader`` (model already in train mode); returns the mean loss.
+
+    bf16 autocast on CUDA, channels-last inputs, gradient-norm clipping over ``moving``.
+    """
+    total, seen = 0.0, 0
+    for step, (x, t) in enumerate(loader):
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"):
+            logits = model(x.to(device, memory_format=torch.channels_last)).float()
+            loss = F.cross_entropy(logits, t.to(device))
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(moving, max_grad_norm)
+        optimizer.step()
+        if scheduler is not None:
+            scheduler.step()
+        total, seen = total + loss.item() * len(t), seen + len(t)
+        on_batch(step)
+    return total / max(1, seen)
+
+
 @register_method
 class Finetune(Method):
     name = "finetune"
@@ -170,20 +220,8 @@ class Finetune(Method):
             with torch.no_grad():
                 model.get_classifier().weight.copy_(probe.linear.weight)  # type: ignore[operator]
                 model.get_classifier().bias.copy_(probe.linear.bias)  # type: ignore[operator]
-        frozen_norms = freeze_except(model, trainable_parameters(model, p.trainable, p.n))
         model.to(device, memory_format=torch.channels_last)  # type: ignore[call-overload]
-        head_params = {id(q) for q in model.get_classifier().parameters()}  # type: ignore[operator]
-        moving = [q for q in model.parameters() if q.requires_grad]
-        groups = [
-            {"params": [q for q in moving if id(q) in head_params], "lr": p.lr},
-            {
-                "params": [q for q in moving if id(q) not in head_params],
-                "lr": p.lr * p.backbone_lr_mult,
-            },
-        ]
-        optimizer = torch.optim.AdamW(
-            [g for g in groups if g["params"]], weight_decay=p.weight_decay
-        )
+        optimizer, moving, frozen_norms = setup_training(model, p)
 
         cfg = backbone.preprocessing
         pil = {i: decode_image(data.load_bytes(samples[i]), max_pixels=data.max_pixels, draft_size=cfg.side * 2)
@@ -214,23 +252,14 @@ class Finetune(Method):
         for epoch in range(1, p.epochs + 1):
             epoch_start = time.monotonic()
             set_train_mode(model, frozen_norms)
-            total, seen = 0.0, 0
-            for step, (x, t) in enumerate(train_loader):
-                with torch.autocast(
-                    device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"
-                ):
-                    loss = F.cross_entropy(
-                        model(x.to(device, memory_format=torch.channels_last)).float(), t.to(device)
-                    )
-                optimizer.zero_grad(set_to_none=True)
-                loss.backward()
-                torch.nn.utils.clip_grad_norm_(moving, p.max_grad_norm)
-                optimizer.step()
-                scheduler.step()
-                total, seen = total + loss.item() * len(t), seen + len(t)
-                done = (epoch - 1 + (step + 1) / len(train_loader)) / p.epochs
-                progress(0.05 + 0.9 * done, f"epoch {epoch}/{p.epochs}")  # cancels within a batch
-            record: dict[str, Any] = {"epoch": epoch, "train_loss": total / max(1, seen)}
+            train_loss = train_epoch(
+                model, train_loader, optimizer, scheduler, device, moving, p.max_grad_norm,
+                on_batch=lambda step, epoch=epoch: progress(
+                    0.05 + 0.9 * (epoch - 1 + (step + 1) / len(train_loader)) / p.epochs,
+                    f"epoch {epoch}/{p.epochs}",
+                ),  # cancellation takes effect within one batch
+            )  # fmt: skip
+            record: dict[str, Any] = {"epoch": epoch, "train_loss": train_loss}
             if val_loader is not None:
                 val_probs, val_loss = _predict(model, val_loader, device)
                 val_acc = float((val_probs.argmax(1) == y[val_idx]).mean())
