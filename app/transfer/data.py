@@ -26,6 +26,16 @@ class Sample:
     split: str = "auto"
 
 
+@dataclass(frozen=True)
+class LabeledSet:
+    """``samples[i]`` has class ``classes[y[i]]``; ``is_test[i]`` marks the test split."""
+
+    classes: list[str]
+    samples: list[Sample]
+    y: np.ndarray
+    is_test: np.ndarray
+
+
 class Progress(Protocol):
     """Reports ``fraction`` (0..1) and ``stage``, plus an optional ``record`` for the job's
     history (an epoch's losses, say). Raises :class:`~app.errors.JobCancelled` when the
@@ -83,6 +93,17 @@ class TrainingData:
 
     def labeled(self, *, domain: str = "target") -> list[Sample]:
         return [s for s in self.samples if s.label is not None and s.domain == domain]
+
+    def labeled_set(self, *, domain: str = "target") -> LabeledSet:
+        """The labeled images of the training classes as arrays (test split included)."""
+        classes = sorted(self.class_counts(domain=domain))
+        samples = [s for s in self.labeled(domain=domain) if s.label in classes]
+        return LabeledSet(
+            classes=classes,
+            samples=samples,
+            y=np.array([classes.index(s.label) for s in samples], dtype=np.int64),  # type: ignore[arg-type]
+            is_test=np.array([s.split == "test" for s in samples], dtype=bool),
+        )
 
     def class_counts(self, *, domain: str = "target") -> Counter[str]:
         """Labeled images per class among the training (non-test) samples."""

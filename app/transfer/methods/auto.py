@@ -67,12 +67,10 @@ class Auto(Method):
         progress: Progress = no_progress,
     ) -> TrainedModel:
         p: AutoParams = params if isinstance(params, AutoParams) else AutoParams()
-        self.check_data(data.class_counts())
-        classes = sorted(data.class_counts())
-        pool = [s for s in data.labeled() if s.label in classes and s.split != "test"]
-        y = np.array([classes.index(s.label) for s in pool])  # type: ignore[arg-type]
-        _, held = _carve(np.arange(len(pool)), y, p.selection_fraction, p.seed)
-        held_keys = {pool[i].key for i in held.tolist()}
+        labeled = self.labeled_set(data)
+        pool = np.flatnonzero(~labeled.is_test)
+        _, held = _carve(pool, labeled.y, p.selection_fraction, p.seed)
+        held_keys = {labeled.samples[i].key for i in held.tolist()}
         # Candidates see the selection holdout as their "test" split and the real test split not at all.
         selection = dataclasses.replace(
             data,

@@ -15,7 +15,7 @@ from pydantic import BaseModel, ConfigDict, ValidationError
 from app.errors import ClassTooSmall, InvalidParams, ProjectHasNoLabels
 from app.transfer.artifacts import TrainedModel
 from app.transfer.backbones import Backbone, load_backbone
-from app.transfer.data import Progress, TrainingData, no_progress
+from app.transfer.data import LabeledSet, Progress, TrainingData, no_progress
 from app.transfer.evaluation import evaluate
 from app.transfer.features import extract_features, prepare_backbone
 from app.transfer.heads import Head
@@ -62,6 +62,11 @@ class Method(ABC):
                 class_counts=dict(class_counts),
             )
 
+    def labeled_set(self, data: TrainingData) -> LabeledSet:
+        """Check the data meets this method's requirements; return its labeled arrays."""
+        self.check_data(data.class_counts())
+        return data.labeled_set()
+
     @abstractmethod
     def fit(
         self,
@@ -96,9 +101,8 @@ class FeatureMethod(Method):
         progress: Progress = no_progress,
     ) -> TrainedModel:
         params = params if params is not None else self.Params()
-        self.check_data(data.class_counts())
-        classes = sorted(data.class_counts())
-        samples = [s for s in data.labeled() if s.label in classes]
+        labeled = self.labeled_set(data)
+        classes, samples, y, is_test = labeled.classes, labeled.samples, labeled.y, labeled.is_test
         progress(0.0, "loading backbone")
         backbone = shared_backbone(data.backbone, data.weights_dir, data.allow_hub)
         X = extract_features(
@@ -110,8 +114,6 @@ class FeatureMethod(Method):
             cache_dir=data.feature_cache_dir,
             progress=lambda f, stage, record=None: progress(0.8 * f, stage),
         )
-        y = np.array([classes.index(s.label) for s in samples])  # type: ignore[arg-type]
-        is_test = np.array([s.split == "test" for s in samples])
 
         def fit_predict(X_tr: np.ndarray, y_tr: np.ndarray, X_ev: np.ndarray) -> np.ndarray:
             head = self.fit_head(X_tr, y_tr, len(classes), params).eval()

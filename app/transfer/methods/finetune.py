@@ -34,7 +34,7 @@ from sklearn.model_selection import train_test_split
 
 from app.transfer.artifacts import TrainedModel
 from app.transfer.backbones import Backbone, load_backbone
-from app.transfer.data import Progress, Sample, TrainingData, no_progress
+from app.transfer.data import Progress, TrainingData, no_progress
 from app.transfer.evaluation import classification_metrics
 from app.transfer.features import extract_features
 from app.transfer.finetune_parts import (
@@ -183,11 +183,8 @@ class Finetune(Method):
         progress: Progress = no_progress,
     ) -> TrainedModel:
         p: FinetuneParams = params if isinstance(params, FinetuneParams) else FinetuneParams()
-        self.check_data(data.class_counts())
-        classes = sorted(data.class_counts())
-        samples: list[Sample] = [s for s in data.labeled() if s.label in classes]
-        y = np.array([classes.index(s.label) for s in samples])  # type: ignore[arg-type]
-        is_test = np.array([s.split == "test" for s in samples])
+        labeled = self.labeled_set(data)
+        classes, samples, y, is_test = labeled.classes, labeled.samples, labeled.y, labeled.is_test
         if is_test.any():
             protocol, eval_idx, pool = (
                 "test-split",
