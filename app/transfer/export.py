@@ -64,7 +64,9 @@ def export_model(
     buf = io.BytesIO()
     if fmt == "torchscript":
         with torch.no_grad(), warnings.catch_warnings():
-            warnings.simplefilter("ignore", FutureWarning)  # TorchScript is deprecated, still served
+            warnings.simplefilter(
+                "ignore", FutureWarning
+            )  # TorchScript is deprecated, still served
             traced = torch.jit.trace(module, example)
             torch.jit.save(traced, buf, _extra_files={"dovecote.json": meta})
         return buf.getvalue()
