@@ -57,6 +57,7 @@ class Candidate:
     filename: str
     data: bytes
     label: str | None
+    source: str | None = None  # where it came from, for rejections: "archive.zip:dir/x.png"
 
 
 def blob_key(project_id: str, sha256: str) -> str:
@@ -115,7 +116,7 @@ def _unzip(
         if len(content) > info.file_size:
             yield Rejection(shown, ArchiveTooLarge(f"{shown!r} is larger than its header says."))
             continue
-        yield Candidate(base, content, _member_label(info.filename, default_label))
+        yield Candidate(base, content, _member_label(info.filename, default_label), shown)
 
 
 def _check_choice(value: str, allowed: tuple[str, ...], what: str) -> str:
@@ -157,7 +158,7 @@ def ingest(
                 cand.data, filename=cand.filename, max_pixels=settings.max_image_pixels
             )
         except DovecoteError as exc:
-            result.rejected.append(Rejection(cand.filename, exc))
+            result.rejected.append(Rejection(cand.source or cand.filename, exc))
             continue
         sha = hashlib.sha256(cand.data).hexdigest()
         if sha in existing:

@@ -8,7 +8,7 @@ from typing import Any
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
-from app.db.models import Image, Model, Project, ProjectClass
+from app.db.models import Image, Project, ProjectClass
 from app.errors import InvalidLabel, NotFound
 from app.services.pagination import paginate
 from app.storage import BlobStore
@@ -93,15 +93,11 @@ def list_(
 
 def delete(*, db: Session, store: BlobStore, project: Project) -> None:
     """Rows first (one transaction), then blobs: nothing ever points at a missing blob."""
-    model_prefixes = list(
-        db.scalars(select(Model.artifact_prefix).where(Model.project_id == project.id))
-    )
     project_id = project.id
     db.delete(project)
     db.commit()
     store.delete_prefix(f"images/{project_id}")
-    for prefix in model_prefixes:
-        store.delete_prefix(prefix)
+    store.delete_prefix(f"models/{project_id}")  # every model artifact of the project
 
 
 def class_image_counts(*, db: Session, project_id: str) -> dict[str, int]:

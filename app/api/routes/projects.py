@@ -24,7 +24,7 @@ def project_out(db: Session, project: Project) -> ProjectOut:
                 attributes=c.attributes or {},
                 image_count=counts.get(c.name, 0),
             )
-            for c in project.classes
+            for c in sorted(project.classes, key=lambda c: c.name)
         ],
         image_count=service.image_count(db=db, project_id=project.id),
         default_model_id=project.default_model_id,
