@@ -20,7 +20,7 @@ from app.config import Settings
 from app.db.base import utcnow
 from app.db.models import Image, Job, Project
 from app.errors import DovecoteError, JobNotCancellable, NotFound
-from app.services.pagination import paginate
+from app.services.scoping import get_owned, list_in_project
 from app.transfer.backbones import DEFAULT_BACKBONE, resolve_weights
 from app.transfer.methods import get_method
 
@@ -84,19 +84,13 @@ def create(
 
 
 def get(*, db: Session, tenant_id: str, job_id: str) -> Job:
-    job = db.get(Job, job_id)
-    if job is not None:
-        project = db.get(Project, job.project_id)
-        if project is not None and project.tenant_id == tenant_id:
-            return job
-    raise NotFound(f"No job {job_id!r}.", resource="job")
+    return get_owned(db, Job, job_id, tenant_id=tenant_id, resource="job")
 
 
 def list_(
     *, db: Session, project: Project, limit: int, cursor: str | None
 ) -> tuple[list[Job], str | None]:
-    stmt = select(Job).where(Job.project_id == project.id)
-    return paginate(db, stmt, Job.id, limit=limit, cursor=cursor)
+    return list_in_project(db, Job, project=project, limit=limit, cursor=cursor)
 
 
 def cancel(*, db: Session, job: Job) -> Job:

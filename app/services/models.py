@@ -8,8 +8,8 @@ from sqlalchemy.orm import Session
 
 from app.db.base import new_id
 from app.db.models import Job, Model, Project
-from app.errors import InvalidInput, NotFound
-from app.services.pagination import paginate
+from app.errors import InvalidInput
+from app.services.scoping import get_owned, list_in_project
 from app.storage import BlobStore
 from app.transfer.artifacts import TrainedModel
 
@@ -52,19 +52,13 @@ def save_trained(*, db: Session, store: BlobStore, job: Job, trained: TrainedMod
 
 
 def get(*, db: Session, tenant_id: str, model_id: str) -> Model:
-    model = db.get(Model, model_id)
-    if model is not None:
-        project = db.get(Project, model.project_id)
-        if project is not None and project.tenant_id == tenant_id:
-            return model
-    raise NotFound(f"No model {model_id!r}.", resource="model")
+    return get_owned(db, Model, model_id, tenant_id=tenant_id, resource="model")
 
 
 def list_(
     *, db: Session, project: Project, limit: int, cursor: str | None
 ) -> tuple[list[Model], str | None]:
-    stmt = select(Model).where(Model.project_id == project.id)
-    return paginate(db, stmt, Model.id, limit=limit, cursor=cursor)
+    return list_in_project(db, Model, project=project, limit=limit, cursor=cursor)
 
 
 def set_default(*, db: Session, project: Project, model_id: str) -> Project:
