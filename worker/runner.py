@@ -13,17 +13,15 @@ import threading
 from collections.abc import Callable
 from typing import Any
 
-from sqlalchemy import select
-
 from app.config import Settings
-from app.db.models import Image, Job
+from app.db.models import Job, Project
 from app.db.session import session_scope
 from app.errors import DovecoteError, JobCancelled, NotFound, TrainingFailed
 from app.services import jobs as jobs_service
 from app.services import models as models_service
-from app.services.images import blob_key
+from app.services import training_data
 from app.storage import open_store
-from app.transfer.data import Progress, Sample, TrainingData
+from app.transfer.data import Progress
 from app.transfer.methods import get_method
 
 log = logging.getLogger(__name__)
@@ -81,30 +79,12 @@ def run_job(
         if token is None:
             log.info("job %s not claimable (status %s); skipping", job_id, job.status)
             return job.status
-        samples = [
-            Sample(key=img.sha256, label=img.label, domain=img.domain, split=img.split)
-            for img in db.scalars(
-                select(Image).where(Image.project_id == job.project_id).order_by(Image.id)
-            )
-        ]
-        method_name, backbone, raw_params, project_id = (
-            job.method,
-            job.backbone,
-            job.params,
-            job.project_id,
-        )
+        method_name, raw_params = job.method, job.params
+        project = db.get(Project, job.project_id)
+        assert project is not None  # jobs are deleted with their project
+        data = training_data.load(db=db, settings=settings, project=project, backbone=job.backbone)
 
     store = open_store(settings.resolved_storage_url)
-    data = TrainingData(
-        samples=samples,
-        load_bytes=lambda s: store.get(blob_key(project_id, s.key)),
-        backbone=backbone,
-        feature_cache_dir=settings.feature_cache_dir,
-        weights_dir=settings.weights_dir,
-        allow_hub=settings.allow_hub,
-        batch_size=settings.feature_batch_size,
-        max_pixels=settings.max_image_pixels,
-    )
     beat = _Heartbeat(settings, job_id, token)
     beat.start()
     try:

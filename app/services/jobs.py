@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import logging
 import secrets
-from collections import Counter
 from collections.abc import Callable
 from datetime import timedelta
 from typing import Any
@@ -18,8 +17,9 @@ from sqlalchemy.orm import Session
 
 from app.config import Settings
 from app.db.base import utcnow
-from app.db.models import Image, Job, Project
+from app.db.models import Job, Project
 from app.errors import DovecoteError, JobNotCancellable, NotFound
+from app.services import training_data
 from app.services.scoping import get_owned, list_in_project
 from app.transfer.backbones import DEFAULT_BACKBONE, resolve_weights
 from app.transfer.methods import get_method
@@ -33,18 +33,6 @@ class QueueUnavailable(DovecoteError):
     code = "queue_unavailable"
     status = 503
     title = "The job queue is unavailable"
-
-
-def training_class_counts(*, db: Session, project_id: str) -> Counter[str]:
-    rows = db.execute(
-        select(Image.label).where(
-            Image.project_id == project_id,
-            Image.label.is_not(None),
-            Image.domain == "target",
-            Image.split != "test",
-        )
-    )
-    return Counter(label for (label,) in rows)
 
 
 def create(
@@ -62,7 +50,9 @@ def create(
     parsed = impl.parse_params(params)
     backbone = backbone or DEFAULT_BACKBONE
     resolve_weights(backbone, weights_dir=settings.weights_dir, allow_hub=settings.allow_hub)
-    impl.check_data(training_class_counts(db=db, project_id=project.id))
+    impl.check_data(
+        training_data.load(db=db, settings=settings, project=project, backbone=backbone)
+    )
     job = Job(
         project_id=project.id,
         method=method,

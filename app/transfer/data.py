@@ -5,8 +5,8 @@ from __future__ import annotations
 import hashlib
 import io
 from collections import Counter
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -24,6 +24,18 @@ class Sample:
     label: str | None = None
     domain: str = "target"
     split: str = "auto"
+
+
+@dataclass(frozen=True)
+class ClassInfo:
+    """A class the project declares, whether or not it has images: its ``name``, an
+    optional ``description`` and ``attributes`` vector (zero-shot methods use them), and
+    ``negative`` for a "none of these" class such as "empty terrace"."""
+
+    name: str
+    description: str = ""
+    attributes: Mapping[str, float] = field(default_factory=dict)
+    negative: bool = False
 
 
 @dataclass(frozen=True)
@@ -52,14 +64,18 @@ def no_progress(fraction: float, stage: str, record: dict[str, Any] | None = Non
 
 @dataclass
 class TrainingData:
-    """Samples plus the way to read their bytes, and the shared extraction settings.
+    """Samples plus the way to read their bytes, the declared classes, and the shared
+    extraction settings.
 
     ``load_bytes(sample)`` returns the stored image bytes; features are computed through
     :func:`app.transfer.features.extract_features`, cached under ``feature_cache_dir``.
+    ``classes`` are the project's declared classes (labels of images included), in the
+    project's order; methods that learn from images alone may ignore them.
     """
 
     samples: list[Sample]
     load_bytes: Callable[[Sample], bytes]
+    classes: list[ClassInfo] = field(default_factory=list)
     backbone: str = "efficientnet_lite0"
     feature_cache_dir: Path | None = None
     weights_dir: Path | None = None

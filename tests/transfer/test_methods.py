@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from collections import Counter
 from pathlib import Path
 
 import numpy as np
@@ -107,10 +106,15 @@ def test_cached_and_fresh_features_agree(tmp_path: Path) -> None:
 
 def test_data_requirements_are_typed_errors() -> None:
     impl = get_method("linear_probe")
+
+    def data(labels: list[str]) -> TrainingData:
+        samples = [Sample(key=str(i), label=label) for i, label in enumerate(labels)]
+        return TrainingData(samples=samples, load_bytes=lambda s: b"")
+
     with pytest.raises(ProjectHasNoLabels):
-        impl.check_data(Counter({"pigeon": 5}))
+        impl.check_data(data(["pigeon"] * 5))
     with pytest.raises(ClassTooSmall):
-        impl.check_data(Counter({"pigeon": 5, "crow": 1}))
+        impl.check_data(data(["pigeon"] * 5 + ["crow"]))
     with pytest.raises(InvalidParams):
         impl.parse_params({"Cs": []})
     with pytest.raises(InvalidParams):

@@ -67,7 +67,9 @@ def export_model(
     tenant: TenantDep,
     settings: SettingsDep,
     store: StoreDep,
-    format: Annotated[predict_service.ExportFormat, Query(description="onnx | torchscript")] = "onnx",
+    format: Annotated[
+        predict_service.ExportFormat, Query(description="onnx | torchscript")
+    ] = "onnx",
 ) -> Response:
     """One self-contained file: preprocessed image tensors in, class probabilities out;
     class names and preprocessing in its metadata (ONNX `metadata_props["dovecote"]`,

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections import Counter
 from functools import lru_cache
 from pathlib import Path
 from typing import Any, ClassVar
@@ -46,8 +45,10 @@ class Method(ABC):
                 errors=errors,
             ) from None
 
-    def check_data(self, class_counts: Counter[str]) -> None:
-        """Refuse up front data this method cannot learn from (counts: training images)."""
+    def check_data(self, data: TrainingData) -> None:
+        """Refuse up front data this method cannot learn from. Runs at job creation (on
+        the project's samples, without reading any bytes) and again when the job runs."""
+        class_counts = data.class_counts()
         if len(class_counts) < self.min_classes:
             raise ProjectHasNoLabels(
                 f"Method {self.name!r} needs labeled images of at least {self.min_classes} "
@@ -64,7 +65,7 @@ class Method(ABC):
 
     def labeled_set(self, data: TrainingData) -> LabeledSet:
         """Check the data meets this method's requirements; return its labeled arrays."""
-        self.check_data(data.class_counts())
+        self.check_data(data)
         return data.labeled_set()
 
     @abstractmethod

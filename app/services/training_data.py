@@ -1,0 +1,47 @@
+"""A project as a method sees it: :class:`~app.transfer.data.TrainingData`.
+
+Built in one place for both callers: job creation (which only checks the data, reading no
+bytes) and the worker (which trains on it).
+"""
+
+from __future__ import annotations
+
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from app.config import Settings
+from app.db.models import Image, Project
+from app.services.images import blob_key
+from app.storage import open_store
+from app.transfer.data import ClassInfo, Sample, TrainingData
+
+
+def load(*, db: Session, settings: Settings, project: Project, backbone: str) -> TrainingData:
+    """The project's samples and declared classes; bytes are read lazily from the store."""
+    samples = [
+        Sample(key=img.sha256, label=img.label, domain=img.domain, split=img.split)
+        for img in db.scalars(
+            select(Image).where(Image.project_id == project.id).order_by(Image.id)
+        )
+    ]
+    classes = [
+        ClassInfo(
+            name=c.name,
+            description=c.description or "",
+            attributes=dict(c.attributes or {}),
+        )
+        for c in project.classes
+    ]
+    store = open_store(settings.resolved_storage_url)
+    project_id = project.id
+    return TrainingData(
+        samples=samples,
+        load_bytes=lambda s: store.get(blob_key(project_id, s.key)),
+        classes=classes,
+        backbone=backbone,
+        feature_cache_dir=settings.feature_cache_dir,
+        weights_dir=settings.weights_dir,
+        allow_hub=settings.allow_hub,
+        batch_size=settings.feature_batch_size,
+        max_pixels=settings.max_image_pixels,
+    )
