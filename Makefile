@@ -34,6 +34,7 @@ bench: $(STAMP)
 	$(BIN)/python -m bench.feature_extraction
 	$(BIN)/python -m bench.upload_to_model
 	$(BIN)/python -m bench.predict_latency
+	$(BIN)/python -m bench.finetune_throughput
 
 clean:
 	rm -rf $(VENV) .pytest_cache
