@@ -72,14 +72,27 @@ def export_model(
         return buf.getvalue()
     import onnx
 
+    proto = onnx.load_from_string(
+        to_onnx(module, example, input_name="input", output_name="probabilities")
+    )
+    proto.metadata_props.add(key="dovecote", value=meta)
+    return proto.SerializeToString()
+
+
+def to_onnx(
+    module: nn.Module, example: torch.Tensor, *, input_name: str, output_name: str
+) -> bytes:
+    """``module`` as an ONNX graph (opset 17) with a dynamic batch axis.
+
+    Uses the TorchScript-based exporter: it needs only ``onnx`` and handles timm's
+    TF-"same" padding.
+    """
+    buf = io.BytesIO()
     with warnings.catch_warnings():
-        # The TorchScript-based exporter: needs only `onnx`, handles timm's TF-"same" padding.
         warnings.simplefilter("ignore", DeprecationWarning)
         torch.onnx.export(
             module, (example,), buf, dynamo=False, opset_version=17,
-            input_names=["input"], output_names=["probabilities"],
-            dynamic_axes={"input": {0: "batch"}, "probabilities": {0: "batch"}},
+            input_names=[input_name], output_names=[output_name],
+            dynamic_axes={input_name: {0: "batch"}, output_name: {0: "batch"}},
         )  # fmt: skip
-    proto = onnx.load_from_string(buf.getvalue())
-    proto.metadata_props.add(key="dovecote", value=meta)
-    return proto.SerializeToString()
+    return buf.getvalue()
