@@ -140,6 +140,14 @@ def setup_training(
     return optimizer, moving, frozen_norms
 
 
+#: ``loss_fn(logits (B, C), targets of the batch as the loader yields them) -> scalar``
+LossFn = Callable[[torch.Tensor, Any], torch.Tensor]
+
+
+def cross_entropy(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    return F.cross_entropy(logits, target.to(logits.device))
+
+
 def train_epoch(
     model: torch.nn.Module,
     loader: Any,
@@ -149,6 +157,7 @@ def train_epoch(
     moving: list[torch.nn.Parameter],
     max_grad_norm: float,
     on_batch: Callable[[int], None] = lambda step: None,
+    loss_fn: LossFn = cross_entropy,
 ) -> float:
     """One pass over ``loader`` (model already in train mode); returns the mean loss.
 
@@ -158,16 +167,97 @@ def train_epoch(
     for step, (x, t) in enumerate(loader):
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"):
             logits = model(x.to(device, memory_format=torch.channels_last)).float()
-            loss = F.cross_entropy(logits, t.to(device))
+            loss = loss_fn(logits, t)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(moving, max_grad_norm)
         optimizer.step()
         if scheduler is not None:
             scheduler.step()
-        total, seen = total + loss.item() * len(t), seen + len(t)
+        total, seen = total + loss.item() * len(x), seen + len(x)
         on_batch(step)
     return total / max(1, seen)
+
+
+def run_epochs(
+    model: torch.nn.Module,
+    train_loader: Any,
+    val_loader: Any | None,
+    y_val: np.ndarray,
+    p: FinetuneParams,
+    device: torch.device,
+    progress: Progress,
+    loss_fn: LossFn = cross_entropy,
+) -> tuple[list[dict[str, Any]], int]:
+    """Train ``model`` (classifier already sized) under ``p``: AdamW with a cosine schedule,
+    early stopping on validation accuracy (then loss), best epoch's weights restored.
+
+    Returns the per-epoch history and the best epoch. Progress runs from 0.05 to 0.95.
+    """
+    optimizer, moving, frozen_norms = setup_training(model, p)
+    steps = p.epochs * len(train_loader)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(
+        optimizer, lambda step: 0.5 * (1 + math.cos(math.pi * min(step, steps) / max(1, steps)))
+    )
+    history: list[dict[str, Any]] = []
+    best_state, best_key, best_epoch, since_best = (
+        copy.deepcopy(model.state_dict()),
+        (-1.0, 0.0),
+        0,
+        0,
+    )
+    started = time.monotonic()
+    for epoch in range(1, p.epochs + 1):
+        epoch_start = time.monotonic()
+        set_train_mode(model, frozen_norms)
+        train_loss = train_epoch(
+            model, train_loader, optimizer, scheduler, device, moving, p.max_grad_norm,
+            on_batch=lambda step, epoch=epoch: progress(
+                0.05 + 0.9 * (epoch - 1 + (step + 1) / len(train_loader)) / p.epochs,
+                f"epoch {epoch}/{p.epochs}",
+            ),  # cancellation takes effect within one batch
+            loss_fn=loss_fn,
+        )  # fmt: skip
+        record: dict[str, Any] = {"epoch": epoch, "train_loss": train_loss}
+        if val_loader is not None:
+            val_probs, val_loss = _predict(model, val_loader, device)
+            val_acc = float((val_probs.argmax(1) == y_val).mean())
+            record.update(val_accuracy=val_acc, val_loss=val_loss)
+            key = (val_acc, -val_loss)
+        else:
+            key = (float(epoch), 0.0)  # no validation split: keep the last epoch
+        elapsed = time.monotonic() - started
+        record.update(
+            seconds=round(time.monotonic() - epoch_start, 3),
+            eta_seconds=round(elapsed / epoch * (p.epochs - epoch), 1),
+        )
+        history.append(record)
+        if key > best_key:
+            best_key, best_state, best_epoch, since_best = (
+                key,
+                copy.deepcopy(model.state_dict()),
+                epoch,
+                0,
+            )
+        else:
+            since_best += 1
+        progress(0.05 + 0.9 * epoch / p.epochs, f"epoch {epoch}/{p.epochs}", record)
+        if since_best >= p.patience or elapsed > p.max_minutes * 60:
+            break
+    model.load_state_dict(best_state)
+    return history, best_epoch
+
+
+def split_classifier(model: torch.nn.Module) -> tuple[dict[str, torch.Tensor], LinearHead]:
+    """A trained timm network as (backbone tensors without the classifier, its head)."""
+    model.cpu()
+    classifier = model.get_classifier()  # type: ignore[operator]
+    skip = classifier_param_names(model)
+    state = {
+        k: v.detach().clone().contiguous() for k, v in model.state_dict().items() if k not in skip
+    }
+    head = LinearHead(classifier.weight.detach().clone(), classifier.bias.detach().clone())
+    return state, head
 
 
 @register_method
@@ -218,7 +308,6 @@ class Finetune(Method):
                 model.get_classifier().weight.copy_(probe.linear.weight)  # type: ignore[operator]
                 model.get_classifier().bias.copy_(probe.linear.bias)  # type: ignore[operator]
         model.to(device, memory_format=torch.channels_last)  # type: ignore[call-overload]
-        optimizer, moving, frozen_norms = setup_training(model, p)
 
         cfg = backbone.preprocessing
         pil = {i: decode_image(data.load_bytes(samples[i]), max_pixels=data.max_pixels, draft_size=cfg.side * 2)
@@ -233,57 +322,9 @@ class Finetune(Method):
 
         train_loader = loader(train_idx, _train_transform(cfg, p.augment), shuffle=True)
         val_loader = loader(val_idx, eval_transform(cfg), shuffle=False) if len(val_idx) else None
-        steps = p.epochs * len(train_loader)
-        scheduler = torch.optim.lr_scheduler.LambdaLR(
-            optimizer, lambda step: 0.5 * (1 + math.cos(math.pi * min(step, steps) / max(1, steps)))
+        history, best_epoch = run_epochs(
+            model, train_loader, val_loader, y[val_idx], p, device, progress
         )
-
-        history: list[dict[str, Any]] = []
-        best_state, best_key, best_epoch, since_best = (
-            copy.deepcopy(model.state_dict()),
-            (-1.0, 0.0),
-            0,
-            0,
-        )
-        started = time.monotonic()
-        for epoch in range(1, p.epochs + 1):
-            epoch_start = time.monotonic()
-            set_train_mode(model, frozen_norms)
-            train_loss = train_epoch(
-                model, train_loader, optimizer, scheduler, device, moving, p.max_grad_norm,
-                on_batch=lambda step, epoch=epoch: progress(
-                    0.05 + 0.9 * (epoch - 1 + (step + 1) / len(train_loader)) / p.epochs,
-                    f"epoch {epoch}/{p.epochs}",
-                ),  # cancellation takes effect within one batch
-            )  # fmt: skip
-            record: dict[str, Any] = {"epoch": epoch, "train_loss": train_loss}
-            if val_loader is not None:
-                val_probs, val_loss = _predict(model, val_loader, device)
-                val_acc = float((val_probs.argmax(1) == y[val_idx]).mean())
-                record.update(val_accuracy=val_acc, val_loss=val_loss)
-                key = (val_acc, -val_loss)
-            else:
-                key = (float(epoch), 0.0)  # no validation split: keep the last epoch
-            elapsed = time.monotonic() - started
-            record.update(
-                seconds=round(time.monotonic() - epoch_start, 3),
-                eta_seconds=round(elapsed / epoch * (p.epochs - epoch), 1),
-            )
-            history.append(record)
-            if key > best_key:
-                best_key, best_state, best_epoch, since_best = (
-                    key,
-                    copy.deepcopy(model.state_dict()),
-                    epoch,
-                    0,
-                )
-            else:
-                since_best += 1
-            progress(0.05 + 0.9 * epoch / p.epochs, f"epoch {epoch}/{p.epochs}", record)
-            if since_best >= p.patience or elapsed > p.max_minutes * 60:
-                break
-
-        model.load_state_dict(best_state)
         progress(0.96, "evaluating")
         eval_probs, _ = _predict(
             model, loader(eval_idx, eval_transform(cfg), shuffle=False), device
@@ -303,14 +344,7 @@ class Finetune(Method):
         metrics["best_epoch"] = best_epoch
         metrics["device"] = device.type
 
-        model.cpu()
-        classifier = model.get_classifier()  # type: ignore[operator]
-        skip = classifier_param_names(model)
-        state = {
-            k: v.detach().clone().contiguous()
-            for k, v in model.state_dict().items()
-            if k not in skip
-        }
+        state, head = split_classifier(model)
         progress(1.0, "done")
         return TrainedModel(
             method=self.name,
@@ -318,7 +352,7 @@ class Finetune(Method):
             backbone_digest=backbone.weights_digest,
             preprocessing=cfg,
             classes=classes,
-            head=LinearHead(classifier.weight.detach().clone(), classifier.bias.detach().clone()),
+            head=head,
             metrics=metrics,
             params=p.model_dump(),
             backbone_state=state,
