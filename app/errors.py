@@ -114,6 +114,31 @@ class BackboneUnavailable(InvalidInput):
     title = "Backbone weights cannot be had"
 
 
+class TooFewClasses(InvalidInput):
+    code = "too_few_classes"
+    title = "A classifier needs at least two classes"
+
+
+class TextEncoderUnavailable(InvalidInput):
+    code = "text_encoder_unavailable"
+    title = "The sentence-embedding model cannot be had"
+
+
+class BackboneHasNoClassifier(InvalidInput):
+    code = "backbone_has_no_classifier"
+    title = "Zero-shot needs a backbone with its ImageNet classifier"
+
+
+class ClassAttributesInvalid(InvalidInput):
+    code = "class_attributes_invalid"
+    title = "Class attributes missing or out of range"
+
+
+class NoRejectDefault(InvalidInput):
+    code = "no_reject_default"
+    title = "The model has no default rejection threshold"
+
+
 class JobNotCancellable(Conflict):
     code = "job_not_cancellable"
     title = "Job is not cancellable"

@@ -80,10 +80,17 @@ def make_protocol(y: np.ndarray, is_test: np.ndarray, *, seed: int = 0) -> Proto
 def predict_under(
     protocol: Protocol, fit_predict: FitPredict, X: np.ndarray, y: np.ndarray
 ) -> np.ndarray:
-    """Out-of-sample class predictions for ``protocol.eval_idx``, in that order."""
-    return np.concatenate(
-        [fit_predict(X[tr], y[tr], X[ev]).argmax(axis=1) for tr, ev in protocol.folds]
-    )
+    """Out-of-sample class probabilities for ``protocol.eval_idx``, in that order."""
+    return np.concatenate([fit_predict(X[tr], y[tr], X[ev]) for tr, ev in protocol.folds])
+
+
+def reject_threshold(probs: np.ndarray, y_true: np.ndarray, keep: float = 0.95) -> float | None:
+    """The default "none of the above" threshold: the ``1 - keep`` quantile of the top
+    score over correctly classified validation images, so that ``keep`` of the right
+    answers stay answered (the TPR-95 convention of out-of-distribution detection).
+    None when no validation image was classified correctly."""
+    top, correct = probs.max(axis=1), probs.argmax(axis=1) == y_true
+    return float(np.quantile(top[correct], 1 - keep)) if correct.any() else None
 
 
 def majority_fit_predict(n_classes: int) -> FitPredict:
@@ -105,13 +112,16 @@ def evaluate(
     classes: Sequence[str],
     *,
     seed: int = 0,
+    protocol: Protocol | None = None,
 ) -> dict[str, Any]:
-    """Metrics of ``fit_predict`` and of the majority baseline under one protocol."""
-    protocol = make_protocol(y, is_test, seed=seed)
+    """Metrics of ``fit_predict`` and of the majority baseline under one protocol (by
+    default :func:`make_protocol`'s), with the :func:`reject_threshold` as ``reject_below``."""
+    protocol = protocol or make_protocol(y, is_test, seed=seed)
     y_eval = y[protocol.eval_idx]
 
-    def measured(fp: FitPredict) -> dict[str, Any]:
-        m = classification_metrics(y_eval, predict_under(protocol, fp, X, y), classes)
+    def measured(fp: FitPredict) -> tuple[dict[str, Any], np.ndarray]:
+        probs = predict_under(protocol, fp, X, y)
+        m = classification_metrics(y_eval, probs.argmax(axis=1), classes)
         m.update(
             validation=protocol.name,
             n_train=protocol.n_train,
@@ -119,8 +129,10 @@ def evaluate(
         )
         if protocol.name == "k-fold":
             m["folds"] = len(protocol.folds)
-        return m
+        return m, probs
 
-    metrics = measured(fit_predict)
-    metrics["baseline"] = {"name": "majority_class", **measured(majority_fit_predict(len(classes)))}
+    metrics, probs = measured(fit_predict)
+    metrics["reject_below"] = reject_threshold(probs, y_eval)
+    baseline, _ = measured(majority_fit_predict(len(classes)))
+    metrics["baseline"] = {"name": "majority_class", **baseline}
     return metrics

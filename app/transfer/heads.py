@@ -106,3 +106,132 @@ class KNNHead(Head):
             tensors["bank"], tensors["bank_labels"], int(config["num_classes"]),
             int(config["k"]), float(config["temperature"]),
         )  # fmt: skip
+
+
+def _imagenet_probs(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
+    """The backbone's own ImageNet classifier on its pre-logits features: ``(N, 1000)``."""
+    return F.linear(x, weight, bias).softmax(dim=-1)
+
+
+class ConSEHead(Head):
+    r"""Convex combination of semantic embeddings (ConSE, Norouzi et al. 2014).
+
+    The backbone's ImageNet classifier gives :math:`p = \mathrm{softmax}(W x + b)` over the
+    1000 ImageNet classes with text vectors :math:`s_i`; the image's text-space vector is
+
+    .. math:: f(x) = \frac{\sum_{i \in \mathrm{top}_T(p)} p_i s_i}{\sum_{i \in \mathrm{top}_T(p)} p_i},
+              \qquad P(c \mid x) = \mathrm{softmax}_c\big(\hat f(x)^\top u_c / \tau\big)
+
+    with :math:`\hat f = f / \lVert f \rVert`. Plain ConSE uses the class-name vectors
+    :math:`u_c = e_c` (cosine similarity); a learned bilinear compatibility :math:`M`
+    is folded in as :math:`u_c = M^\top e_c`. ``imagenet_weight``: ``(1000, D)``,
+    ``imagenet_bias``: ``(1000,)``, ``source``: ``(1000, E)``, ``codes``: ``(C, E)``.
+    """
+
+    head_type = "conse"
+
+    def __init__(
+        self, imagenet_weight: torch.Tensor, imagenet_bias: torch.Tensor, source: torch.Tensor,
+        codes: torch.Tensor, top_t: int, temperature: float,
+    ) -> None:  # fmt: skip
+        super().__init__()
+        self.register_buffer("imagenet_weight", imagenet_weight.float())
+        self.register_buffer("imagenet_bias", imagenet_bias.float())
+        self.register_buffer("source", source.float())
+        self.register_buffer("codes", codes.float())
+        self.top_t = min(top_t, source.shape[0])
+        self.temperature = temperature
+
+    def embed(self, x: torch.Tensor) -> torch.Tensor:
+        """:math:`\\hat f(x)`, shape ``(N, E)``."""
+        p = _imagenet_probs(x, self.imagenet_weight, self.imagenet_bias)  # type: ignore[arg-type]
+        top, idx = p.topk(self.top_t, dim=-1)
+        f = torch.einsum("nt,nte->ne", top / top.sum(dim=-1, keepdim=True), self.source[idx])  # type: ignore[index]
+        return F.normalize(f, dim=-1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return (self.embed(x) @ self.codes.T / self.temperature).softmax(dim=-1)  # type: ignore[operator]
+
+    def config(self) -> dict[str, Any]:
+        return {"top_t": self.top_t, "temperature": self.temperature}
+
+    @classmethod
+    def from_tensors(cls, tensors: dict[str, torch.Tensor], config: dict[str, Any]) -> Head:
+        return cls(
+            tensors["imagenet_weight"], tensors["imagenet_bias"], tensors["source"],
+            tensors["codes"], int(config["top_t"]), float(config["temperature"]),
+        )  # fmt: skip
+
+
+class ImageNetSumHead(Head):
+    r"""Class probabilities summed from the ImageNet classes each class name covers.
+
+    With :math:`p = \mathrm{softmax}(W x + b)` and the 0/1 membership :math:`A_{ci}`
+    (ImageNet class :math:`i` is a kind of class :math:`c`),
+    :math:`P(c \mid x) = \sum_i A_{ci} p_i / \sum_{c'} \sum_i A_{c'i} p_i`.
+    ``imagenet_weight``: ``(1000, D)``, ``imagenet_bias``: ``(1000,)``, ``membership``: ``(C, 1000)``.
+    """
+
+    head_type = "imagenet_sum"
+
+    def __init__(
+        self, imagenet_weight: torch.Tensor, imagenet_bias: torch.Tensor, membership: torch.Tensor
+    ) -> None:
+        super().__init__()
+        self.register_buffer("imagenet_weight", imagenet_weight.float())
+        self.register_buffer("imagenet_bias", imagenet_bias.float())
+        self.register_buffer("membership", membership.float())
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        p = _imagenet_probs(x, self.imagenet_weight, self.imagenet_bias)  # type: ignore[arg-type]
+        mass = p @ self.membership.T + 1e-12  # type: ignore[operator]
+        return mass / mass.sum(dim=-1, keepdim=True)
+
+    @classmethod
+    def from_tensors(cls, tensors: dict[str, torch.Tensor], config: dict[str, Any]) -> Head:
+        return cls(tensors["imagenet_weight"], tensors["imagenet_bias"], tensors["membership"])
+
+
+class AttributeHead(Head):
+    r"""Direct attribute prediction (DAP, Lampert et al. 2009).
+
+    Per-attribute probabilities :math:`q_m(x) = \sigma(w_m^\top x + b_m)`; a class with
+    attribute vector :math:`a^c \in [0, 1]^M` scores
+
+    .. math:: \log P(c \mid x) \propto \frac1\tau \sum_m \Big[a^c_m \log \frac{q_m(x)}{\pi_m}
+              + (1 - a^c_m) \log \frac{1 - q_m(x)}{1 - \pi_m}\Big]
+
+    where :math:`\pi_m` is the attribute's prior. ``weight``: ``(M, D)``, ``bias``: ``(M,)``,
+    ``class_attributes``: ``(C, M)``, ``prior``: ``(M,)``.
+    """
+
+    head_type = "attributes"
+
+    def __init__(
+        self, weight: torch.Tensor, bias: torch.Tensor, class_attributes: torch.Tensor,
+        prior: torch.Tensor, temperature: float = 1.0,
+    ) -> None:  # fmt: skip
+        super().__init__()
+        self.register_buffer("weight", weight.float())
+        self.register_buffer("bias", bias.float())
+        self.register_buffer("class_attributes", class_attributes.float())
+        self.register_buffer("prior", prior.float().clamp(1e-3, 1 - 1e-3))
+        self.temperature = temperature
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        q = torch.sigmoid(F.linear(x, self.weight, self.bias)).clamp(1e-4, 1 - 1e-4)  # type: ignore[arg-type]
+        pos = (q / self.prior).log()  # type: ignore[operator]
+        neg = ((1 - q) / (1 - self.prior)).log()  # type: ignore[operator]
+        a = self.class_attributes
+        scores = pos @ a.T + neg @ (1 - a).T  # type: ignore[operator,union-attr]
+        return (scores / self.temperature).softmax(dim=-1)
+
+    def config(self) -> dict[str, Any]:
+        return {"temperature": self.temperature}
+
+    @classmethod
+    def from_tensors(cls, tensors: dict[str, torch.Tensor], config: dict[str, Any]) -> Head:
+        return cls(
+            tensors["weight"], tensors["bias"], tensors["class_attributes"], tensors["prior"],
+            float(config["temperature"]),
+        )  # fmt: skip

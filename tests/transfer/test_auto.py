@@ -2,8 +2,9 @@ from __future__ import annotations
 
 import pytest
 
-from app.errors import InvalidParams, UnknownMethod
-from app.transfer import get_method
+from app.errors import InvalidParams, ProjectHasNoLabels, UnknownMethod
+from app.transfer import TrainingData, get_method
+from app.transfer.data import ClassInfo
 from tests.transfer.test_methods import digits_data
 
 AUTO = get_method("auto")
@@ -15,7 +16,7 @@ def test_auto_scores_every_candidate_on_one_holdout_and_keeps_the_best() -> None
     model = AUTO.fit(data, params)
     m = model.metrics
     candidates = m["candidates"]
-    assert set(candidates) == {"linear_probe", "knn", "finetune"}
+    assert set(candidates) == {"linear_probe", "knn", "finetune", "zero_shot"}
     non_test = 8 * 4
     for name, c in candidates.items():
         assert c["validation"] == "selection-holdout", name
@@ -35,3 +36,17 @@ def test_auto_validates_candidates_up_front() -> None:
         AUTO.parse_params({"candidates": ["auto"]})
     with pytest.raises(InvalidParams):
         AUTO.parse_params({"params": {"finetune": {"epochs": 0}}})
+
+
+def test_auto_without_images_is_the_zero_shot_model() -> None:
+    data = TrainingData(
+        samples=[], load_bytes=lambda s: b"", classes=[ClassInfo("cat"), ClassInfo("rocket")]
+    )
+    AUTO.check_data(data)  # accepted at job creation: the names are enough
+    model = AUTO.fit(data)
+    m = model.metrics
+    assert m["selected"] == "zero_shot" and m["validation"] == "none"
+    assert m["candidates"]["linear_probe"]["error"]["code"] == "project_has_no_labels"
+    assert model.method == "auto" and model.classes == ["cat", "rocket"]
+    with pytest.raises(ProjectHasNoLabels):
+        AUTO.fit(data, AUTO.parse_params({"candidates": ["linear_probe", "knn"]}))

@@ -33,4 +33,11 @@ def list_methods() -> list[Method]:
 
 
 # Registration happens on import; keep this list sorted.
-from app.transfer.methods import auto, finetune, knn, linear_probe  # noqa: E402, F401
+from app.transfer.methods import (  # noqa: E402, F401
+    attributes,
+    auto,
+    finetune,
+    knn,
+    linear_probe,
+    zero_shot,
+)

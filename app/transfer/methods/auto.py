@@ -5,6 +5,11 @@ Selection: a stratified holdout is carved from the training images (never from t
 by accuracy, then macro-F1. The winner is refit on all training images by its own
 ``fit``, so its reported metrics follow the usual protocol (the ``test`` split when there
 is one); ``candidates`` lists every candidate's selection scores, failures included.
+
+``zero_shot`` is a candidate like the others: it never trains, so on the same holdout it
+is compared honestly with the few-shot methods, and ``auto`` switches to them as soon as
+the images beat the names. A project with too few labeled images for a holdout (none at
+all, say) gets the ``zero_shot`` model directly, when it is a candidate.
 """
 
 from __future__ import annotations
@@ -16,7 +21,13 @@ from typing import Any
 import numpy as np
 from pydantic import Field
 
-from app.errors import DovecoteError, InvalidParams, JobCancelled
+from app.errors import (
+    ClassTooSmall,
+    DovecoteError,
+    InvalidParams,
+    JobCancelled,
+    ProjectHasNoLabels,
+)
 from app.transfer.artifacts import TrainedModel
 from app.transfer.data import Progress, TrainingData, no_progress
 from app.transfer.methods import get_method, register_method
@@ -26,7 +37,7 @@ from app.transfer.methods.finetune import _carve
 
 class AutoParams(MethodParams):
     candidates: list[str] = Field(
-        default_factory=lambda: ["linear_probe", "knn", "finetune"],
+        default_factory=lambda: ["linear_probe", "knn", "finetune", "zero_shot"],
         min_length=1,
         description="Methods to try, each with its default params unless given below.",
     )
@@ -41,7 +52,7 @@ class AutoParams(MethodParams):
 @register_method
 class Auto(Method):
     name = "auto"
-    summary = "Try linear probe, kNN and finetuning on one holdout; keep the best."
+    summary = "Try linear probe, kNN, finetuning and zero-shot on one holdout; keep the best."
     Params = AutoParams
     min_per_class = 3  # one for the selection holdout, two to train on
 
@@ -52,6 +63,13 @@ class Auto(Method):
                 raise InvalidParams("`auto` cannot be one of its own candidates.")
             get_method(name).parse_params(self._candidate_raw(parsed, name))
         return parsed
+
+    def check_data(self, data: TrainingData) -> None:
+        """Enough images for a holdout, or else enough classes for ``zero_shot``."""
+        try:
+            super().check_data(data)
+        except (ProjectHasNoLabels, ClassTooSmall):
+            get_method("zero_shot").check_data(data)
 
     @staticmethod
     def _candidate_raw(p: AutoParams, name: str) -> dict[str, Any]:
@@ -67,7 +85,13 @@ class Auto(Method):
         progress: Progress = no_progress,
     ) -> TrainedModel:
         p: AutoParams = params if isinstance(params, AutoParams) else AutoParams()
-        labeled = self.labeled_set(data)
+        try:
+            Method.check_data(self, data)  # images enough for a holdout?
+        except (ProjectHasNoLabels, ClassTooSmall) as exc:
+            if "zero_shot" not in p.candidates:
+                raise
+            return self._names_only(data, p, exc, progress)
+        labeled = data.labeled_set()
         pool = np.flatnonzero(~labeled.is_test)
         _, held = _carve(pool, labeled.y, p.selection_fraction, p.seed)
         held_keys = {labeled.samples[i].key for i in held.tolist()}
@@ -119,7 +143,26 @@ class Auto(Method):
                 (len(p.candidates) + f) / n, f"{best} (final): {stage}", record
             ),
         )
+        return self._selected(final, p, best, report)
+
+    def _selected(
+        self, final: TrainedModel, p: AutoParams, best: str, report: dict[str, Any]
+    ) -> TrainedModel:
         final.metrics["selected"] = best
         final.metrics["candidates"] = report
         final.params = {"auto": p.model_dump(), "selected": best, best: final.params}
         return dataclasses.replace(final, method=self.name)
+
+    def _names_only(
+        self, data: TrainingData, p: AutoParams, exc: DovecoteError, progress: Progress
+    ) -> TrainedModel:
+        """Too few images to compare anything on: the zero-shot model, said so."""
+        impl = get_method("zero_shot")
+        final = impl.fit(
+            data,
+            impl.parse_params(self._candidate_raw(p, "zero_shot")),
+            lambda f, stage, record=None: progress(f, f"zero_shot: {stage}", record),
+        )
+        report = {n: {"error": exc.problem()} for n in p.candidates if n != "zero_shot"}
+        report["zero_shot"] = {"validation": final.metrics["validation"], "only_candidate": True}
+        return self._selected(final, p, "zero_shot", report)

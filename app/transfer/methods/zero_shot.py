@@ -1,0 +1,315 @@
+"""``zero_shot``: a classifier built from class names (and descriptions), no images needed.
+
+The backbone's own ImageNet classifier is mapped onto the project's classes, offline:
+
+- ``conse`` (Norouzi et al. 2014): the image's top-T ImageNet probabilities weight those
+  classes' text vectors; the project's classes are scored by cosine similarity with their
+  names' vectors (all-MiniLM-L6-v2, prompt templates ensembled; a class's
+  ``description``, when given, is averaged in). See :class:`~app.transfer.heads.ConSEHead`.
+- ``imagenet_sum``: a class's probability is the summed probability of the ImageNet
+  classes whose lemmas or WordNet gloss name it as a whole word ("cat" covers "tabby cat",
+  "Persian cat", ...; see :func:`imagenet_membership`). Applicable when every class covers
+  at least one ImageNet class. (The WordNet hypernym graph itself ships with no installable
+  package, so the cover is read from the lemmas and glosses timm ships.)
+
+``mapping="auto"`` keeps whichever scores better on the project's labeled images when there
+are some (chosen on the training images, measured on the ``test`` split or by k-fold), else
+``conse``. The classifier never trains on images: labeled images only measure it (and pick
+the mapping); with none, ``metrics.validation`` is ``"none"`` and no accuracy is claimed.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+
+import numpy as np
+import torch
+from pydantic import Field, field_validator
+from torch import nn
+
+from app.errors import BackboneHasNoClassifier, InvalidParams, TooFewClasses
+from app.transfer.artifacts import TrainedModel
+from app.transfer.backbones import Backbone
+from app.transfer.data import ClassInfo, Progress, Sample, TrainingData, no_progress
+from app.transfer.evaluation import Protocol, evaluate, make_protocol
+from app.transfer.features import extract_features
+from app.transfer.heads import ConSEHead, Head, ImageNetSumHead
+from app.transfer.methods import register_method
+from app.transfer.methods.base import Method, MethodParams, shared_backbone
+from app.transfer.text import (
+    embed_prompted,
+    imagenet_embeddings,
+    imagenet_texts,
+    resolve_text_encoder,
+)
+
+DEFAULT_TEMPLATES = ("a photo of a {}.", "a photo of the {}.", "a close-up photo of a {}.")
+
+
+class ZeroShotParams(MethodParams):
+    mapping: Literal["auto", "conse", "imagenet_sum"] = Field(
+        "auto", description="ImageNet -> classes mapping; auto: the better on labeled images."
+    )
+    templates: list[str] = Field(
+        default_factory=lambda: list(DEFAULT_TEMPLATES),
+        min_length=1,
+        max_length=20,
+        description="Prompt templates, each with one '{}' for the class text; ensembled.",
+    )
+    imagenet_text: Literal["lemmas", "definitions"] = Field(
+        "lemmas", description="ImageNet class text: its lemmas, or first lemma + WordNet gloss."
+    )
+    use_descriptions: bool = Field(True, description="Average class descriptions in.")
+    top_t: int = Field(10, ge=1, le=1000, description="ImageNet classes combined (ConSE's T).")
+    temperature: float = Field(0.05, gt=0, le=10, description="Softmax temperature on cosines.")
+
+    @field_validator("templates")
+    @classmethod
+    def _one_slot(cls, templates: list[str]) -> list[str]:
+        for t in templates:
+            if t.count("{}") != 1 or len(t) > 200:
+                raise ValueError(f"template {t!r} must hold exactly one '{{}}' (<= 200 chars)")
+        return templates
+
+
+@dataclass(frozen=True)
+class ClassSet:
+    """Every class, declared or labeled (sorted), with the labeled target images over them
+    (the ``test`` split included; ``is_test`` marks it)."""
+
+    infos: list[ClassInfo]
+    samples: list[Sample]
+    y: np.ndarray
+    is_test: np.ndarray
+
+    @property
+    def classes(self) -> list[str]:
+        return [c.name for c in self.infos]
+
+    @classmethod
+    def of(cls, data: TrainingData) -> ClassSet:
+        declared = {c.name: c for c in data.classes}
+        for s in data.labeled():
+            declared.setdefault(s.label, ClassInfo(name=s.label))  # type: ignore[arg-type]
+        infos = [declared[name] for name in sorted(declared)]
+        index = {c.name: i for i, c in enumerate(infos)}
+        samples = data.labeled()
+        return cls(
+            infos=infos,
+            samples=samples,
+            y=np.array([index[s.label] for s in samples], dtype=np.int64),  # type: ignore[index]
+            is_test=np.array([s.split == "test" for s in samples], dtype=bool),
+        )
+
+
+def check_classes(data: TrainingData) -> ClassSet:
+    classes = ClassSet.of(data)
+    if len(classes.infos) < 2:
+        raise TooFewClasses(
+            f"A classifier needs at least 2 classes (declared or labeled); the project has "
+            f"{len(classes.infos)}.",
+        )
+    return classes
+
+
+def imagenet_classifier(backbone: Backbone) -> tuple[torch.Tensor, torch.Tensor]:
+    """The backbone's ImageNet-1k classifier ``(W (1000, D), b (1000,))``: logits are
+    ``W @ backbone.embed(x) + b``."""
+    clf = backbone.model.get_classifier()  # type: ignore[operator]
+    if not isinstance(clf, nn.Linear) or clf.out_features != len(imagenet_texts()):
+        raise BackboneHasNoClassifier(
+            f"Backbone {backbone.name!r} carries no ImageNet-1k classifier; zero-shot "
+            "methods need one (use an efficientnet_lite backbone).",
+            backbone=backbone.name,
+        )
+    return clf.weight.detach().clone(), clf.bias.detach().clone()
+
+
+def labeled_features(
+    data: TrainingData, samples: list[Sample], progress: Progress
+) -> tuple[Backbone, np.ndarray]:
+    """The shared frozen backbone and the features of ``samples`` (cached)."""
+    backbone = shared_backbone(data.backbone, data.weights_dir, data.allow_hub)
+    X = extract_features(
+        samples,
+        backbone=backbone,
+        load_bytes=data.load_bytes,
+        max_pixels=data.max_pixels,
+        batch_size=data.batch_size,
+        cache_dir=data.feature_cache_dir,
+        progress=progress,
+    )
+    return backbone, X
+
+
+def class_codes(infos: list[ClassInfo], p: ZeroShotParams, location: str) -> np.ndarray:
+    """Unit vectors of the classes ``(C, 384)``: the prompt-ensembled name, averaged with
+    the embedded description where there is one (and ``use_descriptions``)."""
+    codes = embed_prompted(location, [c.name for c in infos], p.templates)
+    described = [i for i, c in enumerate(infos) if c.description and p.use_descriptions]
+    if described:
+        texts = [infos[i].description for i in described]
+        codes[described] += embed_prompted(location, texts, ["{}"])
+        codes /= np.linalg.norm(codes, axis=1, keepdims=True)
+    return codes
+
+
+def conse_head(
+    backbone: Backbone, codes: np.ndarray, p: ZeroShotParams, location: str, cache: Path | None
+) -> ConSEHead:
+    weight, bias = imagenet_classifier(backbone)
+    definitions = p.imagenet_text == "definitions"
+    source = imagenet_embeddings(location, tuple(p.templates), definitions, cache)
+    return ConSEHead(
+        weight, bias, torch.from_numpy(source.copy()), torch.from_numpy(codes), p.top_t,
+        p.temperature,
+    )  # fmt: skip
+
+
+def imagenet_membership(names: list[str]) -> np.ndarray | None:
+    """``A (C, 1000)``: 1 where an ImageNet class's lemmas or gloss contain the class name
+    as a whole word (plural allowed, case-insensitive); None if some class covers none."""
+    texts = [" ".join((*lemmas, definition)) for lemmas, definition in imagenet_texts()]
+    rows = []
+    for name in names:
+        pattern = re.compile(rf"\b{re.escape(name.strip())}(e?s)?\b", re.IGNORECASE)
+        rows.append([bool(pattern.search(t)) for t in texts])
+    membership = np.array(rows, dtype=np.float32)
+    return membership if membership.sum(axis=1).all() else None
+
+
+def no_validation_metrics(classes: list[str]) -> dict[str, object]:
+    """Metrics of a model no labeled image can measure: nothing is claimed."""
+    return {
+        "accuracy": None,
+        "macro_f1": None,
+        "per_class": {},
+        "confusion_matrix": {"labels": classes, "matrix": []},
+        "validation": "none",
+        "n_train": 0,
+        "n_validation": 0,
+        "reject_below": None,
+    }
+
+
+def _probs(head: Head, X: np.ndarray) -> np.ndarray:
+    with torch.inference_mode():
+        return head.eval()(torch.from_numpy(X)).numpy()
+
+
+def evaluate_fixed(
+    probs: dict[str, np.ndarray], classes: list[str], cs: ClassSet, seed: int
+) -> tuple[dict[str, object], str]:
+    """Measure heads that never train on images; with several, pick one by accuracy on
+    the training images and measure that pick honestly. Returns metrics and the pick.
+
+    ``probs[name]`` are each head's probabilities on the labeled images. One head: every
+    labeled image measures it (``"zero-shot"``; the baseline is the majority class of those
+    same images). Several: the usual ``test-split`` / ``k-fold`` protocol, where the
+    "training" is the choice of head.
+    """
+    names = list(probs)
+    y, n = cs.y, len(cs.y)
+    if n == 0:
+        return no_validation_metrics(classes), names[0]
+    train = ~cs.is_test
+    counts = np.bincount(y[train], minlength=len(classes))
+    if cs.is_test.any():
+        protocol = make_protocol(y, cs.is_test, seed=seed)
+        select = train.any()
+    elif len(names) > 1 and counts.max() >= 2:
+        protocol, select = _kfold_over_present(y, seed), True
+    else:
+        everything = np.arange(n)
+        protocol, select = Protocol("zero-shot", [(everything, everything)], n_train=0), False
+    names = names if select else names[:1]
+
+    def pick(rows: np.ndarray) -> str:
+        return max(names, key=lambda k: (probs[k][rows].argmax(axis=1) == y[rows]).mean())
+
+    def fit_predict(rows_tr: np.ndarray, y_tr: np.ndarray, rows_ev: np.ndarray) -> np.ndarray:
+        name = pick(rows_tr[:, 0]) if len(names) > 1 else names[0]
+        return probs[name][rows_ev[:, 0]]
+
+    rows = np.arange(n).reshape(-1, 1)
+    metrics = evaluate(fit_predict, rows, y, cs.is_test, classes, seed=seed, protocol=protocol)
+    chosen = pick(np.flatnonzero(train)) if len(names) > 1 else names[0]
+    metrics["mapping_accuracy"] = {  # on the images the pick was made on
+        k: float((probs[k][train].argmax(axis=1) == y[train]).mean()) for k in probs
+    } if train.any() else {}  # fmt: skip
+    return metrics, chosen
+
+
+def _kfold_over_present(y: np.ndarray, seed: int) -> Protocol:
+    """k-fold over the classes that have at least 2 images (the others join every fold's
+    training side: a selection cannot be validated on a single image)."""
+    counts = np.bincount(y)
+    ok = counts[y] >= 2
+    inner = make_protocol(y[ok], np.zeros(int(ok.sum()), bool), seed=seed)
+    idx, rest = np.flatnonzero(ok), np.flatnonzero(~ok)
+    folds = [(np.concatenate([idx[tr], rest]), idx[ev]) for tr, ev in inner.folds]
+    return Protocol("k-fold", folds, n_train=len(y))
+
+
+def _stage(progress: Progress, start: float, end: float) -> Callable[..., None]:
+    return lambda f, stage, record=None: progress(start + (end - start) * f, stage)
+
+
+@register_method
+class ZeroShot(Method):
+    name = "zero_shot"
+    summary = "A classifier from class names (and descriptions): no images needed (ConSE)."
+    Params = ZeroShotParams
+
+    def check_data(self, data: TrainingData) -> None:
+        check_classes(data)
+        resolve_text_encoder(weights_dir=data.weights_dir, allow_hub=data.allow_hub)
+
+    def fit(
+        self,
+        data: TrainingData,
+        params: MethodParams | None = None,
+        progress: Progress = no_progress,
+    ) -> TrainedModel:
+        p = params if isinstance(params, ZeroShotParams) else ZeroShotParams()
+        self.check_data(data)
+        cs = ClassSet.of(data)
+        classes = cs.classes
+        progress(0.0, "loading backbone")
+        backbone, X = labeled_features(data, cs.samples, _stage(progress, 0.0, 0.6))
+        progress(0.6, "embedding class names")
+        location = resolve_text_encoder(weights_dir=data.weights_dir, allow_hub=data.allow_hub)
+        heads: dict[str, Head] = {}
+        if p.mapping in ("auto", "conse"):
+            codes = class_codes(cs.infos, p, location)
+            heads["conse"] = conse_head(backbone, codes, p, location, data.feature_cache_dir)
+        if p.mapping in ("auto", "imagenet_sum"):
+            membership = imagenet_membership(classes)
+            if membership is not None:
+                weight, bias = imagenet_classifier(backbone)
+                heads["imagenet_sum"] = ImageNetSumHead(weight, bias, torch.from_numpy(membership))
+            elif p.mapping == "imagenet_sum":
+                raise InvalidParams(
+                    "mapping 'imagenet_sum' needs every class name to name an ImageNet class "
+                    "(in its lemmas or gloss); use 'conse' or 'auto'."
+                )
+        progress(0.9, "validating")
+        metrics, chosen = evaluate_fixed(
+            {k: _probs(h, X) for k, h in heads.items()}, classes, cs, data.seed
+        )
+        metrics["mapping"] = chosen
+        progress(1.0, "done")
+        return TrainedModel(
+            method=self.name,
+            backbone=backbone.name,
+            backbone_digest=backbone.weights_digest,
+            preprocessing=backbone.preprocessing,
+            classes=classes,
+            head=heads[chosen].eval(),
+            metrics=metrics,
+            params=p.model_dump(),
+        )

@@ -1,0 +1,183 @@
+"""Zero-shot methods on real images: scikit-image photos named by their classes, and
+scikit-learn digits described by their seven-segment attributes."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from app.errors import ClassAttributesInvalid, InvalidParams, TooFewClasses
+from app.transfer import Predictor, TrainedModel, TrainingData, get_method
+from app.transfer.backbones import load_backbone
+from app.transfer.data import ClassInfo, Sample
+from app.transfer.methods.zero_shot import imagenet_classifier, imagenet_membership
+from app.transfer.preprocess import load_for_model
+from tests.factories import digit_images, encode, photo
+
+PHOTOS = {"chelsea": "cat", "coffee": "coffee", "rocket": "rocket", "astronaut": "astronaut"}
+#: Seven-segment display: which of the segments a..g each digit lights (a real attribute code).
+SEGMENTS = {
+    "0": "abcdef", "1": "bc", "2": "abdeg", "3": "abcdg", "4": "bcfg",
+    "5": "acdfg", "6": "acdefg", "7": "abc", "8": "abcdefg", "9": "abcdfg",
+}  # fmt: skip
+
+
+def crops(name: str, n: int, seed: int = 0) -> list[bytes]:
+    """``n`` random crops (60-100% of each side) and flips of a scikit-image photo, as PNG."""
+    rng = np.random.default_rng(seed)
+    base = photo(name)
+    h, w = base.shape[:2]
+    out = []
+    for _ in range(n):
+        s = rng.uniform(0.6, 1.0)
+        ch, cw = int(h * s), int(w * s)
+        y0, x0 = rng.integers(0, h - ch + 1), rng.integers(0, w - cw + 1)
+        crop = base[y0 : y0 + ch, x0 : x0 + cw]
+        out.append(encode(crop[:, ::-1] if rng.random() < 0.5 else crop))
+    return out
+
+
+def dataset(
+    items: list[tuple[str, bytes, str]], classes: list[ClassInfo], **kwargs: object
+) -> TrainingData:
+    """``(label, png, split)`` triples plus the declared classes."""
+    blobs = {f"k{i}": png for i, (_, png, _) in enumerate(items)}
+    samples = [
+        Sample(key=f"k{i}", label=label, split=split) for i, (label, _, split) in enumerate(items)
+    ]
+    return TrainingData(
+        samples=samples,
+        load_bytes=lambda s: blobs[s.key],
+        classes=classes,
+        **kwargs,  # type: ignore[arg-type]
+    )
+
+
+def photo_items(per_photo: int, split: str = "auto") -> list[tuple[str, bytes, str]]:
+    return [(label, png, split) for name, label in PHOTOS.items() for png in crops(name, per_photo)]
+
+
+def test_the_head_reuses_the_backbones_own_imagenet_classifier() -> None:
+    backbone = load_backbone("efficientnet_lite0")
+    weight, bias = imagenet_classifier(backbone)
+    x = load_for_model(encode(photo("chelsea")), backbone.preprocessing, max_pixels=10**8)
+    with torch.inference_mode():
+        logits = backbone.model(x.unsqueeze(0))
+        ours = backbone.embed(x.unsqueeze(0)) @ weight.T + bias
+    assert torch.allclose(logits, ours, atol=1e-4)
+
+
+def test_names_only_model_serves_without_claiming_an_accuracy() -> None:
+    classes = [ClassInfo(n) for n in ("cat", "coffee", "rocket")]
+    data = dataset([], classes)
+    model = get_method("zero_shot").fit(data)
+    assert model.classes == ["cat", "coffee", "rocket"]
+    m = model.metrics
+    assert m["validation"] == "none" and m["accuracy"] is None and m["n_validation"] == 0
+    assert m["reject_below"] is None
+    files = model.to_files()
+    assert set(files) == {"model.json", "head.safetensors"}
+    predictor = Predictor()
+    probes = [encode(photo(n)) for n in ("chelsea", "coffee", "rocket")]
+    got = predictor.predict("zs", files.__getitem__, probes, top_k=3)
+    assert [p.label for p in got] == ["cat", "coffee", "rocket"]
+    assert all(abs(sum(s for _, s in p.scores) - 1) < 1e-5 for p in got)
+    loaded = TrainedModel.from_files(files.__getitem__)
+    x = torch.randn(2, 1280)
+    with torch.inference_mode():
+        assert torch.equal(model.head(x), loaded.head(x))
+
+
+def test_zero_shot_accuracy_on_real_photos_is_far_above_chance() -> None:
+    data = dataset(photo_items(4), [])
+    model = get_method("zero_shot").fit(data)
+    m = model.metrics
+    print(f"\nzero_shot on 16 photo crops, 4 classes: accuracy {m['accuracy']:.3f} (chance 0.25)")
+    assert m["validation"] == "zero-shot" and m["n_validation"] == 16 and m["n_train"] == 0
+    assert m["accuracy"] >= 0.75
+    assert m["baseline"]["accuracy"] == 0.25  # the majority class of the measured images
+    assert 0 < m["reject_below"] < 1
+
+
+def test_imagenet_sum_is_offered_only_when_every_name_covers_imagenet_classes() -> None:
+    membership = imagenet_membership(["cat", "coffee"])
+    assert membership is not None and membership.shape == (2, 1000)
+    assert membership[0, 285] == 1  # Egyptian cat
+    assert membership[1, 967] == 1  # espresso: "strong black coffee ..."
+    assert imagenet_membership(["cat", "astronaut"]) is None
+    items = [(label, png, "auto") for label, png, _ in photo_items(3) if label != "astronaut"]
+    model = get_method("zero_shot").fit(dataset(items, []))  # mapping auto: both, picked by k-fold
+    m = model.metrics
+    assert set(m["mapping_accuracy"]) == {"conse", "imagenet_sum"}
+    assert m["validation"] == "k-fold" and m["mapping"] in m["mapping_accuracy"]
+    print(f"\nmapping accuracy on 9 photo crops: {m['mapping_accuracy']}, kept {m['mapping']}")
+    with pytest.raises(InvalidParams):
+        get_method("zero_shot").fit(
+            dataset(photo_items(1), []),
+            get_method("zero_shot").parse_params({"mapping": "imagenet_sum"}),
+        )
+
+
+def test_zero_shot_refuses_too_few_classes_and_bad_templates() -> None:
+    with pytest.raises(TooFewClasses):
+        get_method("zero_shot").check_data(dataset([], [ClassInfo("pigeon")]))
+    with pytest.raises(InvalidParams):
+        get_method("zero_shot").parse_params({"templates": ["a photo"]})
+
+
+def segment_classes() -> list[ClassInfo]:
+    return [
+        ClassInfo(d, attributes={s: float(s in on) for s in "abcdefg"})
+        for d, on in SEGMENTS.items()
+    ]
+
+
+def test_dap_recognises_digits_it_never_saw_from_their_segments() -> None:
+    unseen = ["7", "8", "9"]
+    seen = [d for d in SEGMENTS if d not in unseen]
+    train = digit_images(20, [int(d) for d in seen])
+    test = digit_images(10, range(10), offset=20)
+    items = [(label, png, "train") for label, png in train] + [
+        (label, png, "test") for label, png in test
+    ]
+    model = get_method("zero_shot_dap").fit(dataset(items, segment_classes()))
+    m = model.metrics
+    print(
+        f"\nDAP on digits, 3 unseen: accuracy {m['accuracy']:.3f}, seen {m['seen_accuracy']:.3f}, "
+        f"unseen {m['unseen_accuracy']:.3f}, H {m['harmonic_mean']:.3f} (chance 0.1)"
+    )
+    assert model.classes == list(SEGMENTS)
+    assert m["validation"] == "test-split" and m["n_validation"] == 100
+    assert m["accuracy"] > 0.3
+    assert m["unseen_accuracy"] > 0.1  # images of classes never trained on, above chance
+    assert sum(m["confusion_matrix"]["matrix"][i][i] for i in (7, 8, 9)) > 3
+
+
+def test_dap_needs_attributes_on_every_class() -> None:
+    classes = segment_classes()
+    classes[3] = ClassInfo("3")
+    items = [(label, png, "auto") for label, png in digit_images(3, [0, 1])]
+    with pytest.raises(ClassAttributesInvalid):
+        get_method("zero_shot_dap").check_data(dataset(items, classes))
+    classes[3] = ClassInfo("3", attributes={s: 2.0 for s in "abcdefg"})
+    with pytest.raises(ClassAttributesInvalid):
+        get_method("zero_shot_dap").check_data(dataset(items, classes))
+
+
+def test_generalized_model_covers_classes_without_images() -> None:
+    items = [
+        (label, png, "test" if label == "rocket" or i % 3 == 0 else "train")
+        for i, (label, png, _) in enumerate(photo_items(6))
+    ]
+    data = dataset(items, [ClassInfo(n) for n in PHOTOS.values()])
+    model = get_method("zero_shot_generalized").fit(data)
+    m = model.metrics
+    print(
+        f"\ngeneralized on photos, rocket unseen: accuracy {m['accuracy']:.3f}, "
+        f"seen {m['seen_accuracy']:.3f}, unseen {m['unseen_accuracy']:.3f} (chance 0.25)"
+    )
+    assert model.classes == sorted(PHOTOS.values())
+    assert m["validation"] == "test-split"
+    assert m["accuracy"] >= 0.6
+    assert m["unseen_accuracy"] > 0.25
