@@ -109,6 +109,21 @@ class InvalidParams(InvalidInput):
     title = "Invalid method parameters"
 
 
+class TeacherNotInProject(InvalidInput):
+    code = "teacher_not_in_project"
+    title = "The teacher is not a model of this project"
+
+
+class TeacherClassesMismatch(InvalidInput):
+    code = "teacher_classes_mismatch"
+    title = "The teachers do not cover the project's classes"
+
+
+class LocalizationUnsupported(InvalidInput):
+    code = "localization_unsupported"
+    title = "This model cannot localize"
+
+
 class BackboneUnavailable(InvalidInput):
     code = "backbone_unavailable"
     title = "Backbone weights cannot be had"

@@ -173,11 +173,30 @@ class Score(BaseModel):
     score: float
 
 
+class BoxOut(BaseModel):
+    """Normalised 0-1 image coordinates (Azure Custom Vision's bounding box)."""
+
+    left: float
+    top: float
+    width: float
+    height: float
+
+
 class PredictionOut(BaseModel):
     filename: str
     label: str
     score: float
     scores: list[Score]
+    box: BoxOut | None = Field(
+        None,
+        description="With `?localize=true`: where the predicted class is, from class "
+        "activation maps (Grad-CAM); null otherwise or when the label is not a model class.",
+    )
+    heatmap_png: str | None = Field(
+        None,
+        description="With `?heatmap=true`: base64 8-bit greyscale PNG of the class "
+        "activation map over the whole image (stretch it over the photo).",
+    )
 
 
 class PredictOut(BaseModel):

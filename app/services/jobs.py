@@ -50,8 +50,8 @@ def create(
     parsed = impl.parse_params(params)
     backbone = backbone or DEFAULT_BACKBONE
     resolve_weights(backbone, weights_dir=settings.weights_dir, allow_hub=settings.allow_hub)
-    impl.check_data(
-        training_data.load(db=db, settings=settings, project=project, backbone=backbone)
+    impl.check(
+        training_data.load(db=db, settings=settings, project=project, backbone=backbone), parsed
     )
     job = Job(
         project_id=project.id,

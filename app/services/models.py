@@ -6,11 +6,13 @@ from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
+from app.config import Settings
 from app.db.base import new_id
 from app.db.models import Job, Model, Project
-from app.errors import InvalidInput
+from app.db.session import session_scope
+from app.errors import InvalidInput, TeacherNotInProject
 from app.services.scoping import get_owned, list_in_project
-from app.storage import BlobStore
+from app.storage import BlobStore, open_store
 from app.transfer.artifacts import TrainedModel
 
 
@@ -59,6 +61,21 @@ def list_(
     *, db: Session, project: Project, limit: int, cursor: str | None
 ) -> tuple[list[Model], str | None]:
     return list_in_project(db, Model, project=project, limit=limit, cursor=cursor)
+
+
+def load_trained(*, settings: Settings, project_id: str, model_id: str) -> TrainedModel:
+    """The artifact of model ``model_id`` of project ``project_id`` (own session, so it
+    also serves the worker after its session closed); any other id is
+    :class:`TeacherNotInProject`, whether it exists elsewhere or not."""
+    with session_scope(settings.resolved_database_url) as db:
+        model = db.get(Model, model_id)
+        if model is None or model.project_id != project_id:
+            raise TeacherNotInProject(
+                f"Model {model_id!r} is not a model of this project.", model_id=model_id
+            )
+        prefix = model.artifact_prefix
+    store = open_store(settings.resolved_storage_url)
+    return TrainedModel.from_files(lambda name: store.get(f"{prefix}/{name}"))
 
 
 def set_default(*, db: Session, project: Project, model_id: str) -> Project:

@@ -12,10 +12,20 @@ from app.errors import InvalidInput, ProjectHasNoModel
 from app.storage import BlobStore
 from app.transfer.export import FORMATS as EXPORT_FORMATS
 from app.transfer.export import ExportFormat
+from app.transfer.localize import DEFAULT_THRESHOLD, Localization
 from app.transfer.predictor import Prediction, Predictor
 
 MAX_TOP_K = 100
-__all__ = ["EXPORT_FORMATS", "ExportFormat", "default_model", "evict", "export", "predict"]
+__all__ = [
+    "DEFAULT_THRESHOLD",
+    "EXPORT_FORMATS",
+    "ExportFormat",
+    "default_model",
+    "evict",
+    "export",
+    "localize",
+    "predict",
+]
 
 
 @lru_cache(maxsize=1)
@@ -46,6 +56,26 @@ def predict(
     prefix = model.artifact_prefix
     return get_predictor(settings).predict(
         model.id, lambda name: store.get(f"{prefix}/{name}"), images, top_k=top_k
+    )
+
+
+def localize(
+    *,
+    settings: Settings,
+    store: BlobStore,
+    model: Model,
+    images: list[bytes],
+    labels: list[str | None],
+    threshold: float = DEFAULT_THRESHOLD,
+) -> list[Localization | None]:
+    """Where ``labels[i]`` is in ``images[i]``; see :meth:`Predictor.localize`."""
+    if not 0 < threshold < 1:
+        raise InvalidInput(
+            "localize_threshold must be between 0 and 1.", field="localize_threshold"
+        )
+    prefix = model.artifact_prefix
+    return get_predictor(settings).localize(
+        model.id, lambda name: store.get(f"{prefix}/{name}"), images, labels, threshold=threshold
     )
 
 

@@ -11,6 +11,7 @@ from sqlalchemy.orm import Session
 
 from app.config import Settings
 from app.db.models import Image, Project
+from app.services import models
 from app.services.images import blob_key
 from app.storage import open_store
 from app.transfer.data import ClassInfo, Sample, TrainingData
@@ -44,4 +45,7 @@ def load(*, db: Session, settings: Settings, project: Project, backbone: str) ->
         allow_hub=settings.allow_hub,
         batch_size=settings.feature_batch_size,
         max_pixels=settings.max_image_pixels,
+        load_model=lambda model_id: models.load_trained(
+            settings=settings, project_id=project_id, model_id=model_id
+        ),
     )

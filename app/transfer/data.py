@@ -8,9 +8,12 @@ from collections import Counter
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 import numpy as np
+
+if TYPE_CHECKING:
+    from app.transfer.artifacts import TrainedModel
 
 DOMAINS = ("target", "source")
 SPLITS = ("auto", "train", "test")
@@ -71,6 +74,8 @@ class TrainingData:
     :func:`app.transfer.features.extract_features`, cached under ``feature_cache_dir``.
     ``classes`` are the project's declared classes (labels of images included), in the
     project's order; methods that learn from images alone may ignore them.
+    ``load_model(model_id)`` returns a trained model of the same project (a distillation
+    teacher, say), raising :class:`~app.errors.TeacherNotInProject` for any other id.
     """
 
     samples: list[Sample]
@@ -83,6 +88,7 @@ class TrainingData:
     batch_size: int = 32
     max_pixels: int = 50_000_000
     seed: int = 0
+    load_model: Callable[[str], TrainedModel] | None = None
 
     @classmethod
     def from_arrays(

@@ -28,6 +28,11 @@ class Head(nn.Module):
     def tensors(self) -> dict[str, torch.Tensor]:
         return {k: v.detach().contiguous() for k, v in self.state_dict().items()}
 
+    def log_scores(self, x: torch.Tensor) -> torch.Tensor:
+        """Class scores ``(N, C)`` whose softmax is ``forward(x)``: log-probabilities here,
+        the logits for heads that have them (localization and distillation use these)."""
+        return self(x).clamp_min(1e-12).log()
+
     @classmethod
     def from_tensors(cls, tensors: dict[str, torch.Tensor], config: dict[str, Any]) -> Head:
         raise NotImplementedError
@@ -56,6 +61,9 @@ class LinearHead(Head):
 
     def logits(self, x: torch.Tensor) -> torch.Tensor:
         return self.linear(F.normalize(x, dim=-1) if self.normalize else x)
+
+    def log_scores(self, x: torch.Tensor) -> torch.Tensor:
+        return self.logits(x)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.logits(x).softmax(dim=-1)
@@ -89,13 +97,23 @@ class KNNHead(Head):
         self.k = min(k, bank.shape[0])
         self.temperature = temperature
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def votes(self, x: torch.Tensor) -> torch.Tensor:
+        """Unnormalised class votes ``(N, C)``."""
         sims = F.normalize(x, dim=-1) @ self.bank.T  # type: ignore[operator]
         top, idx = sims.topk(self.k, dim=-1)
         weights = ((top - 1.0) / self.temperature).exp()  # shift by the max cosine (1) for range
         votes = torch.zeros(x.shape[0], self.num_classes, dtype=weights.dtype, device=x.device)
         votes.scatter_add_(1, self.bank_labels[idx], weights)  # type: ignore[index]
+        return votes
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        votes = self.votes(x)
         return votes / votes.sum(dim=-1, keepdim=True)
+
+    def log_scores(self, x: torch.Tensor) -> torch.Tensor:
+        """Log of the unnormalised votes: unlike log-probabilities they keep a gradient
+        when every neighbour votes for one class."""
+        return self.votes(x).clamp_min(1e-12).log()
 
     def config(self) -> dict[str, Any]:
         return {"num_classes": self.num_classes, "k": self.k, "temperature": self.temperature}

@@ -21,6 +21,7 @@ from app.transfer.backbones import Backbone, load_backbone
 from app.transfer.export import ExportFormat, export_model
 from app.transfer.features import embed_tensors, prepare_backbone
 from app.transfer.finetune_parts import classifier_param_names
+from app.transfer.localize import DEFAULT_THRESHOLD, Localization, localize
 from app.transfer.preprocess import load_for_model
 
 K = TypeVar("K", bound=Hashable)
@@ -63,6 +64,23 @@ class LRUCache(Generic[K, V]):
             self._data.pop(key, None)
 
 
+def model_backbone(
+    model: TrainedModel, model_key: str, *, weights_dir: Path | None, allow_hub: bool
+) -> Backbone:
+    """The network ``model`` runs on, ready for inference: its registry backbone, with the
+    model's own finetuned tensors loaded when it has them."""
+    backbone = load_backbone(model.backbone, weights_dir=weights_dir, allow_hub=allow_hub)
+    if model.backbone_state is not None:
+        loaded = backbone.model.load_state_dict(model.backbone_state, strict=False)
+        if loaded.unexpected_keys or set(loaded.missing_keys) - classifier_param_names(
+            backbone.model
+        ):
+            raise ValueError(f"finetuned backbone of {model_key} does not fit {model.backbone}")
+    elif backbone.weights_digest != model.backbone_digest:
+        raise RuntimeError(f"backbone {model.backbone} weights changed since the model was trained")
+    return prepare_backbone(backbone)
+
+
 @dataclass(frozen=True)
 class Prediction:
     label: str
@@ -93,26 +111,12 @@ class Predictor:
             key = (model.backbone, f"finetuned:{model_key}")
         else:
             key = (model.backbone, model.backbone_digest)
-
-        def load() -> Backbone:
-            backbone = load_backbone(
-                model.backbone, weights_dir=self.weights_dir, allow_hub=self.allow_hub
-            )
-            if model.backbone_state is not None:
-                loaded = backbone.model.load_state_dict(model.backbone_state, strict=False)
-                if loaded.unexpected_keys or set(loaded.missing_keys) - classifier_param_names(
-                    backbone.model
-                ):
-                    raise ValueError(
-                        f"finetuned backbone of {model_key} does not fit {model.backbone}"
-                    )
-            elif backbone.weights_digest != model.backbone_digest:
-                raise RuntimeError(
-                    f"backbone {model.backbone} weights changed since the model was trained"
-                )
-            return prepare_backbone(backbone)
-
-        return self.backbones.get_or_load(key, load)
+        return self.backbones.get_or_load(
+            key,
+            lambda: model_backbone(
+                model, model_key, weights_dir=self.weights_dir, allow_hub=self.allow_hub
+            ),
+        )
 
     def export(self, model_key: str, read: Callable[[str], bytes], fmt: ExportFormat) -> bytes:
         """The model as one ONNX or TorchScript file (see :mod:`app.transfer.export`)."""
@@ -120,6 +124,39 @@ class Predictor:
         return export_model(
             self._backbone_for(model_key, model), model, model_id=model_key, fmt=fmt
         )
+
+    def _batch(self, model: TrainedModel, images: Sequence[bytes]) -> torch.Tensor:
+        return torch.stack(
+            [load_for_model(b, model.preprocessing, max_pixels=self.max_pixels) for b in images]
+        )
+
+    def localize(
+        self,
+        model_key: str,
+        read: Callable[[str], bytes],
+        images: Sequence[bytes],
+        labels: Sequence[str | None],
+        *,
+        threshold: float = DEFAULT_THRESHOLD,
+    ) -> list[Localization | None]:
+        """Where class ``labels[i]`` is in ``images[i]`` (see :mod:`app.transfer.localize`),
+        with the model's own (finetuned, where it is) backbone; None for a label the model
+        does not have (a rejected prediction, say)."""
+        model = self.load(model_key, read)
+        wanted = [i for i, label in enumerate(labels) if label in model.classes]
+        out: list[Localization | None] = [None] * len(images)
+        if wanted:
+            found = localize(
+                self._backbone_for(model_key, model),
+                model.head,
+                self._batch(model, [images[i] for i in wanted]),
+                model.classes,
+                [model.classes.index(labels[i]) for i in wanted],
+                threshold=threshold,
+            )
+            for i, loc in zip(wanted, found, strict=True):
+                out[i] = loc
+        return out
 
     def load(self, model_key: str, read: Callable[[str], bytes]) -> TrainedModel:
         return self.models.get_or_load(model_key, lambda: TrainedModel.from_files(read))
@@ -138,9 +175,7 @@ class Predictor:
         """Class probabilities for each image, top-``k`` best first."""
         model = self.load(model_key, read)
         backbone = self._backbone_for(model_key, model)
-        batch = torch.stack(
-            [load_for_model(b, model.preprocessing, max_pixels=self.max_pixels) for b in images]
-        )
+        batch = self._batch(model, images)
         feats = torch.from_numpy(embed_tensors(backbone, batch))
         with torch.inference_mode():
             probs = model.head(feats)

@@ -1,8 +1,11 @@
 from __future__ import annotations
 
+import base64
+import dataclasses
+from dataclasses import dataclass
 from typing import Annotated
 
-from fastapi import APIRouter, File, Query, Response, UploadFile, status
+from fastapi import APIRouter, Depends, File, Query, Response, UploadFile, status
 
 from app.api.deps import (
     CursorQuery,
@@ -15,6 +18,7 @@ from app.api.deps import (
 )
 from app.api.routes.projects import project_out
 from app.api.schemas import (
+    BoxOut,
     DefaultModelIn,
     ModelOut,
     Page,
@@ -31,6 +35,34 @@ router = APIRouter(tags=["models"])
 
 FilesField = Annotated[list[UploadFile], File(description="One or more images.")]
 TopK = Annotated[int, Query(ge=1, le=predict_service.MAX_TOP_K)]
+Localize = Annotated[
+    bool, Query(description="Add `box`: where the predicted class is (class activation map).")
+]
+Heatmap = Annotated[
+    bool, Query(description="Add `heatmap_png` (base64) and `box`: the class activation map.")
+]
+LocalizeThreshold = Annotated[
+    float,
+    Query(gt=0, lt=1, description="Fraction of the map's peak that counts as the object."),
+]
+
+
+@dataclass(frozen=True)
+class LocalizeOptions:
+    localize: bool
+    heatmap: bool
+    threshold: float
+
+
+def localize_options(
+    localize: Localize = False,
+    heatmap: Heatmap = False,
+    localize_threshold: LocalizeThreshold = predict_service.DEFAULT_THRESHOLD,
+) -> LocalizeOptions:
+    return LocalizeOptions(localize or heatmap, heatmap, localize_threshold)
+
+
+LocalizeDep = Annotated[LocalizeOptions, Depends(localize_options)]
 
 
 @router.get("/v1/projects/{project_id}/models")
@@ -90,13 +122,18 @@ def set_default_model(body: DefaultModelIn, project: ProjectDep, db: SessionDep)
 
 
 def _predict(
-    model: Model, files: list[UploadFile], top_k: int, settings: SettingsDep, store: StoreDep
+    model: Model,
+    files: list[UploadFile],
+    top_k: int,
+    settings: SettingsDep,
+    store: StoreDep,
+    where: LocalizeOptions,
 ) -> PredictOut:
     images = [f.file.read() for f in files]
     results = predict_service.predict(
         settings=settings, store=store, model=model, images=images, top_k=top_k
     )
-    return PredictOut(
+    out = PredictOut(
         model_id=model.id,
         predictions=[
             PredictionOut(
@@ -108,6 +145,17 @@ def _predict(
             for f, r in zip(files, results, strict=True)
         ],
     )
+    if where.localize:
+        found = predict_service.localize(
+            settings=settings, store=store, model=model, images=images,
+            labels=[r.label for r in results], threshold=where.threshold,
+        )  # fmt: skip
+        for prediction, loc in zip(out.predictions, found, strict=True):
+            if loc is not None:
+                prediction.box = BoxOut(**dataclasses.asdict(loc.box))
+                if where.heatmap:
+                    prediction.heatmap_png = base64.b64encode(loc.heatmap_png()).decode()
+    return out
 
 
 @router.post("/v1/models/{model_id}/predict", tags=["prediction"])
@@ -118,10 +166,11 @@ def predict_with_model(
     tenant: TenantDep,
     settings: SettingsDep,
     store: StoreDep,
+    where: LocalizeDep,
     top_k: TopK = 5,
 ) -> PredictOut:
     model = service.get(db=db, tenant_id=tenant.id, model_id=model_id)
-    return _predict(model, files, top_k, settings, store)
+    return _predict(model, files, top_k, settings, store, where)
 
 
 @router.post("/v1/projects/{project_id}/predict", tags=["prediction"])
@@ -131,7 +180,8 @@ def predict_with_project(
     db: SessionDep,
     settings: SettingsDep,
     store: StoreDep,
+    where: LocalizeDep,
     top_k: TopK = 5,
 ) -> PredictOut:
     model = predict_service.default_model(db=db, project=project)
-    return _predict(model, files, top_k, settings, store)
+    return _predict(model, files, top_k, settings, store, where)

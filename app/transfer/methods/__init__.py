@@ -36,6 +36,7 @@ def list_methods() -> list[Method]:
 from app.transfer.methods import (  # noqa: E402, F401
     attributes,
     auto,
+    distill,
     finetune,
     knn,
     linear_probe,

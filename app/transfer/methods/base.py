@@ -63,6 +63,11 @@ class Method(ABC):
                 class_counts=dict(class_counts),
             )
 
+    def check(self, data: TrainingData, params: MethodParams) -> None:
+        """Everything checkable before training, at job creation: :meth:`check_data`, and
+        what ``params`` refer to (methods whose params name models or backbones)."""
+        self.check_data(data)
+
     def labeled_set(self, data: TrainingData) -> LabeledSet:
         """Check the data meets this method's requirements; return its labeled arrays."""
         self.check_data(data)
