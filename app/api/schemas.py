@@ -34,6 +34,11 @@ class ClassSpec(BaseModel):
     name: str = Field(min_length=1, max_length=100)
     description: str | None = Field(None, max_length=2000)
     attributes: dict[str, float] | None = None
+    negative: bool | None = Field(
+        None,
+        description='A "none of these" class (e.g. "empty terrace"): /predict marks its '
+        "predictions `negative: true`. Omitted: unchanged (new classes: false).",
+    )
 
 
 class ProjectCreate(BaseModel):
@@ -65,6 +70,7 @@ class ClassOut(BaseModel):
     name: str
     description: str
     attributes: dict[str, float]
+    negative: bool = Field(False, description='A "none of these" class.')
     image_count: int
 
 
@@ -184,9 +190,14 @@ class BoxOut(BaseModel):
 
 class PredictionOut(BaseModel):
     filename: str
-    label: str
+    label: str | None = Field(
+        description='The best class; null for "none of the above" (see `reject_below`).'
+    )
     score: float
     scores: list[Score]
+    negative: bool = Field(
+        False, description='The label is a negative ("none of these") class of the project.'
+    )
     box: BoxOut | None = Field(
         None,
         description="With `?localize=true`: where the predicted class is, from class "

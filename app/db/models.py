@@ -71,6 +71,8 @@ class ProjectClass(Base):
     name: Mapped[str] = mapped_column(String(100))
     description: Mapped[str] = mapped_column(Text, default="")
     attributes: Mapped[dict[str, float]] = mapped_column(JSON, default=dict)
+    # A "none of these" class (e.g. "empty terrace"): predictions of it say negative: true.
+    negative: Mapped[bool] = mapped_column(Boolean, default=False)
 
     project: Mapped[Project] = relationship(back_populates="classes")
 

@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+from collections.abc import Collection
 from functools import lru_cache
+from typing import Literal
 
+from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from app.config import Settings
-from app.db.models import Model, Project
+from app.db.models import Model, Project, ProjectClass
 from app.errors import InvalidInput, ProjectHasNoModel
 from app.storage import BlobStore
 from app.transfer.export import FORMATS as EXPORT_FORMATS
@@ -24,6 +27,7 @@ __all__ = [
     "evict",
     "export",
     "localize",
+    "negative_classes",
     "predict",
 ]
 
@@ -47,16 +51,40 @@ def default_model(*, db: Session, project: Project) -> Model:
 
 
 def predict(
-    *, settings: Settings, store: BlobStore, model: Model, images: list[bytes], top_k: int
+    *,
+    settings: Settings,
+    store: BlobStore,
+    model: Model,
+    images: list[bytes],
+    top_k: int,
+    reject_below: float | Literal["default"] | None = None,
+    negative: Collection[str] = (),
 ) -> list[Prediction]:
     if not images:
         raise InvalidInput("Send one or more images in the multipart field `files`.", field="files")
     if not 1 <= top_k <= MAX_TOP_K:
         raise InvalidInput(f"top_k must be between 1 and {MAX_TOP_K}.", field="top_k")
+    if isinstance(reject_below, float | int) and not 0 <= reject_below <= 1:
+        raise InvalidInput("reject_below must be between 0 and 1.", field="reject_below")
     prefix = model.artifact_prefix
     return get_predictor(settings).predict(
-        model.id, lambda name: store.get(f"{prefix}/{name}"), images, top_k=top_k
+        model.id,
+        lambda name: store.get(f"{prefix}/{name}"),
+        images,
+        top_k=top_k,
+        reject_below=reject_below,
+        negative=negative,
     )
+
+
+def negative_classes(*, db: Session, model: Model) -> set[str]:
+    """The model's classes that its project marks ``negative`` (as the project says now)."""
+    rows = db.scalars(
+        select(ProjectClass.name).where(
+            ProjectClass.project_id == model.project_id, ProjectClass.negative.is_(True)
+        )
+    )
+    return set(rows) & set(model.classes)
 
 
 def localize(

@@ -56,6 +56,8 @@ def _apply_classes(project: Project, classes: list[Any]) -> None:
             row.description = spec["description"]
         if spec.get("attributes") is not None:
             row.attributes = dict(spec["attributes"])
+        if spec.get("negative") is not None:
+            row.negative = bool(spec["negative"])
 
 
 def create(

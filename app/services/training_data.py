@@ -30,6 +30,7 @@ def load(*, db: Session, settings: Settings, project: Project, backbone: str) ->
             name=c.name,
             description=c.description or "",
             attributes=dict(c.attributes or {}),
+            negative=bool(c.negative),
         )
         for c in project.classes
     ]

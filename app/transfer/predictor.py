@@ -9,13 +9,14 @@ from __future__ import annotations
 
 import threading
 from collections import OrderedDict
-from collections.abc import Callable, Hashable, Sequence
+from collections.abc import Callable, Collection, Hashable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Generic, TypeVar
+from typing import Generic, Literal, TypeVar
 
 import torch
 
+from app.errors import NoRejectDefault
 from app.transfer.artifacts import TrainedModel
 from app.transfer.backbones import Backbone, load_backbone
 from app.transfer.export import ExportFormat, export_model
@@ -81,11 +82,27 @@ def model_backbone(
     return prepare_backbone(backbone)
 
 
+def reject_threshold(
+    model: TrainedModel, reject_below: float | Literal["default"] | None
+) -> float | None:
+    """The rejection threshold asked for; ``"default"`` is the model's ``reject_below``."""
+    if reject_below != "default":
+        return reject_below
+    stored = model.metrics.get("reject_below")
+    if stored is None:
+        raise NoRejectDefault(
+            "This model has no default rejection threshold (it had no labeled validation "
+            "images, or none was classified right); pass reject_below=<score> instead."
+        )
+    return float(stored)
+
+
 @dataclass(frozen=True)
 class Prediction:
-    label: str
+    label: str | None  # None: "none of the above" (top score below the rejection threshold)
     score: float
     scores: list[tuple[str, float]]  # top-k, best first
+    negative: bool = False  # the label is a negative ("none of these") class
 
 
 class Predictor:
@@ -171,9 +188,16 @@ class Predictor:
         images: Sequence[bytes],
         *,
         top_k: int = 5,
+        reject_below: float | Literal["default"] | None = None,
+        negative: Collection[str] = (),
     ) -> list[Prediction]:
-        """Class probabilities for each image, top-``k`` best first."""
+        """Class probabilities for each image, top-``k`` best first.
+
+        A top score below ``reject_below`` (``"default"``: the model's own threshold, chosen
+        on validation data at training) answers ``label=None``; a label in ``negative``
+        is flagged as a negative class."""
         model = self.load(model_key, read)
+        threshold = reject_threshold(model, reject_below)
         backbone = self._backbone_for(model_key, model)
         batch = self._batch(model, images)
         feats = torch.from_numpy(embed_tensors(backbone, batch))
@@ -184,5 +208,14 @@ class Predictor:
         out = []
         for vals, idx in zip(values.tolist(), indices.tolist(), strict=True):
             scores = [(model.classes[i], float(v)) for v, i in zip(vals, idx, strict=True)]
-            out.append(Prediction(label=scores[0][0], score=scores[0][1], scores=scores))
+            label, score = scores[0]
+            rejected = threshold is not None and score < threshold
+            out.append(
+                Prediction(
+                    label=None if rejected else label,
+                    score=score,
+                    scores=scores,
+                    negative=not rejected and label in negative,
+                )
+            )
         return out

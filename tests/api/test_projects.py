@@ -49,10 +49,12 @@ def test_create_with_string_and_object_classes(api: Api) -> None:
         "name": "dove",
         "description": "a white pigeon",
         "attributes": {"white": 1.0, "grey": 0.0},
+        "negative": False,
         "image_count": 0,
     }
     assert classes["pigeon"] == {
-        "name": "pigeon", "description": "", "attributes": {}, "image_count": 0,
+        "name": "pigeon", "description": "", "attributes": {}, "negative": False,
+        "image_count": 0,
     }  # fmt: skip
     assert api.client.get(f"/v1/projects/{p['id']}").json() == p
 

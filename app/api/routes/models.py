@@ -3,7 +3,7 @@ from __future__ import annotations
 import base64
 import dataclasses
 from dataclasses import dataclass
-from typing import Annotated
+from typing import Annotated, Literal
 
 from fastapi import APIRouter, Depends, File, Query, Response, UploadFile, status
 
@@ -35,6 +35,14 @@ router = APIRouter(tags=["models"])
 
 FilesField = Annotated[list[UploadFile], File(description="One or more images.")]
 TopK = Annotated[int, Query(ge=1, le=predict_service.MAX_TOP_K)]
+RejectBelow = Annotated[
+    float | Literal["default"] | None,
+    Query(
+        description='Answer "none of the above" (`label: null`, scores still listed) when the '
+        "top score is below this probability (0-1); `default`: the threshold the model chose "
+        "on validation data at training (`metrics.reject_below`). Omitted: never reject."
+    ),
+]
 Localize = Annotated[
     bool, Query(description="Add `box`: where the predicted class is (class activation map).")
 ]
@@ -128,11 +136,14 @@ def _predict(
     settings: SettingsDep,
     store: StoreDep,
     where: LocalizeOptions,
+    db: SessionDep,
+    reject_below: float | Literal["default"] | None = None,
 ) -> PredictOut:
     images = [f.file.read() for f in files]
     results = predict_service.predict(
-        settings=settings, store=store, model=model, images=images, top_k=top_k
-    )
+        settings=settings, store=store, model=model, images=images, top_k=top_k,
+        reject_below=reject_below, negative=predict_service.negative_classes(db=db, model=model),
+    )  # fmt: skip
     out = PredictOut(
         model_id=model.id,
         predictions=[
@@ -141,6 +152,7 @@ def _predict(
                 label=r.label,
                 score=r.score,
                 scores=[Score(label=label, score=score) for label, score in r.scores],
+                negative=r.negative,
             )
             for f, r in zip(files, results, strict=True)
         ],
@@ -168,9 +180,10 @@ def predict_with_model(
     store: StoreDep,
     where: LocalizeDep,
     top_k: TopK = 5,
+    reject_below: RejectBelow = None,
 ) -> PredictOut:
     model = service.get(db=db, tenant_id=tenant.id, model_id=model_id)
-    return _predict(model, files, top_k, settings, store, where)
+    return _predict(model, files, top_k, settings, store, where, db, reject_below)
 
 
 @router.post("/v1/projects/{project_id}/predict", tags=["prediction"])
@@ -182,6 +195,7 @@ def predict_with_project(
     store: StoreDep,
     where: LocalizeDep,
     top_k: TopK = 5,
+    reject_below: RejectBelow = None,
 ) -> PredictOut:
     model = predict_service.default_model(db=db, project=project)
-    return _predict(model, files, top_k, settings, store, where)
+    return _predict(model, files, top_k, settings, store, where, db, reject_below)

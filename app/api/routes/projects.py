@@ -22,6 +22,7 @@ def project_out(db: Session, project: Project) -> ProjectOut:
                 name=c.name,
                 description=c.description,
                 attributes=c.attributes or {},
+                negative=bool(c.negative),
                 image_count=counts.get(c.name, 0),
             )
             for c in sorted(project.classes, key=lambda c: c.name)
