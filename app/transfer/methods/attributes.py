@@ -26,14 +26,14 @@ from __future__ import annotations
 
 from abc import abstractmethod
 from collections.abc import Callable
-from typing import Any, ClassVar
+from typing import Any
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 from pydantic import Field
 
-from app.errors import ClassAttributesInvalid, ClassTooSmall, ProjectHasNoLabels
+from app.errors import ClassAttributesInvalid
 from app.transfer.artifacts import TrainedModel
 from app.transfer.backbones import Backbone
 from app.transfer.data import Progress, TrainingData, no_progress
@@ -84,23 +84,11 @@ class SeenClassesMethod(Method):
     Subclasses implement :meth:`fit_head` (run fold by fold and once more on all training
     images) and may prepare inputs it shares across folds in :meth:`head_inputs`."""
 
-    min_seen: ClassVar[int] = 1
+    min_classes = 1  # classes with images; the others are predicted from their names
 
     def check_data(self, data: TrainingData) -> None:
         check_classes(data)
-        counts = data.class_counts()
-        if len(counts) < self.min_seen:
-            raise ProjectHasNoLabels(
-                f"Method {self.name!r} needs labeled images of at least {self.min_seen} "
-                f"classes; the project has {len(counts)}.",
-                class_counts=dict(counts),
-            )
-        small = {c: n for c, n in counts.items() if n < self.min_per_class}
-        if small:
-            raise ClassTooSmall(
-                f"Every class with images needs at least {self.min_per_class}; too few: {small}.",
-                class_counts=dict(counts),
-            )
+        super().check_data(data)
 
     @abstractmethod
     def fit_head(self, X: np.ndarray, y: np.ndarray, p: Any, context: Any) -> Head:
@@ -178,7 +166,7 @@ class ZeroShotDAP(SeenClassesMethod):
     name = "zero_shot_dap"
     summary = "Attribute classifiers trained on classes with images score every class (DAP)."
     Params = DAPParams
-    min_seen = 2
+    min_classes = 2  # attribute classifiers need two seen classes to contrast
 
     def check_data(self, data: TrainingData) -> None:
         super().check_data(data)
