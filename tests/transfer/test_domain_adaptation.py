@@ -1,0 +1,203 @@
+"""Domain adaptation on a real shift: MNIST digits (labeled source) -> the 8x8 UCI digits of
+scikit-learn (unlabeled target, other writers, scanner and resolution), 10 classes."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import numpy as np
+import pytest
+import torch
+
+from app.errors import ClassTooSmall, SourceHasNoLabels, TargetHasNoImages
+from app.transfer import Predictor, TrainedModel, TrainingData, get_method
+from app.transfer.data import Sample
+from app.transfer.domain.base import fit_linear
+from app.transfer.domain.coral import coral_transform
+from app.transfer.domain.dann import GradientReverse, grl_schedule
+from app.transfer.domain.gap import proxy_a_distance
+from tests.factories import digit_images, mnist_images
+
+DA = get_method("domain_adaptation")
+#: One configuration each for DANN and self-training, two for CORAL: keeps the test short.
+PARAMS = {"dann_tradeoff": [0.1], "self_training_threshold": [0.9]}
+
+
+def domain_pair(
+    source_per_class: int, target_per_class: int, test_per_class: int, **kwargs: object
+) -> TrainingData:
+    """Labeled MNIST source; unlabeled UCI target; labeled UCI target ``test`` split."""
+    groups = [
+        (mnist_images(source_per_class), "source", "auto", True),
+        (digit_images(target_per_class, smooth=True), "target", "auto", False),
+        (digit_images(test_per_class, offset=target_per_class, smooth=True), "target", "test", True),
+    ]  # fmt: skip
+    blobs, samples = {}, []
+    for items, domain, split, labeled in groups:
+        for label, png in items:
+            key = f"{domain}-{split}-{len(samples)}"
+            blobs[key] = png
+            samples.append(
+                Sample(key=key, label=label if labeled else None, domain=domain, split=split)
+            )
+    return TrainingData(samples=samples, load_bytes=lambda s: blobs[s.key], **kwargs)  # type: ignore[arg-type]
+
+
+@pytest.fixture(scope="module")
+def pair(tmp_path_factory: pytest.TempPathFactory) -> TrainingData:
+    return domain_pair(30, 30, 20, feature_cache_dir=tmp_path_factory.mktemp("features"))
+
+
+@pytest.fixture(scope="module")
+def adapted(pair: TrainingData) -> TrainedModel:
+    return DA.fit(pair, DA.parse_params(PARAMS))
+
+
+def table(m: dict) -> str:
+    rows = [f"{'candidate':<14}{'reverse-val':>12}{'target acc':>12}{'gap after':>11}"]
+    for name, c in m["candidates"].items():
+        rows.append(
+            f"{name:<14}{c['reverse_validation']:>12.3f}{c['target_accuracy']:>12.3f}"
+            f"{c['domain_gap_after']:>11.2f}"
+        )
+    gap = m["domain_gap"]
+    rows.append(
+        f"selected {m['selected']} {m['selected_config']}: target accuracy {m['accuracy']:.3f} "
+        f"vs source-only {m['source_only']['accuracy']:.3f} "
+        f"(margin {m['accuracy'] - m['source_only']['accuracy']:+.3f}); "
+        f"proxy A-distance {gap['before']:.2f} -> {gap['after']:.2f}"
+    )
+    return "\n".join(rows)
+
+
+def test_adaptation_beats_source_only_on_mnist_to_uci_digits(
+    adapted: TrainedModel, capsys: pytest.CaptureFixture[str]
+) -> None:
+    m = adapted.metrics
+    with capsys.disabled():
+        print("\n" + table(m))
+    assert m["validation"] == "test-split" and m["n_validation"] == 200 and m["n_train"] == 300
+    assert m["n_target_unlabeled"] == 300
+    assert set(m["candidates"]) == {"source_only", "coral", "dann", "self_training"}
+    assert m["baseline"] == m["source_only"] and m["source_only"]["name"] == "source_only"
+    # CORAL or DANN beats source-only on the target test labels, by a clear margin ...
+    best_aligned = max(m["candidates"][a]["target_accuracy"] for a in ("coral", "dann"))
+    assert best_aligned >= m["candidates"]["source_only"]["target_accuracy"] + 0.05
+    # ... and reverse validation, which never saw a target label, picked a winner over it.
+    by_rv = m["reverse_validation"]["by_algorithm"]
+    assert m["selected"] == max(by_rv, key=by_rv.__getitem__) in {"coral", "dann"}
+    assert m["accuracy"] >= m["source_only"]["accuracy"] + 0.05
+    assert m["negative_transfer"] is False
+    # A real gap, measured before and after.
+    assert m["domain_gap"]["before"] >= 1.5
+    assert 0.0 <= m["domain_gap"]["after"] <= 2.0
+    assert all(0.0 <= s <= 1.0 for s in by_rv.values())
+    assert len(m["candidates"]["coral"]["configs"]) == 2
+
+
+def test_target_test_labels_never_train_or_select(
+    pair: TrainingData, adapted: TrainedModel
+) -> None:
+    test = [i for i, s in enumerate(pair.samples) if s.split == "test"]
+    labels = np.random.default_rng(1).permutation([pair.samples[i].label for i in test])
+    samples = list(pair.samples)
+    for i, label in zip(test, labels, strict=True):
+        samples[i] = dataclasses.replace(samples[i], label=str(label))
+    shuffled = DA.fit(dataclasses.replace(pair, samples=samples), DA.parse_params(PARAMS))
+    a, b = adapted.metrics, shuffled.metrics
+    assert b["selected"] == a["selected"] and b["selected_config"] == a["selected_config"]
+    assert b["reverse_validation"] == a["reverse_validation"]
+    assert b["domain_gap"] == a["domain_gap"]
+    for name, t in adapted.head.tensors().items():
+        assert torch.equal(t, shuffled.head.tensors()[name]), name
+    assert b["accuracy"] != a["accuracy"]  # only the report moved
+
+
+def test_served_artifact_predicts_target_images(adapted: TrainedModel) -> None:
+    files = adapted.to_files()
+    assert set(files) == {"model.json", "head.safetensors"}
+    loaded = TrainedModel.from_files(files.__getitem__)
+    assert loaded.metrics == adapted.metrics and loaded.classes == [str(c) for c in range(10)]
+    images = [png for _, png in digit_images(1, offset=100, smooth=True)]
+    preds = Predictor().predict("da", files.__getitem__, images, top_k=3)
+    assert len(preds) == 10 and all(len(p.scores) == 3 for p in preds)
+
+
+def test_dann_can_finetune_the_last_block_and_serves_it() -> None:
+    data = domain_pair(4, 4, 0)
+    data = dataclasses.replace(
+        data, samples=[s for s in data.samples if s.label in (None, "0", "1")]
+    )
+    params = DA.parse_params({
+        "algorithm": "dann", "dann_finetune_blocks": 1, "dann_epochs": [1],
+        "dann_tradeoff": [1.0], "dann_batch_size": 4, "source_holdout_fraction": 0.25,
+    })  # fmt: skip
+    model = DA.fit(data, params)
+    m = model.metrics
+    assert m["selected"] == "dann" and m["selected_config"]["finetune_blocks"] == 1
+    assert m["validation"] == "source-holdout"
+    assert "no_target_test_labels" in {w["code"] for w in m["warnings"]}
+    assert model.backbone_state is not None and model.head.head_type == "mlp"
+    files = model.to_files()
+    assert "backbone.safetensors" in files
+    predictor = Predictor()
+    pred = predictor.predict("dann", files.__getitem__, [digit_images(1, [1], offset=50)[0][1]])
+    assert pred[0].label in {"0", "1"}
+    assert ("efficientnet_lite0", "finetuned:dann") in predictor.backbones._data
+
+
+def test_data_requirements_are_typed_errors() -> None:
+    def data(*samples: tuple[str | None, str, str]) -> TrainingData:
+        return TrainingData(
+            samples=[
+                Sample(key=str(i), label=label, domain=domain, split=split)
+                for i, (label, domain, split) in enumerate(samples)
+            ],
+            load_bytes=lambda s: b"",
+        )
+
+    target = [(None, "target", "auto")] * 2
+    with pytest.raises(SourceHasNoLabels):  # labeled target images are not a source
+        DA.check_data(data(*[("a", "target", "auto"), ("b", "target", "auto")] * 2, *target))
+    with pytest.raises(ClassTooSmall):
+        DA.check_data(data(("a", "source", "auto"), *[("b", "source", "auto")] * 2, *target))
+    source = [("a", "source", "auto"), ("b", "source", "auto")] * 2
+    with pytest.raises(TargetHasNoImages):  # target test images do not count
+        DA.check_data(data(*source, ("a", "target", "test"), ("b", "target", "test")))
+    DA.check_data(data(*source, *target))
+
+
+def test_gradient_reversal_and_lambda_schedule() -> None:
+    x = torch.ones(3, requires_grad=True)
+    (GradientReverse.apply(x, 0.5) * torch.tensor([1.0, 2.0, 3.0])).sum().backward()
+    assert torch.equal(x.grad, torch.tensor([-0.5, -1.0, -1.5]))  # type: ignore[arg-type]
+    values = [grl_schedule(p) for p in np.linspace(0, 1, 11)]
+    assert values[0] == 0.0 and values[-1] == pytest.approx(1.0, abs=1e-4)
+    assert values == sorted(values)
+
+
+def test_proxy_a_distance_separates_near_from_far() -> None:
+    rng = np.random.default_rng(0)
+    a, b = rng.normal(size=(200, 20)), rng.normal(size=(200, 20))
+    assert proxy_a_distance(a, b) < 0.5
+    assert proxy_a_distance(a, b + 3.0) == 2.0
+
+
+def test_coral_matches_target_mean_and_covariance() -> None:
+    rng = np.random.default_rng(0)
+    Xs = rng.normal(size=(300, 6)) @ rng.normal(size=(6, 6))
+    Xt = rng.normal(size=(400, 6)) @ rng.normal(size=(6, 6)) + 2.0
+    Z = coral_transform(Xs, Xt, 1e-9)
+    assert np.allclose(Z.mean(axis=0), Xt.mean(axis=0), atol=1e-4)
+    assert np.allclose(np.cov(Z, rowvar=False), np.cov(Xt, rowvar=False), atol=1e-3)
+
+
+def test_linear_fit_never_predicts_a_class_it_did_not_see() -> None:
+    rng = np.random.default_rng(0)
+    X = np.concatenate([rng.normal(size=(20, 5)), rng.normal(size=(20, 5)) + 4])
+    head = fit_linear(X.astype(np.float32), np.repeat([0, 2], 20), 4, C=1.0)
+    with torch.inference_mode():
+        preds = head(torch.from_numpy(rng.normal(size=(50, 5)).astype(np.float32) * 5)).argmax(1)
+    assert set(preds.tolist()) <= {0, 2}
+    single = fit_linear(X.astype(np.float32), np.full(40, 3), 4, C=1.0)
+    assert single(torch.zeros(1, 5)).argmax().item() == 3
