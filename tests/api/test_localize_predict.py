@@ -14,7 +14,7 @@ from tests.scenes import scenes
 
 
 def test_predict_localizes_the_predicted_class(api: Api) -> None:
-    project = api.project()
+    project = api.project(classes=["cat", {"name": "empty", "negative": True}])
     api.upload_labeled(project["id"], [(s.label, s.png) for s in scenes(24, split="train", seed=0)])
     job = api.train(project["id"], "linear_probe")
     cats = [s for s in scenes(8, split="test", seed=1) if s.label == "cat"][:3]
@@ -39,6 +39,15 @@ def test_predict_localizes_the_predicted_class(api: Api) -> None:
         assert heat.mode == "L" and heat.size == (224, 224)
     print("IoU of the API's boxes:", [round(i, 3) for i in ious])
     assert min(ious) > 0.2, ious
+
+    empty = next(s for s in scenes(8, split="test", seed=1) if s.label == "empty")
+    r = api.client.post(
+        f"/v1/projects/{project['id']}/predict?localize=true",
+        files=[("files", ("empty.png", empty.png))],
+    )
+    (p,) = r.json()["predictions"]
+    assert p["label"] == "empty" and p["negative"] is True
+    assert p["box"] is None  # nothing to point the water pistol at
 
 
 def test_localize_threshold_out_of_range_is_a_422(api: Api) -> None:

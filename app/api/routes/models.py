@@ -160,7 +160,8 @@ def _predict(
     if where.localize:
         found = predict_service.localize(
             settings=settings, store=store, model=model, images=images,
-            labels=[r.label for r in results], threshold=where.threshold,
+            labels=[None if r.negative else r.label for r in results],
+            threshold=where.threshold,
         )  # fmt: skip
         for prediction, loc in zip(out.predictions, found, strict=True):
             if loc is not None:
