@@ -9,6 +9,8 @@ from functools import lru_cache
 import numpy as np
 from PIL import Image
 
+from app.transfer.data import Sample, TrainingData
+
 
 def encode(array: np.ndarray, fmt: str = "PNG", **kwargs: object) -> bytes:
     buf = io.BytesIO()
@@ -66,6 +68,32 @@ def mnist_images(
             pixels = np.pad(images[i], 2)
             out.append((str(c), encode(np.repeat(pixels[:, :, None], 3, axis=2))))
     return out
+
+
+def digit_domain_pair(
+    source_per_class: int,
+    target_per_class: int,
+    test_per_class: int,
+    *,
+    smooth: bool = True,
+    **kwargs: object,
+) -> TrainingData:
+    """Labeled MNIST source, unlabeled UCI target and a labeled UCI target ``test`` split,
+    10 classes: a real domain-shift pair for domain adaptation."""
+    groups = [
+        (mnist_images(source_per_class), "source", "auto", True),
+        (digit_images(target_per_class, smooth=smooth), "target", "auto", False),
+        (digit_images(test_per_class, offset=target_per_class, smooth=smooth), "target", "test", True),
+    ]  # fmt: skip
+    blobs, samples = {}, []
+    for items, domain, split, labeled in groups:
+        for label, png in items:
+            key = f"{domain}-{split}-{len(samples)}"
+            blobs[key] = png
+            samples.append(
+                Sample(key=key, label=label if labeled else None, domain=domain, split=split)
+            )
+    return TrainingData(samples=samples, load_bytes=lambda s: blobs[s.key], **kwargs)  # type: ignore[arg-type]
 
 
 def make_zip(members: dict[str, bytes]) -> bytes:

@@ -16,36 +16,16 @@ from app.transfer.domain.base import fit_linear
 from app.transfer.domain.coral import coral_transform
 from app.transfer.domain.dann import GradientReverse, grl_schedule
 from app.transfer.domain.gap import proxy_a_distance
-from tests.factories import digit_images, mnist_images
+from tests.factories import digit_domain_pair, digit_images
 
 DA = get_method("domain_adaptation")
 #: One configuration each for DANN and self-training, two for CORAL: keeps the test short.
 PARAMS = {"dann_tradeoff": [0.1], "self_training_threshold": [0.9]}
 
 
-def domain_pair(
-    source_per_class: int, target_per_class: int, test_per_class: int, **kwargs: object
-) -> TrainingData:
-    """Labeled MNIST source; unlabeled UCI target; labeled UCI target ``test`` split."""
-    groups = [
-        (mnist_images(source_per_class), "source", "auto", True),
-        (digit_images(target_per_class, smooth=True), "target", "auto", False),
-        (digit_images(test_per_class, offset=target_per_class, smooth=True), "target", "test", True),
-    ]  # fmt: skip
-    blobs, samples = {}, []
-    for items, domain, split, labeled in groups:
-        for label, png in items:
-            key = f"{domain}-{split}-{len(samples)}"
-            blobs[key] = png
-            samples.append(
-                Sample(key=key, label=label if labeled else None, domain=domain, split=split)
-            )
-    return TrainingData(samples=samples, load_bytes=lambda s: blobs[s.key], **kwargs)  # type: ignore[arg-type]
-
-
 @pytest.fixture(scope="module")
 def pair(tmp_path_factory: pytest.TempPathFactory) -> TrainingData:
-    return domain_pair(30, 30, 20, feature_cache_dir=tmp_path_factory.mktemp("features"))
+    return digit_domain_pair(30, 30, 20, feature_cache_dir=tmp_path_factory.mktemp("features"))
 
 
 @pytest.fixture(scope="module")
@@ -124,7 +104,7 @@ def test_served_artifact_predicts_target_images(adapted: TrainedModel) -> None:
 
 
 def test_dann_can_finetune_the_last_block_and_serves_it() -> None:
-    data = domain_pair(4, 4, 0)
+    data = digit_domain_pair(4, 4, 0)
     data = dataclasses.replace(
         data, samples=[s for s in data.samples if s.label in (None, "0", "1")]
     )
