@@ -10,6 +10,10 @@ Weights are resolved, in order, from
    ``mobilenetv2_100`` without its classifier),
 3. the Hugging Face hub through timm, only when ``allow_hub`` is set.
 
+CLIP image-text models (``family="open_clip"``, the optional ``open_clip_torch``
+package) follow the same order without a bundling package; their image tower is the
+backbone (see :mod:`app.transfer.clip`).
+
 A backbone whose weights cannot be had raises :class:`~app.errors.BackboneUnavailable`;
 a randomly initialised network is never returned.
 """
@@ -19,9 +23,11 @@ from __future__ import annotations
 import hashlib
 import importlib
 import importlib.resources
+import importlib.util
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
+from typing import Literal
 
 import torch
 from torch import nn
@@ -40,6 +46,7 @@ class BackboneSpec:
     headless: bool = False  # the weights carry no ImageNet classifier (num_classes=0)
     hf_hub_id: str | None = None
     description: str = ""
+    family: Literal["timm", "open_clip"] = "timm"  # open_clip: a CLIP model's image tower
 
 
 @dataclass(frozen=True)
@@ -99,6 +106,19 @@ register_backbone(
     )
 )
 
+register_backbone(
+    BackboneSpec(
+        name="clip_vit_b32",
+        architecture="ViT-B-32",
+        hf_hub_id="laion/CLIP-ViT-B-32-laion2B-s34B-b79K",
+        family="open_clip",
+        description=(
+            "CLIP ViT-B/32, LAION-2B (image tower 88M params, 224 px): zero-shot from class "
+            "names; needs open_clip_torch and a weights file or the hub."
+        ),
+    )
+)
+
 DEFAULT_BACKBONE = "efficientnet_lite0"
 
 
@@ -142,8 +162,14 @@ def resolve_weights(
 ) -> WeightsSource:
     """Where the weights of backbone ``name`` come from; raises if nowhere."""
     spec = get_spec(name)
+    if spec.family == "open_clip" and importlib.util.find_spec("open_clip") is None:
+        raise BackboneUnavailable(
+            f"Backbone {name!r} is a CLIP model: install the optional extra dovecote[clip] "
+            "(open_clip_torch).",
+            backbone=name,
+        )
     if weights_dir is not None:
-        for suffix in (".safetensors", ".pth"):
+        for suffix in (".safetensors", ".pth", ".pt", ".bin"):
             candidate = weights_dir / f"{name}{suffix}"
             if candidate.is_file():
                 return WeightsSource("file", str(candidate))
@@ -161,7 +187,7 @@ def resolve_weights(
 
 
 @lru_cache(maxsize=16)
-def _file_digest(path: str) -> str:
+def file_digest(path: str) -> str:
     h = hashlib.sha256()
     with open(path, "rb") as f:
         for chunk in iter(lambda: f.read(1 << 20), b""):
@@ -243,26 +269,36 @@ def load_backbone(
     name: str, *, weights_dir: Path | None = None, allow_hub: bool = False
 ) -> Backbone:
     """Build backbone ``name`` with its pretrained weights, in eval mode on the CPU."""
-    import timm
-
     spec = get_spec(name)
     source = resolve_weights(name, weights_dir=weights_dir, allow_hub=allow_hub)
-    if source.kind == "hub":
-        model = timm.create_model(f"hf-hub:{source.location}", pretrained=True)
-        digest = hashlib.sha256(source.location.encode()).hexdigest()
+    if spec.family == "open_clip":
+        from app.transfer import clip
+
+        clip_model, digest = clip.create_clip(spec, source)
+        model: nn.Module = clip.image_tower(clip_model)
+        preprocessing = clip.preprocessing(clip_model)
     else:
-        kwargs = {"num_classes": 0} if spec.headless else {}
-        model = timm.create_model(spec.architecture, pretrained=False, **kwargs)
-        _load_into(model, _read_state_dict(source.location))
-        digest = _file_digest(source.location)
-    model.eval()
+        model, digest = _create_timm(spec, source)
+        preprocessing = resolve_preprocessing(model)
     return Backbone(
         name=name,
-        model=model,
-        preprocessing=resolve_preprocessing(model),
+        model=model.eval(),
+        preprocessing=preprocessing,
         weights_digest=digest,
         source=source,
     )
+
+
+def _create_timm(spec: BackboneSpec, source: WeightsSource) -> tuple[nn.Module, str]:
+    import timm
+
+    if source.kind == "hub":
+        model = timm.create_model(f"hf-hub:{source.location}", pretrained=True)
+        return model, hashlib.sha256(source.location.encode()).hexdigest()
+    kwargs = {"num_classes": 0} if spec.headless else {}
+    model = timm.create_model(spec.architecture, pretrained=False, **kwargs)
+    _load_into(model, _read_state_dict(source.location))
+    return model, file_digest(source.location)
 
 
 @lru_cache(maxsize=32)
@@ -270,7 +306,12 @@ def parameter_count(name: str) -> int:
     """Parameters of backbone ``name`` without any classifier (built without weights)."""
     import timm
 
-    model = timm.create_model(get_spec(name).architecture, pretrained=False, num_classes=0)
+    spec = get_spec(name)
+    if spec.family == "open_clip":
+        from app.transfer.clip import image_tower_parameters
+
+        return image_tower_parameters(spec.architecture)
+    model = timm.create_model(spec.architecture, pretrained=False, num_classes=0)
     return sum(p.numel() for p in model.parameters())
 
 

@@ -88,11 +88,17 @@ def to_onnx(
     TF-"same" padding.
     """
     buf = io.BytesIO()
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", DeprecationWarning)
-        torch.onnx.export(
-            module, (example,), buf, dynamo=False, opset_version=17,
-            input_names=[input_name], output_names=[output_name],
-            dynamic_axes={input_name: {0: "batch"}, output_name: {0: "batch"}},
-        )  # fmt: skip
+    fastpath = torch.backends.mha.get_fastpath_enabled()
+    # nn.MultiheadAttention's fused inference kernel (CLIP's ViT) has no ONNX op.
+    torch.backends.mha.set_fastpath_enabled(False)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", DeprecationWarning)
+            torch.onnx.export(
+                module, (example,), buf, dynamo=False, opset_version=17,
+                input_names=[input_name], output_names=[output_name],
+                dynamic_axes={input_name: {0: "batch"}, output_name: {0: "batch"}},
+            )  # fmt: skip
+    finally:
+        torch.backends.mha.set_fastpath_enabled(fastpath)
     return buf.getvalue()

@@ -17,8 +17,8 @@ import hashlib
 import importlib
 import os
 import threading
-from collections.abc import Sequence
-from functools import lru_cache
+from collections.abc import Callable, Sequence
+from functools import lru_cache, partial
 from pathlib import Path
 from typing import Any
 
@@ -70,10 +70,19 @@ def encode(location: str, sentences: Sequence[str]) -> np.ndarray:
     return np.asarray(vectors, dtype=np.float32)
 
 
-def embed_prompted(location: str, texts: Sequence[str], templates: Sequence[str]) -> np.ndarray:
+#: ``encoder(sentences) -> (len(sentences), E)`` L2-normalised float32 vectors.
+Encoder = Callable[[Sequence[str]], np.ndarray]
+
+
+def sentence_encoder(location: str) -> Encoder:
+    """The all-MiniLM-L6-v2 :func:`encode` at ``location`` as an :data:`Encoder`."""
+    return partial(encode, location)
+
+
+def embed_prompted(encoder: Encoder, texts: Sequence[str], templates: Sequence[str]) -> np.ndarray:
     r"""Prompt-ensembled vectors: :math:`e = \mathrm{normalize}(\tfrac1K \sum_k
-    \mathrm{enc}(t_k(\text{text})))` over the ``K`` templates, shape ``(len(texts), 384)``."""
-    vectors = encode(location, [t.format(text) for text in texts for t in templates])
+    \mathrm{enc}(t_k(\text{text})))` over the ``K`` templates, shape ``(len(texts), E)``."""
+    vectors = encoder([t.format(text) for text in texts for t in templates])
     mean = vectors.reshape(len(texts), len(templates), -1).mean(axis=1)
     return mean / np.linalg.norm(mean, axis=1, keepdims=True)
 
@@ -115,7 +124,7 @@ def imagenet_embeddings(
             f"{lemmas[0]}: {definition}" if definitions else ", ".join(lemmas)
             for lemmas, definition in imagenet_texts()
         ]
-        vectors = embed_prompted(location, texts, templates)
+        vectors = embed_prompted(sentence_encoder(location), texts, templates)
         if path is not None:
             path.parent.mkdir(parents=True, exist_ok=True)
             tmp = path.with_suffix(f".{os.getpid()}.tmp")

@@ -49,7 +49,7 @@ from app.transfer.methods.zero_shot import (
     conse_head,
     labeled_features,
 )
-from app.transfer.text import resolve_text_encoder
+from app.transfer.text import resolve_text_encoder, sentence_encoder
 
 
 def _lbfgs(params: list[torch.Tensor], loss_fn: Callable[[], torch.Tensor], steps: int) -> None:
@@ -215,7 +215,7 @@ class ZeroShotGeneralized(SeenClassesMethod):
     def head_inputs(self, data: TrainingData, cs: ClassSet, backbone: Backbone, p: Any) -> Any:
         """Plain ConSE over all classes: its ImageNet part and class-name vectors are reused."""
         location = resolve_text_encoder(weights_dir=data.weights_dir, allow_hub=data.allow_hub)
-        codes = class_codes(cs.infos, p, location)
+        codes = class_codes(cs.infos, p, sentence_encoder(location))
         return conse_head(backbone, codes, p, location, data.feature_cache_dir)
 
     def fit_head(self, X: np.ndarray, y: np.ndarray, p: Any, context: Any) -> Head:

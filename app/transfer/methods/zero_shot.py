@@ -12,6 +12,12 @@ The backbone's own ImageNet classifier is mapped onto the project's classes, off
   at least one ImageNet class. (The WordNet hypernym graph itself ships with no installable
   package, so the cover is read from the lemmas and glosses timm ships.)
 
+``backend="clip"`` (the default, ``"auto"``, when the chosen backbone is a CLIP model):
+the image tower's embedding is compared by cosine similarity with the class names'
+text-tower embeddings, prompt templates ensembled and descriptions averaged in, at
+CLIP's logit scale (see :mod:`app.transfer.clip`); ``mapping``, ``imagenet_text``,
+``top_t`` and ``temperature`` are ConSE's and are not used.
+
 ``mapping="auto"`` keeps whichever scores better on the project's labeled images when there
 are some (chosen on the training images, measured on the ``test`` split or by k-fold), else
 ``conse``. The classifier never trains on images: labeled images only measure it (and pick
@@ -32,8 +38,9 @@ from pydantic import Field, field_validator
 from torch import nn
 
 from app.errors import BackboneHasNoClassifier, InvalidParams, TooFewClasses
+from app.transfer import clip
 from app.transfer.artifacts import TrainedModel
-from app.transfer.backbones import Backbone
+from app.transfer.backbones import Backbone, get_spec, resolve_weights
 from app.transfer.data import ClassInfo, Progress, Sample, TrainingData, no_progress
 from app.transfer.evaluation import Protocol, evaluate, make_protocol
 from app.transfer.features import extract_features
@@ -41,16 +48,26 @@ from app.transfer.heads import ConSEHead, Head, ImageNetSumHead
 from app.transfer.methods import register_method
 from app.transfer.methods.base import Method, MethodParams, shared_backbone
 from app.transfer.text import (
+    Encoder,
     embed_prompted,
     imagenet_embeddings,
     imagenet_texts,
     resolve_text_encoder,
+    sentence_encoder,
 )
 
 DEFAULT_TEMPLATES = ("a photo of a {}.", "a photo of the {}.", "a close-up photo of a {}.")
 
 
 class ZeroShotParams(MethodParams):
+    backend: Literal["auto", "conse", "clip"] = Field(
+        "auto",
+        description=(
+            "conse: the backbone's ImageNet classifier mapped onto the class names (offline "
+            "default); clip: a CLIP backbone's image-text similarity; auto: clip when the "
+            "backbone is a CLIP model, else conse."
+        ),
+    )
     mapping: Literal["auto", "conse", "imagenet_sum"] = Field(
         "auto", description="ImageNet -> classes mapping; auto: the better on labeled images."
     )
@@ -146,14 +163,14 @@ def labeled_features(
     return backbone, X
 
 
-def class_codes(infos: list[ClassInfo], p: ZeroShotParams, location: str) -> np.ndarray:
-    """Unit vectors of the classes ``(C, 384)``: the prompt-ensembled name, averaged with
+def class_codes(infos: list[ClassInfo], p: ZeroShotParams, encoder: Encoder) -> np.ndarray:
+    """Unit vectors of the classes ``(C, E)``: the prompt-ensembled name, averaged with
     the embedded description where there is one (and ``use_descriptions``)."""
-    codes = embed_prompted(location, [c.name for c in infos], p.templates)
+    codes = embed_prompted(encoder, [c.name for c in infos], p.templates)
     described = [i for i, c in enumerate(infos) if c.description and p.use_descriptions]
     if described:
         texts = [infos[i].description for i in described]
-        codes[described] += embed_prompted(location, texts, ["{}"])
+        codes[described] += embed_prompted(encoder, texts, ["{}"])
         codes /= np.linalg.norm(codes, axis=1, keepdims=True)
     return codes
 
@@ -168,6 +185,23 @@ def conse_head(
         weight, bias, torch.from_numpy(source.copy()), torch.from_numpy(codes), p.top_t,
         p.temperature,
     )  # fmt: skip
+
+
+def zero_shot_backend(p: ZeroShotParams, backbone: str) -> Literal["conse", "clip"]:
+    """The backend ``p.backend`` resolves to on ``backbone``; refuses a mismatch."""
+    is_clip = get_spec(backbone).family == "open_clip"
+    if p.backend == "clip" and not is_clip:
+        raise InvalidParams(
+            f"backend 'clip' needs a CLIP backbone (such as 'clip_vit_b32'); {backbone!r} "
+            "is not one. Use backend 'conse' or 'auto'."
+        )
+    if p.backend == "conse" and is_clip:
+        raise BackboneHasNoClassifier(
+            f"Backbone {backbone!r} is a CLIP model without an ImageNet classifier; "
+            "ConSE needs one. Use backend 'clip' or 'auto'.",
+            backbone=backbone,
+        )
+    return "clip" if is_clip else "conse"
 
 
 def imagenet_membership(names: list[str]) -> np.ndarray | None:
@@ -262,12 +296,20 @@ def _stage(progress: Progress, start: float, end: float) -> Callable[..., None]:
 @register_method
 class ZeroShot(Method):
     name = "zero_shot"
-    summary = "A classifier from class names (and descriptions): no images needed (ConSE)."
+    summary = (
+        "A classifier from class names (and descriptions): no images needed "
+        "(ConSE; CLIP on a CLIP backbone)."
+    )
     Params = ZeroShotParams
 
     def check_data(self, data: TrainingData) -> None:
         check_classes(data)
         resolve_text_encoder(weights_dir=data.weights_dir, allow_hub=data.allow_hub)
+
+    def check(self, data: TrainingData, params: MethodParams) -> None:
+        self.check_data(data)
+        assert isinstance(params, ZeroShotParams)
+        zero_shot_backend(params, data.backbone)
 
     def fit(
         self,
@@ -277,30 +319,22 @@ class ZeroShot(Method):
     ) -> TrainedModel:
         p = params if isinstance(params, ZeroShotParams) else ZeroShotParams()
         self.check_data(data)
+        backend = zero_shot_backend(p, data.backbone)
         cs = ClassSet.of(data)
         classes = cs.classes
         progress(0.0, "loading backbone")
         backbone, X = labeled_features(data, cs.samples, _stage(progress, 0.0, 0.6))
         progress(0.6, "embedding class names")
-        location = resolve_text_encoder(weights_dir=data.weights_dir, allow_hub=data.allow_hub)
-        heads: dict[str, Head] = {}
-        if p.mapping in ("auto", "conse"):
-            codes = class_codes(cs.infos, p, location)
-            heads["conse"] = conse_head(backbone, codes, p, location, data.feature_cache_dir)
-        if p.mapping in ("auto", "imagenet_sum"):
-            membership = imagenet_membership(classes)
-            if membership is not None:
-                weight, bias = imagenet_classifier(backbone)
-                heads["imagenet_sum"] = ImageNetSumHead(weight, bias, torch.from_numpy(membership))
-            elif p.mapping == "imagenet_sum":
-                raise InvalidParams(
-                    "mapping 'imagenet_sum' needs every class name to name an ImageNet class "
-                    "(in its lemmas or gloss); use 'conse' or 'auto'."
-                )
+        heads = (
+            {"clip": clip_head(data, cs, p)}
+            if backend == "clip"
+            else conse_heads(data, cs, p, backbone)
+        )
         progress(0.9, "validating")
         metrics, chosen = evaluate_fixed(
             {k: _probs(h, X) for k, h in heads.items()}, classes, cs, data.seed
         )
+        metrics["backend"] = backend
         metrics["mapping"] = chosen
         progress(1.0, "done")
         return TrainedModel(
@@ -313,3 +347,34 @@ class ZeroShot(Method):
             metrics=metrics,
             params=p.model_dump(),
         )
+
+
+def clip_head(data: TrainingData, cs: ClassSet, p: ZeroShotParams) -> Head:
+    """The CLIP backbone's cosine classifier over the classes' text embeddings."""
+    spec = get_spec(data.backbone)
+    source = resolve_weights(spec.name, weights_dir=data.weights_dir, allow_hub=data.allow_hub)
+    encoder, scale = clip.text_encoder(spec, source)
+    return clip.zero_shot_head(class_codes(cs.infos, p, encoder), scale)
+
+
+def conse_heads(
+    data: TrainingData, cs: ClassSet, p: ZeroShotParams, backbone: Backbone
+) -> dict[str, Head]:
+    """The ImageNet -> classes mappings ``p.mapping`` asks for, by name."""
+    location = resolve_text_encoder(weights_dir=data.weights_dir, allow_hub=data.allow_hub)
+    classes = cs.classes
+    heads: dict[str, Head] = {}
+    if p.mapping in ("auto", "conse"):
+        codes = class_codes(cs.infos, p, sentence_encoder(location))
+        heads["conse"] = conse_head(backbone, codes, p, location, data.feature_cache_dir)
+    if p.mapping in ("auto", "imagenet_sum"):
+        membership = imagenet_membership(classes)
+        if membership is not None:
+            weight, bias = imagenet_classifier(backbone)
+            heads["imagenet_sum"] = ImageNetSumHead(weight, bias, torch.from_numpy(membership))
+        elif p.mapping == "imagenet_sum":
+            raise InvalidParams(
+                "mapping 'imagenet_sum' needs every class name to name an ImageNet class "
+                "(in its lemmas or gloss); use 'conse' or 'auto'."
+            )
+    return heads
