@@ -25,6 +25,12 @@ def test_finetune_beats_chance_and_reports_the_probe_beside_it() -> None:
     assert m["negative_transfer"] == (m["accuracy"] < m["baseline"]["accuracy"])
     assert [r["epoch"] for r in m["history"]] == list(range(1, len(m["history"]) + 1))
     assert {"train_loss", "val_accuracy", "seconds", "eta_seconds"} <= set(m["history"][0])
+    # the default "none of the above" threshold, chosen on the measured images like evaluate()'s
+    assert 0 < m["reject_below"] <= 1
+    files = model.to_files()
+    images = [png for _, png in digit_images(2, [0, 1], offset=40)]
+    preds = Predictor().predict("ft", files.__getitem__, images, reject_below="default")
+    assert [p.label is None for p in preds] == [p.score < m["reject_below"] for p in preds]
 
 
 def test_without_test_split_it_measures_on_an_untouched_holdout() -> None:

@@ -15,7 +15,9 @@ carved from the training images, keeping the best epoch's weights.
 Honesty: the model is measured on the ``test`` split, or else on a stratified holdout that
 neither training nor early stopping sees (``validation="holdout"``). Its ``baseline`` is
 the linear probe trained and measured on exactly the same split, and ``negative_transfer``
-says whether finetuning did worse than that probe.
+says whether finetuning did worse than that probe. The default "none of the above"
+threshold ``reject_below`` is chosen on those same measured images by
+:func:`~app.transfer.evaluation.reject_threshold`, as for every other method.
 """
 
 from __future__ import annotations
@@ -35,7 +37,7 @@ from sklearn.model_selection import train_test_split
 from app.transfer.artifacts import TrainedModel
 from app.transfer.backbones import Backbone, load_backbone
 from app.transfer.data import Progress, TrainingData, no_progress
-from app.transfer.evaluation import classification_metrics
+from app.transfer.evaluation import classification_metrics, reject_threshold
 from app.transfer.features import extract_features
 from app.transfer.finetune_parts import (
     classifier_param_names,
@@ -338,6 +340,7 @@ class Finetune(Method):
             "n_validation": len(eval_idx),
         }
         metrics.update(split_info)
+        metrics["reject_below"] = reject_threshold(eval_probs, y[eval_idx])
         metrics["baseline"] = {"name": "linear_probe", **baseline, **split_info}
         metrics["negative_transfer"] = metrics["accuracy"] < baseline["accuracy"]
         metrics["history"] = history
