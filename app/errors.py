@@ -164,6 +164,26 @@ class NoRejectDefault(InvalidInput):
     title = "The model has no default rejection threshold"
 
 
+class InvalidLabels(InvalidInput):
+    code = "invalid_labels"
+    title = "Invalid label sets"
+
+
+class ProjectHasNoLabelSets(InvalidInput):
+    code = "project_has_no_label_sets"
+    title = "The project has no label sets"
+
+
+class UnknownLabelSet(InvalidInput):
+    code = "unknown_label_set"
+    title = "Unknown label set"
+
+
+class LabelSetTooSmall(InvalidInput):
+    code = "label_set_too_small"
+    title = "A label set has too few labeled images"
+
+
 class JobNotCancellable(Conflict):
     code = "job_not_cancellable"
     title = "Job is not cancellable"

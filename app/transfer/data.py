@@ -21,12 +21,15 @@ SPLITS = ("auto", "train", "test")
 
 @dataclass(frozen=True)
 class Sample:
-    """One image. ``key`` is its content hash (sha256 hex): the feature-cache key."""
+    """One image. ``key`` is its content hash (sha256 hex): the feature-cache key.
+    ``labels`` holds its labels in the project's other label sets (``{"is_pigeon":
+    ("yes",), "tags": ("bird", "railing")}``); a set it is not labeled in is absent."""
 
     key: str
     label: str | None = None
     domain: str = "target"
     split: str = "auto"
+    labels: Mapping[str, tuple[str, ...]] = field(default_factory=dict, hash=False)
 
 
 @dataclass(frozen=True)
@@ -76,6 +79,8 @@ class TrainingData:
     project's order; methods that learn from images alone may ignore them.
     ``load_model(model_id)`` returns a trained model of the same project (a distillation
     teacher, say), raising :class:`~app.errors.TeacherNotInProject` for any other id.
+    ``label_sets`` names the project's other label sets, each mapped to whether it is
+    multi-label (tags) rather than one label per image.
     """
 
     samples: list[Sample]
@@ -89,6 +94,7 @@ class TrainingData:
     max_pixels: int = 50_000_000
     seed: int = 0
     load_model: Callable[[str], TrainedModel] | None = None
+    label_sets: Mapping[str, bool] = field(default_factory=dict)
 
     @classmethod
     def from_arrays(

@@ -21,6 +21,19 @@ from sklearn.model_selection import StratifiedKFold
 FitPredict = Callable[[np.ndarray, np.ndarray, np.ndarray], np.ndarray]
 
 
+def _per_label(names: Sequence[str], *prf_support: np.ndarray) -> dict[str, dict[str, float]]:
+    precision, recall, f1, support = prf_support
+    return {
+        name: {
+            "precision": float(precision[i]),
+            "recall": float(recall[i]),
+            "f1": float(f1[i]),
+            "support": int(support[i]),
+        }
+        for i, name in enumerate(names)
+    }
+
+
 def classification_metrics(
     y_true: np.ndarray, y_pred: np.ndarray, classes: Sequence[str]
 ) -> dict[str, Any]:
@@ -35,19 +48,32 @@ def classification_metrics(
     return {
         "accuracy": float(accuracy_score(y_true, y_pred)),
         "macro_f1": float(np.mean(f1)),
-        "per_class": {
-            name: {
-                "precision": float(precision[i]),
-                "recall": float(recall[i]),
-                "f1": float(f1[i]),
-                "support": int(support[i]),
-            }
-            for i, name in enumerate(classes)
-        },
+        "per_class": _per_label(classes, precision, recall, f1, support),
         "confusion_matrix": {
             "labels": list(classes),
             "matrix": confusion_matrix(y_true, y_pred, labels=labels).tolist(),
         },
+    }
+
+
+def multilabel_metrics(
+    Y_true: np.ndarray, Y_pred: np.ndarray, tags: Sequence[str]
+) -> dict[str, Any]:
+    """Micro- and macro-F1, exact-match (subset) accuracy and per-tag P/R/F1/support.
+
+    ``Y_true`` and ``Y_pred`` are 0/1 indicator matrices ``(N, len(tags))``.
+    """
+    precision, recall, f1, support = precision_recall_fscore_support(
+        Y_true, Y_pred, zero_division=0
+    )
+    _, _, micro_f1, _ = precision_recall_fscore_support(
+        Y_true, Y_pred, average="micro", zero_division=0
+    )
+    return {
+        "micro_f1": float(micro_f1),
+        "macro_f1": float(np.mean(f1)),
+        "exact_match": float(accuracy_score(Y_true, Y_pred)),
+        "per_tag": _per_label(tags, precision, recall, f1, support),
     }
 
 

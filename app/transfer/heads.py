@@ -6,6 +6,7 @@ round-trips through plain tensors (safetensors) plus a small JSON config.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any, ClassVar
 
 import torch
@@ -13,6 +14,15 @@ import torch.nn.functional as F
 from torch import nn
 
 _HEADS: dict[str, type[Head]] = {}
+
+
+@dataclass(frozen=True)
+class TaskSpec:
+    """A task a head predicts besides its primary classes: a project label set."""
+
+    name: str
+    classes: list[str]
+    multi_label: bool  # sigmoid per tag (several labels per image) instead of one softmax
 
 
 class Head(nn.Module):
@@ -32,6 +42,11 @@ class Head(nn.Module):
         """Class scores ``(N, C)`` whose softmax is ``forward(x)``: log-probabilities here,
         the logits for heads that have them (localization and distillation use these)."""
         return self(x).clamp_min(1e-12).log()
+
+    def extra_tasks(self, x: torch.Tensor) -> list[tuple[TaskSpec, torch.Tensor]]:
+        """Probabilities ``(N, C_t)`` of the other tasks the head predicts (multi-task
+        heads); none for a single-task head."""
+        return []
 
     @classmethod
     def from_tensors(cls, tensors: dict[str, torch.Tensor], config: dict[str, Any]) -> Head:
@@ -290,3 +305,72 @@ class MLPHead(Head):
             tensors["hidden.weight"], tensors["hidden.bias"],
             tensors["output.weight"], tensors["output.bias"],
         )  # fmt: skip
+
+
+class MultiTaskHead(Head):
+    r"""One shared layer, one output per task (hard parameter sharing, Caruana 1997).
+
+    :math:`h(x) = \mathrm{relu}(W_s x + b_s)`; task :math:`t` scores
+    :math:`z_t = W_t h(x) + b_t`, with :math:`p_t = \mathrm{softmax}(z_t)` for a
+    single-label task and :math:`p_t = \sigma(z_t)` per tag for a multi-label one. Task 0
+    is the primary one (the images' ``label``): ``forward`` gives its probabilities, the
+    others come from :meth:`extra_tasks`. ``shared.weight``: ``(H, D)``,
+    ``outputs.{t}.weight``: ``(C_t, H)``.
+    """
+
+    head_type = "multitask"
+
+    def __init__(self, shared: nn.Linear, outputs: list[nn.Linear], tasks: list[TaskSpec]) -> None:
+        super().__init__()
+        if len(outputs) != len(tasks) + 1:
+            raise ValueError("one output per task, the primary one first")
+        self.shared = shared
+        self.outputs = nn.ModuleList(outputs)
+        self.tasks = tasks
+
+    def embed(self, x: torch.Tensor) -> torch.Tensor:
+        """The shared features :math:`h(x)`, shape ``(N, H)``."""
+        return self.shared(x).relu()
+
+    def task_logits(self, x: torch.Tensor) -> list[torch.Tensor]:
+        """:math:`z_t` for every task, the primary one first."""
+        h = self.embed(x)
+        return [out(h) for out in self.outputs]
+
+    def log_scores(self, x: torch.Tensor) -> torch.Tensor:
+        return self.outputs[0](self.embed(x))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.log_scores(x).softmax(dim=-1)
+
+    def extra_tasks(self, x: torch.Tensor) -> list[tuple[TaskSpec, torch.Tensor]]:
+        logits = self.task_logits(x)[1:]
+        return [
+            (t, z.sigmoid() if t.multi_label else z.softmax(dim=-1))
+            for t, z in zip(self.tasks, logits, strict=True)
+        ]
+
+    def config(self) -> dict[str, Any]:
+        return {
+            "tasks": [
+                {"name": t.name, "classes": t.classes, "multi_label": t.multi_label}
+                for t in self.tasks
+            ]
+        }
+
+    @classmethod
+    def from_tensors(cls, tensors: dict[str, torch.Tensor], config: dict[str, Any]) -> Head:
+        tasks = [TaskSpec(t["name"], list(t["classes"]), bool(t["multi_label"])) for t in config["tasks"]]  # fmt: skip
+        layers = [
+            _linear(tensors[f"{prefix}.weight"], tensors[f"{prefix}.bias"])
+            for prefix in ["shared"] + [f"outputs.{i}" for i in range(len(tasks) + 1)]
+        ]
+        return cls(layers[0], layers[1:], tasks)
+
+
+def _linear(weight: torch.Tensor, bias: torch.Tensor) -> nn.Linear:
+    layer = nn.Linear(weight.shape[1], weight.shape[0])
+    with torch.no_grad():
+        layer.weight.copy_(weight)
+        layer.bias.copy_(bias)
+    return layer

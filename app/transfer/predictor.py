@@ -10,7 +10,7 @@ from __future__ import annotations
 import threading
 from collections import OrderedDict
 from collections.abc import Callable, Collection, Hashable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Generic, Literal, TypeVar
 
@@ -22,6 +22,7 @@ from app.transfer.backbones import Backbone, load_backbone
 from app.transfer.export import ExportFormat, export_model
 from app.transfer.features import embed_tensors, prepare_backbone
 from app.transfer.finetune_parts import classifier_param_names
+from app.transfer.heads import Head
 from app.transfer.localize import DEFAULT_THRESHOLD, Localization, localize
 from app.transfer.preprocess import load_for_model
 
@@ -98,11 +99,40 @@ def reject_threshold(
 
 
 @dataclass(frozen=True)
+class TaskPrediction:
+    """A multi-task model's answer for one label set: ``label`` (single-label sets) or the
+    ``labels`` scoring at least 0.5 (multi-label sets), with the top-k ``scores``."""
+
+    scores: list[tuple[str, float]]  # top-k, best first
+    label: str | None = None
+    labels: list[str] | None = None
+
+
+@dataclass(frozen=True)
 class Prediction:
     label: str | None  # None: "none of the above" (top score below the rejection threshold)
     score: float
     scores: list[tuple[str, float]]  # top-k, best first
     negative: bool = False  # the label is a negative ("none of these") class
+    tasks: dict[str, TaskPrediction] = field(default_factory=dict)  # other label sets
+
+
+def task_predictions(
+    head: Head, feats: torch.Tensor, top_k: int
+) -> list[dict[str, TaskPrediction]]:
+    """Per image, the head's predictions for its other tasks (none for single-task heads)."""
+    out: list[dict[str, TaskPrediction]] = [{} for _ in range(len(feats))]
+    for spec, probs in head.extra_tasks(feats):
+        values, indices = probs.topk(min(top_k, len(spec.classes)), dim=-1)
+        rows = zip(out, probs >= 0.5, values.tolist(), indices.tolist(), strict=True)
+        for answers, chosen, vals, idx in rows:
+            scores = [(spec.classes[i], float(v)) for v, i in zip(vals, idx, strict=True)]
+            answers[spec.name] = (
+                TaskPrediction(scores, labels=[spec.classes[i] for i in chosen.nonzero()[:, 0]])
+                if spec.multi_label
+                else TaskPrediction(scores, label=scores[0][0])
+            )
+    return out
 
 
 class Predictor:
@@ -203,10 +233,11 @@ class Predictor:
         feats = torch.from_numpy(embed_tensors(backbone, batch))
         with torch.inference_mode():
             probs = model.head(feats)
+            tasks = task_predictions(model.head, feats, top_k)
         k = min(top_k, len(model.classes))
         values, indices = probs.topk(k, dim=-1)
         out = []
-        for vals, idx in zip(values.tolist(), indices.tolist(), strict=True):
+        for vals, idx, extra in zip(values.tolist(), indices.tolist(), tasks, strict=True):
             scores = [(model.classes[i], float(v)) for v, i in zip(vals, idx, strict=True)]
             label, score = scores[0]
             rejected = threshold is not None and score < threshold
@@ -216,6 +247,7 @@ class Predictor:
                     score=score,
                     scores=scores,
                     negative=not rejected and label in negative,
+                    tasks=extra,
                 )
             )
         return out

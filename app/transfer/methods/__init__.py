@@ -41,5 +41,6 @@ from app.transfer.methods import (  # noqa: E402, F401
     finetune,
     knn,
     linear_probe,
+    multitask,
     zero_shot,
 )
