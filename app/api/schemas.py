@@ -98,6 +98,11 @@ class ImageOut(BaseModel):
     height: int
     sha256: str
     created_at: UTCDatetime
+    labels: dict[str, str | list[str]] = Field(
+        default_factory=dict,
+        description="Labels in the project's label sets: a string, or a list for a "
+        "multi-label set (tags).",
+    )
 
 
 class ImageUpdate(BaseModel):
@@ -105,6 +110,11 @@ class ImageUpdate(BaseModel):
     label: str | None = Field(None, max_length=100)
     split: Literal["auto", "train", "test"] | None = None
     domain: Literal["target", "source"] | None = None
+    labels: dict[str, Any] | None = Field(
+        None,
+        description='Label sets to set: {"is_pigeon": "no", "tags": ["bird"]}; a set given '
+        "null drops the image from it; sets not named are unchanged.",
+    )
 
 
 class Rejected(BaseModel):
@@ -188,6 +198,14 @@ class BoxOut(BaseModel):
     height: float
 
 
+class TaskPredictionOut(BaseModel):
+    label: str | None = Field(None, description="Single-label sets: the best label.")
+    labels: list[str] | None = Field(
+        None, description="Multi-label sets: every tag scoring at least 0.5."
+    )
+    scores: list[Score] = Field(description="Top-k, best first (per-tag scores for tags).")
+
+
 class PredictionOut(BaseModel):
     filename: str
     label: str | None = Field(
@@ -207,6 +225,11 @@ class PredictionOut(BaseModel):
         None,
         description="With `?heatmap=true`: base64 8-bit greyscale PNG of the class "
         "activation map over the whole image (stretch it over the photo).",
+    )
+    tasks: dict[str, TaskPredictionOut] | None = Field(
+        None,
+        description="Multi-task models: the prediction for each of the project's other "
+        "label sets, by set name; null for single-task models.",
     )
 
 

@@ -97,6 +97,51 @@ class Image(Base):
     sha256: Mapped[str] = mapped_column(String(64))
     created_at: Mapped[datetime] = mapped_column(Timestamp, default=utcnow)
 
+    extra_labels: Mapped[list[ImageLabel]] = relationship(
+        cascade="all, delete-orphan", lazy="selectin", order_by="ImageLabel.label"
+    )
+
+    @property
+    def labels(self) -> dict[str, str | list[str]]:
+        """Its labels in the project's label sets: a string, or a list for a multi-label set."""
+        out: dict[str, str | list[str]] = {}
+        for row in self.extra_labels:
+            name = row.label_set.name
+            if row.label_set.multi_label:
+                out.setdefault(name, []).append(row.label)  # type: ignore[union-attr]
+            else:
+                out[name] = row.label
+        return out
+
+
+class LabelSet(Base):
+    """A named set of labels over a project's images besides their ``label``
+    (``is_pigeon``; ``tags`` when ``multi_label``: several labels per image)."""
+
+    __tablename__ = "label_sets"
+    __table_args__ = (UniqueConstraint("project_id", "name"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    project_id: Mapped[str] = mapped_column(ForeignKey("projects.id", ondelete="CASCADE"))
+    name: Mapped[str] = mapped_column(String(100))
+    multi_label: Mapped[bool] = mapped_column(Boolean, default=False)
+
+
+class ImageLabel(Base):
+    """One label of an image in a label set (several rows for a multi-label set)."""
+
+    __tablename__ = "image_labels"
+
+    image_id: Mapped[str] = mapped_column(
+        ForeignKey("images.id", ondelete="CASCADE"), primary_key=True
+    )
+    label_set_id: Mapped[int] = mapped_column(
+        ForeignKey("label_sets.id", ondelete="CASCADE"), primary_key=True
+    )
+    label: Mapped[str] = mapped_column(String(100), primary_key=True)
+
+    label_set: Mapped[LabelSet] = relationship(lazy="joined")
+
 
 class Job(Base):
     __tablename__ = "jobs"

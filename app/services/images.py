@@ -29,7 +29,7 @@ from app.errors import (
     InvalidInput,
     NotFound,
 )
-from app.services import projects
+from app.services import label_sets, projects
 from app.services.pagination import paginate
 from app.storage import BlobStore
 from app.transfer.data import DOMAINS, SPLITS
@@ -135,9 +135,12 @@ def ingest(
     label: str | None,
     domain: str,
     split: str,
+    labels: str | None = None,
 ) -> IngestResult:
+    """``labels``: label sets for every file of the request (see :mod:`.label_sets`)."""
     _check_choice(domain, DOMAINS, "domain")
     _check_choice(split, SPLITS, "split")
+    extra_labels = label_sets.parse(labels)
     default_label = projects.clean_label(label) if label else None
     result = IngestResult()
     candidates: list[Candidate] = []
@@ -186,6 +189,7 @@ def ingest(
     try:
         projects.ensure_classes(db=db, project=project, names={r.label for r in rows if r.label})
         db.add_all(rows)
+        label_sets.apply(db=db, project=project, images=rows, labels=extra_labels)
         db.commit()
     except IntegrityError:
         db.rollback()
@@ -242,6 +246,9 @@ def update(*, db: Session, project: Project, image: Image, changes: dict[str, An
         image.split = _check_choice(changes["split"], SPLITS, "split")
     if changes.get("domain") is not None:
         image.domain = _check_choice(changes["domain"], DOMAINS, "domain")
+    if changes.get("labels") is not None:
+        parsed = label_sets.parse(changes["labels"])
+        label_sets.apply(db=db, project=project, images=[image], labels=parsed)
     db.commit()
     return image
 

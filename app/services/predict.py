@@ -23,6 +23,7 @@ __all__ = [
     "DEFAULT_THRESHOLD",
     "EXPORT_FORMATS",
     "ExportFormat",
+    "Prediction",
     "default_model",
     "evict",
     "export",

@@ -11,7 +11,7 @@ from sqlalchemy.orm import Session
 
 from app.config import Settings
 from app.db.models import Image, Project
-from app.services import models
+from app.services import label_sets, models
 from app.services.images import blob_key
 from app.storage import open_store
 from app.transfer.data import ClassInfo, Sample, TrainingData
@@ -20,7 +20,15 @@ from app.transfer.data import ClassInfo, Sample, TrainingData
 def load(*, db: Session, settings: Settings, project: Project, backbone: str) -> TrainingData:
     """The project's samples and declared classes; bytes are read lazily from the store."""
     samples = [
-        Sample(key=img.sha256, label=img.label, domain=img.domain, split=img.split)
+        Sample(
+            key=img.sha256,
+            label=img.label,
+            domain=img.domain,
+            split=img.split,
+            labels={
+                name: tuple(v) if isinstance(v, list) else (v,) for name, v in img.labels.items()
+            },
+        )
         for img in db.scalars(
             select(Image).where(Image.project_id == project.id).order_by(Image.id)
         )
@@ -46,6 +54,10 @@ def load(*, db: Session, settings: Settings, project: Project, backbone: str) ->
         allow_hub=settings.allow_hub,
         batch_size=settings.feature_batch_size,
         max_pixels=settings.max_image_pixels,
+        label_sets={
+            name: row.multi_label
+            for name, row in label_sets.project_sets(db=db, project=project).items()
+        },
         load_model=lambda model_id: models.load_trained(
             settings=settings, project_id=project_id, model_id=model_id
         ),

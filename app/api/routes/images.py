@@ -29,6 +29,13 @@ def upload_images(
     label: Annotated[str | None, Form()] = None,
     domain: Annotated[Literal["target", "source"], Form()] = "target",
     split: Annotated[Literal["auto", "train", "test"], Form()] = "auto",
+    labels: Annotated[
+        str | None,
+        Form(
+            description='Label sets for all files, a JSON object: {"is_pigeon": "yes", "tags": '
+            '["bird", "railing"]} (a string: one label; a list: a multi-label set of tags).'
+        ),
+    ] = None,
 ) -> JSONResponse:
     payload = [(f.filename or "upload", f.file.read()) for f in files]
     result = service.ingest(
@@ -40,6 +47,7 @@ def upload_images(
         label=label,
         domain=domain,
         split=split,
+        labels=labels,
     )
     if result.rejected and not result.created and not result.duplicates:
         first = result.rejected[0].error

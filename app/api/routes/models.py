@@ -26,6 +26,7 @@ from app.api.schemas import (
     PredictOut,
     ProjectOut,
     Score,
+    TaskPredictionOut,
 )
 from app.db.models import Model
 from app.services import models as service
@@ -129,6 +130,17 @@ def set_default_model(body: DefaultModelIn, project: ProjectDep, db: SessionDep)
     return project_out(db, service.set_default(db=db, project=project, model_id=body.model_id))
 
 
+def _tasks_out(prediction: predict_service.Prediction) -> dict[str, TaskPredictionOut]:
+    return {
+        name: TaskPredictionOut(
+            label=t.label,
+            labels=t.labels,
+            scores=[Score(label=label, score=score) for label, score in t.scores],
+        )
+        for name, t in prediction.tasks.items()
+    }
+
+
 def _predict(
     model: Model,
     files: list[UploadFile],
@@ -153,6 +165,7 @@ def _predict(
                 score=r.score,
                 scores=[Score(label=label, score=score) for label, score in r.scores],
                 negative=r.negative,
+                tasks=_tasks_out(r) or None,
             )
             for f, r in zip(files, results, strict=True)
         ],
