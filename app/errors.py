@@ -134,6 +134,11 @@ class TargetHasNoImages(InvalidInput):
     title = "No unlabeled target images to adapt to"
 
 
+class TooFewImages(InvalidInput):
+    code = "too_few_images"
+    title = "Not enough images to learn from"
+
+
 class BackboneUnavailable(InvalidInput):
     code = "backbone_unavailable"
     title = "Backbone weights cannot be had"

@@ -17,6 +17,7 @@ from app.config import Settings
 from app.db.models import Job, Project
 from app.db.session import session_scope
 from app.errors import DovecoteError, JobCancelled, NotFound, TrainingFailed
+from app.services import backbones as learned_backbones
 from app.services import jobs as jobs_service
 from app.services import models as models_service
 from app.services import training_data
@@ -68,6 +69,7 @@ def run_job(
     job_id: str, *, settings: Settings, enqueue: Callable[[str], None] | None = None
 ) -> str:
     """Run job ``job_id`` once; returns its final status. Safe to call twice."""
+    learned_backbones.install(settings)
     url = settings.resolved_database_url
     with session_scope(url) as db:
         token = jobs_service.claim(

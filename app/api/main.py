@@ -12,6 +12,7 @@ from app.api import problems
 from app.api.limits import BodySizeLimit
 from app.api.routes import images, jobs, meta, models, projects
 from app.config import Settings, get_settings
+from app.services import backbones as learned_backbones
 
 
 def _operation_id(route: APIRoute) -> str:
@@ -24,6 +25,7 @@ def create_app(
 ) -> FastAPI:
     """Build the API. ``enqueue`` replaces the Celery sender (used by in-process tests)."""
     settings = settings or get_settings()
+    learned_backbones.install(settings)
     api = FastAPI(
         title="Dovecote",
         version=app.__version__,

@@ -19,7 +19,7 @@ from app.config import Settings
 from app.db.base import utcnow
 from app.db.models import Job, Project
 from app.errors import DovecoteError, JobNotCancellable, NotFound
-from app.services import training_data
+from app.services import backbones, training_data
 from app.services.scoping import get_owned, list_in_project
 from app.transfer.backbones import DEFAULT_BACKBONE, resolve_weights
 from app.transfer.methods import get_method
@@ -49,6 +49,7 @@ def create(
     impl = get_method(method)
     parsed = impl.parse_params(params)
     backbone = backbone or DEFAULT_BACKBONE
+    backbones.check_usable(db=db, tenant_id=project.tenant_id, name=backbone)
     resolve_weights(backbone, weights_dir=settings.weights_dir, allow_hub=settings.allow_hub)
     impl.check(
         training_data.load(db=db, settings=settings, project=project, backbone=backbone), parsed

@@ -24,6 +24,7 @@ import hashlib
 import importlib
 import importlib.resources
 import importlib.util
+from collections.abc import Callable
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
@@ -46,6 +47,8 @@ class BackboneSpec:
     headless: bool = False  # the weights carry no ImageNet classifier (num_classes=0)
     hf_hub_id: str | None = None
     description: str = ""
+    weights_file: str | None = None  # a learned backbone's own weights (safetensors)
+    preprocessing: Preprocessing | None = None  # fixed preprocessing instead of timm's
     family: Literal["timm", "open_clip"] = "timm"  # open_clip: a CLIP model's image tower
 
 
@@ -122,17 +125,48 @@ register_backbone(
 DEFAULT_BACKBONE = "efficientnet_lite0"
 
 
+#: Backbones learned by Dovecote itself (``pretrain`` models) live outside the registry;
+#: the service layer installs the lookup that turns such a name into a spec with its
+#: ``weights_file`` (see :func:`set_learned_lookup`). Who may use which name is the
+#: service layer's check, made before any name reaches this module.
+_learned_lookup: Callable[[str], BackboneSpec | None] = lambda name: None  # noqa: E731
+
+
+def set_learned_lookup(lookup: Callable[[str], BackboneSpec | None]) -> None:
+    global _learned_lookup
+    _learned_lookup = lookup
+
+
+def learned_spec(
+    name: str,
+    *,
+    architecture: str,
+    weights_file: Path,
+    preprocessing: Preprocessing,
+    description: str,
+) -> BackboneSpec:
+    """The spec of a headless backbone whose weights and preprocessing Dovecote learned."""
+    return BackboneSpec(
+        name=name,
+        architecture=architecture,
+        headless=True,
+        description=description,
+        weights_file=str(weights_file),
+        preprocessing=preprocessing,
+    )
+
+
 def list_backbones() -> list[BackboneSpec]:
     return list(_REGISTRY.values())
 
 
 def get_spec(name: str) -> BackboneSpec:
-    try:
-        return _REGISTRY[name]
-    except KeyError:
+    spec = _REGISTRY.get(name) or _learned_lookup(name)
+    if spec is None:
         raise BackboneUnavailable(
             f"Unknown backbone {name!r}; known: {sorted(_REGISTRY)}.", backbone=name
-        ) from None
+        )
+    return spec
 
 
 def _package_file(spec: BackboneSpec) -> Path | None:
@@ -168,6 +202,8 @@ def resolve_weights(
             "(open_clip_torch).",
             backbone=name,
         )
+    if spec.weights_file is not None and Path(spec.weights_file).is_file():
+        return WeightsSource("file", spec.weights_file)
     if weights_dir is not None:
         for suffix in (".safetensors", ".pth", ".pt", ".bin"):
             candidate = weights_dir / f"{name}{suffix}"
@@ -279,7 +315,7 @@ def load_backbone(
         preprocessing = clip.preprocessing(clip_model)
     else:
         model, digest = _create_timm(spec, source)
-        preprocessing = resolve_preprocessing(model)
+        preprocessing = spec.preprocessing or resolve_preprocessing(model)
     return Backbone(
         name=name,
         model=model.eval(),

@@ -9,6 +9,7 @@ from sqlalchemy import text
 from app.api.deps import SessionDep, SettingsDep, TenantDep
 from app.api.schemas import BackboneOut, MethodOut
 from app.errors import BackboneUnavailable
+from app.services import backbones as learned_backbones
 from app.services import stats
 from app.services.predict import get_predictor
 from app.transfer.backbones import list_backbones, resolve_weights
@@ -59,7 +60,9 @@ def methods(_: TenantDep) -> list[MethodOut]:
 
 
 @router.get("/v1/backbones", tags=["catalogue"])
-def backbones(_: TenantDep, settings: SettingsDep) -> list[BackboneOut]:
+def backbones(tenant: TenantDep, settings: SettingsDep, db: SessionDep) -> list[BackboneOut]:
+    """The registry's backbones, then those the tenant learned (``pretrain`` models, named
+    by model id)."""
     out = []
     for spec in list_backbones():
         try:
@@ -75,6 +78,17 @@ def backbones(_: TenantDep, settings: SettingsDep) -> list[BackboneOut]:
                 description=spec.description,
                 available=source is not None,
                 weights_source=source,
+            )
+        )
+    for model in learned_backbones.list_for_tenant(db=db, tenant_id=tenant.id):
+        architecture = model.metrics.get("architecture", "")
+        out.append(
+            BackboneOut(
+                name=model.id,
+                architecture=architecture,
+                description=learned_backbones.description(architecture, model.metrics),
+                available=True,
+                weights_source="tenant",
             )
         )
     return out

@@ -42,5 +42,6 @@ from app.transfer.methods import (  # noqa: E402, F401
     knn,
     linear_probe,
     multitask,
+    pretrain,
     zero_shot,
 )
