@@ -1,6 +1,6 @@
 """Rotation pretraining on a domain far from ImageNet: UCI 8x8 digits, upscaled to 32 px.
 
-    python -m bench.pretrain_rotation [--unlabeled 300] [--labeled 5] [--epochs 5] [--seeds 0 1]
+    python -m bench.pretrain_rotation [--unlabeled 300] [--labeled 5] [--epochs 2] [--seeds 0 1]
 
 ``pretrain`` learns ``resnet10t`` from ``--unlabeled`` unlabeled digits (labels ignored);
 then a linear probe (standardised features, logistic regression) is trained on
@@ -74,7 +74,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--unlabeled", type=int, default=300)
     parser.add_argument("--labeled", type=int, default=5, help="labeled digits per class")
-    parser.add_argument("--epochs", type=int, default=5)
+    parser.add_argument("--epochs", type=int, default=2)
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1])
     args = parser.parse_args()
     print("seed  rotation acc  probe pretrained  probe random  pretrain s")

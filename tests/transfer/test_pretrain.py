@@ -1,4 +1,4 @@
-"""``pretrain``: rotation prediction learns a backbone that other methods can use."""
+"""``pretrain``: rotation prediction learns a backbone that beats random initialisation."""
 
 from __future__ import annotations
 
@@ -15,6 +15,15 @@ from app.transfer.backbones import learned_spec, set_learned_lookup
 from app.transfer.data import TrainingData
 from app.transfer.methods import get_method
 from app.transfer.methods.pretrain import PretrainParams
+from bench.pretrain_rotation import compare
+
+
+def test_rotation_pretraining_beats_random_initialisation_on_digits() -> None:
+    """Measured: probe 0.685 vs 0.617 (mean of seeds 0-3), every seed better."""
+    runs = [compare(unlabeled=300, labeled_per_class=5, epochs=2, seed=s) for s in range(4)]
+    gains = [r["pretrained"] - r["random"] for r in runs]
+    assert all(r["rotation_accuracy"] > 0.6 for r in runs)  # chance: 0.25
+    assert np.mean(gains) > 0.03 and sum(g > 0 for g in gains) >= 3, runs
 
 
 def _digits(n: int, labeled: bool) -> TrainingData:
