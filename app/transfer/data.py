@@ -68,6 +68,19 @@ def no_progress(fraction: float, stage: str, record: dict[str, Any] | None = Non
     """A :class:`Progress` that reports nothing and never cancels."""
 
 
+def sub_progress(
+    progress: Progress, start: float, end: float, prefix: str = "", *, records: bool = True
+) -> Progress:
+    """``progress`` for one step that spans ``[start, end]`` of the whole job: fraction
+    ``f`` of the step reports ``start + (end - start) f``, stages prefixed by ``prefix``;
+    the step's history records are passed on only when ``records``."""
+
+    def report(fraction: float, stage: str, record: dict[str, Any] | None = None) -> None:
+        progress(start + (end - start) * fraction, prefix + stage, record if records else None)
+
+    return report
+
+
 @dataclass
 class TrainingData:
     """Samples plus the way to read their bytes, the declared classes, and the shared

@@ -36,18 +36,17 @@ from pydantic import Field
 from app.errors import ClassAttributesInvalid
 from app.transfer.artifacts import TrainedModel
 from app.transfer.backbones import Backbone
-from app.transfer.data import Progress, TrainingData, no_progress
+from app.transfer.data import Progress, TrainingData, no_progress, sub_progress
 from app.transfer.evaluation import evaluate
 from app.transfer.heads import AttributeHead, ConSEHead, Head
 from app.transfer.methods import register_method
-from app.transfer.methods.base import Method, MethodParams
+from app.transfer.methods.base import Method, MethodParams, frozen_features
 from app.transfer.methods.zero_shot import (
     ClassSet,
     ZeroShotParams,
     check_classes,
     class_codes,
     conse_head,
-    labeled_features,
 )
 from app.transfer.text import resolve_text_encoder, sentence_encoder
 
@@ -107,10 +106,7 @@ class SeenClassesMethod(Method):
         p = params if params is not None else self.Params()
         self.check_data(data)
         cs = ClassSet.of(data)
-        progress(0.0, "loading backbone")
-        backbone, X = labeled_features(
-            data, cs.samples, lambda f, stage, record=None: progress(0.7 * f, stage)
-        )
+        backbone, X = frozen_features(data, cs.samples, sub_progress(progress, 0.0, 0.7))
         progress(0.7, "preparing classes")
         context = self.head_inputs(data, cs, backbone, p)
 
@@ -126,16 +122,7 @@ class SeenClassesMethod(Method):
         train = ~cs.is_test
         head = self.fit_head(X[train], cs.y[train], p, context).eval()
         progress(1.0, "done")
-        return TrainedModel(
-            method=self.name,
-            backbone=backbone.name,
-            backbone_digest=backbone.weights_digest,
-            preprocessing=backbone.preprocessing,
-            classes=cs.classes,
-            head=head,
-            metrics=metrics,
-            params=p.model_dump(),
-        )
+        return self.trained(backbone, classes=cs.classes, head=head, metrics=metrics, params=p)
 
 
 class DAPParams(MethodParams):

@@ -29,7 +29,7 @@ from app.errors import (
     ProjectHasNoLabels,
 )
 from app.transfer.artifacts import TrainedModel
-from app.transfer.data import Progress, TrainingData, no_progress
+from app.transfer.data import Progress, TrainingData, no_progress, sub_progress
 from app.transfer.methods import get_method, register_method
 from app.transfer.methods.base import Method, MethodParams
 from app.transfer.methods.finetune import _carve
@@ -113,9 +113,7 @@ class Auto(Method):
                 trained = impl.fit(
                     selection,
                     impl.parse_params(self._candidate_raw(p, name)),
-                    lambda f, stage, record=None, k=k, name=name: progress(
-                        (k + f) / n, f"{name}: {stage}"
-                    ),
+                    sub_progress(progress, k / n, (k + 1) / n, f"{name}: ", records=False),
                 )
             except JobCancelled:
                 raise
@@ -139,9 +137,7 @@ class Auto(Method):
         final = impl.fit(
             data,
             impl.parse_params(self._candidate_raw(p, best)),
-            lambda f, stage, record=None: progress(
-                (len(p.candidates) + f) / n, f"{best} (final): {stage}", record
-            ),
+            sub_progress(progress, len(p.candidates) / n, 1.0, f"{best} (final): "),
         )
         return self._selected(final, p, best, report)
 
@@ -161,7 +157,7 @@ class Auto(Method):
         final = impl.fit(
             data,
             impl.parse_params(self._candidate_raw(p, "zero_shot")),
-            lambda f, stage, record=None: progress(f, f"zero_shot: {stage}", record),
+            sub_progress(progress, 0.0, 1.0, "zero_shot: "),
         )
         report = {n: {"error": exc.problem()} for n in p.candidates if n != "zero_shot"}
         report["zero_shot"] = {"validation": final.metrics["validation"], "only_candidate": True}

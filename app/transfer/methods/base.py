@@ -14,10 +14,11 @@ from pydantic import BaseModel, ConfigDict, ValidationError
 from app.errors import ClassTooSmall, InvalidParams, ProjectHasNoLabels
 from app.transfer.artifacts import TrainedModel
 from app.transfer.backbones import Backbone, load_backbone
-from app.transfer.data import LabeledSet, Progress, TrainingData, no_progress
+from app.transfer.data import LabeledSet, Progress, Sample, TrainingData, no_progress, sub_progress
 from app.transfer.evaluation import evaluate
 from app.transfer.features import extract_features, prepare_backbone
 from app.transfer.heads import Head
+from app.transfer.preprocess import Preprocessing
 
 
 class MethodParams(BaseModel):
@@ -82,11 +83,54 @@ class Method(ABC):
     ) -> TrainedModel:
         """Train on ``data`` and return the model with its metrics."""
 
+    def trained(
+        self,
+        backbone: Backbone,
+        *,
+        classes: list[str],
+        head: Head,
+        metrics: dict[str, Any],
+        params: MethodParams | dict[str, Any],
+        backbone_state: dict[str, torch.Tensor] | None = None,
+        preprocessing: Preprocessing | None = None,
+    ) -> TrainedModel:
+        """The model this method trained: ``head`` on ``backbone`` (finetuned when
+        ``backbone_state`` is given), preprocessed as the backbone's unless overridden."""
+        return TrainedModel(
+            method=self.name,
+            backbone=backbone.name,
+            backbone_digest=backbone.weights_digest,
+            preprocessing=preprocessing or backbone.preprocessing,
+            classes=classes,
+            head=head.eval(),
+            metrics=metrics,
+            params=params if isinstance(params, dict) else params.model_dump(),
+            backbone_state=backbone_state,
+        )
+
 
 @lru_cache(maxsize=2)
 def shared_backbone(name: str, weights_dir: Path | None, allow_hub: bool) -> Backbone:
     """A frozen backbone shared by every frozen-feature job in this process."""
     return prepare_backbone(load_backbone(name, weights_dir=weights_dir, allow_hub=allow_hub))
+
+
+def frozen_features(
+    data: TrainingData, samples: list[Sample], progress: Progress = no_progress
+) -> tuple[Backbone, np.ndarray]:
+    """The shared frozen backbone of ``data`` and the features of ``samples`` (cached)."""
+    progress(0.0, "loading backbone")
+    backbone = shared_backbone(data.backbone, data.weights_dir, data.allow_hub)
+    X = extract_features(
+        samples,
+        backbone=backbone,
+        load_bytes=data.load_bytes,
+        max_pixels=data.max_pixels,
+        batch_size=data.batch_size,
+        cache_dir=data.feature_cache_dir,
+        progress=progress,
+    )
+    return backbone, X
 
 
 class FeatureMethod(Method):
@@ -109,17 +153,7 @@ class FeatureMethod(Method):
         params = params if params is not None else self.Params()
         labeled = self.labeled_set(data)
         classes, samples, y, is_test = labeled.classes, labeled.samples, labeled.y, labeled.is_test
-        progress(0.0, "loading backbone")
-        backbone = shared_backbone(data.backbone, data.weights_dir, data.allow_hub)
-        X = extract_features(
-            samples,
-            backbone=backbone,
-            load_bytes=data.load_bytes,
-            max_pixels=data.max_pixels,
-            batch_size=data.batch_size,
-            cache_dir=data.feature_cache_dir,
-            progress=lambda f, stage, record=None: progress(0.8 * f, stage),
-        )
+        backbone, X = frozen_features(data, samples, sub_progress(progress, 0.0, 0.8))
 
         def fit_predict(X_tr: np.ndarray, y_tr: np.ndarray, X_ev: np.ndarray) -> np.ndarray:
             head = self.fit_head(X_tr, y_tr, len(classes), params).eval()
@@ -131,13 +165,4 @@ class FeatureMethod(Method):
         progress(0.95, "fitting final model")
         head = self.fit_head(X[~is_test], y[~is_test], len(classes), params).eval()
         progress(1.0, "done")
-        return TrainedModel(
-            method=self.name,
-            backbone=backbone.name,
-            backbone_digest=backbone.weights_digest,
-            preprocessing=backbone.preprocessing,
-            classes=classes,
-            head=head,
-            metrics=metrics,
-            params=params.model_dump(),
-        )
+        return self.trained(backbone, classes=classes, head=head, metrics=metrics, params=params)

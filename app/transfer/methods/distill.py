@@ -292,16 +292,14 @@ class Distill(Method):
         teacher_metrics = {**classification_metrics(y_eval, teacher_pred, classes), **split_info}
         metrics["baseline"] = {"name": "teacher", **teacher_metrics}
         state, head = split_classifier(model)
-        student = TrainedModel(
-            method=self.name,
-            backbone=backbone.name,
-            backbone_digest=backbone.weights_digest,
-            preprocessing=cfg,
+        student = self.trained(
+            backbone,
             classes=classes,
             head=head,
             metrics=metrics,
             params={**p.model_dump(), "student_backbone": student_name},
             backbone_state=state,
+            preprocessing=cfg,
         )
         progress(0.98, "measuring size and latency")
         predictor = Predictor(weights_dir=data.weights_dir, allow_hub=data.allow_hub)

@@ -33,7 +33,7 @@ from torch import nn
 from app.errors import ClassTooSmall, SourceHasNoLabels, TargetHasNoImages
 from app.transfer.artifacts import TrainedModel
 from app.transfer.backbones import Backbone, load_backbone
-from app.transfer.data import Progress, Sample, TrainingData, no_progress
+from app.transfer.data import Progress, Sample, TrainingData, no_progress, sub_progress
 from app.transfer.domain import ALGORITHMS, Adapted, Pool, Task
 from app.transfer.domain.base import accuracy, source_only
 from app.transfer.domain.gap import proxy_a_distance
@@ -221,7 +221,7 @@ class DomainAdaptation(Method):
         self.check_data(data)
         progress(0.0, "loading backbone")
         backbone = shared_backbone(data.backbone, data.weights_dir, data.allow_hub)
-        pb = _problem(data, backbone, lambda f, stage, record=None: progress(0.3 * f, stage))
+        pb = _problem(data, backbone, sub_progress(progress, 0.0, 0.3))
         task = pb.task
         sel = _select(pb, p, progress)
         selected = (
@@ -283,15 +283,12 @@ class DomainAdaptation(Method):
         state = None if final.network is None else {
             k: v.detach().cpu().clone().contiguous() for k, v in final.network.state_dict().items()
         }  # fmt: skip
-        return TrainedModel(
-            method=self.name,
-            backbone=backbone.name,
-            backbone_digest=backbone.weights_digest,
-            preprocessing=backbone.preprocessing,
+        return self.trained(
+            backbone,
             classes=pb.classes,
             head=final.head,
             metrics=metrics,
-            params=p.model_dump(),
+            params=p,
             backbone_state=state,
         )
 

@@ -349,14 +349,12 @@ class Finetune(Method):
 
         state, head = split_classifier(model)
         progress(1.0, "done")
-        return TrainedModel(
-            method=self.name,
-            backbone=backbone.name,
-            backbone_digest=backbone.weights_digest,
-            preprocessing=cfg,
+        return self.trained(
+            backbone,
             classes=classes,
             head=head,
             metrics=metrics,
-            params=p.model_dump(),
+            params=p,
             backbone_state=state,
+            preprocessing=cfg,
         )

@@ -32,17 +32,16 @@ from torch import nn
 
 from app.errors import LabelSetTooSmall, ProjectHasNoLabelSets, UnknownLabelSet
 from app.transfer.artifacts import TrainedModel
-from app.transfer.data import LabeledSet, Progress, TrainingData, no_progress
+from app.transfer.data import LabeledSet, Progress, TrainingData, no_progress, sub_progress
 from app.transfer.evaluation import (
     classification_metrics,
     make_protocol,
     multilabel_metrics,
     reject_threshold,
 )
-from app.transfer.features import extract_features
 from app.transfer.heads import MultiTaskHead, TaskSpec
 from app.transfer.methods import get_method, register_method
-from app.transfer.methods.base import Method, MethodParams, shared_backbone
+from app.transfer.methods.base import Method, MethodParams, frozen_features
 
 PRIMARY = "label"  # the task of the images' own label
 THRESHOLD = 0.5  # a tag is predicted when sigma(z) >= 0.5
@@ -212,17 +211,7 @@ class MultiTask(Method):
     ) -> TrainedModel:
         params = params if isinstance(params, MultiTaskParams) else MultiTaskParams()
         labeled, tasks = self.tasks(data, params)
-        progress(0.0, "loading backbone")
-        backbone = shared_backbone(data.backbone, data.weights_dir, data.allow_hub)
-        X = extract_features(
-            labeled.samples,
-            backbone=backbone,
-            load_bytes=data.load_bytes,
-            max_pixels=data.max_pixels,
-            batch_size=data.batch_size,
-            cache_dir=data.feature_cache_dir,
-            progress=lambda f, stage, record=None: progress(0.6 * f, stage),
-        )
+        backbone, X = frozen_features(data, labeled.samples, sub_progress(progress, 0.0, 0.6))
         protocol = make_protocol(labeled.y, labeled.is_test, seed=data.seed)
         ev = protocol.eval_idx
         joint = [np.zeros((len(ev), t.targets.shape[1]), np.float32) for t in tasks]
@@ -268,13 +257,6 @@ class MultiTask(Method):
         progress(0.95, "fitting final model")
         head = train_head(X, tasks, np.flatnonzero(~labeled.is_test), params, data.seed)
         progress(1.0, "done")
-        return TrainedModel(
-            method=self.name,
-            backbone=backbone.name,
-            backbone_digest=backbone.weights_digest,
-            preprocessing=backbone.preprocessing,
-            classes=labeled.classes,
-            head=head,
-            metrics=metrics,
-            params=params.model_dump(),
+        return self.trained(
+            backbone, classes=labeled.classes, head=head, metrics=metrics, params=params
         )

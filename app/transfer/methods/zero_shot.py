@@ -27,7 +27,6 @@ the mapping); with none, ``metrics.validation`` is ``"none"`` and no accuracy is
 from __future__ import annotations
 
 import re
-from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
@@ -41,12 +40,11 @@ from app.errors import BackboneHasNoClassifier, InvalidParams, TooFewClasses
 from app.transfer import clip
 from app.transfer.artifacts import TrainedModel
 from app.transfer.backbones import Backbone, get_spec, resolve_weights
-from app.transfer.data import ClassInfo, Progress, Sample, TrainingData, no_progress
+from app.transfer.data import ClassInfo, Progress, Sample, TrainingData, no_progress, sub_progress
 from app.transfer.evaluation import Protocol, evaluate, make_protocol
-from app.transfer.features import extract_features
 from app.transfer.heads import ConSEHead, Head, ImageNetSumHead
 from app.transfer.methods import register_method
-from app.transfer.methods.base import Method, MethodParams, shared_backbone
+from app.transfer.methods.base import Method, MethodParams, frozen_features
 from app.transfer.text import (
     Encoder,
     embed_prompted,
@@ -144,23 +142,6 @@ def imagenet_classifier(backbone: Backbone) -> tuple[torch.Tensor, torch.Tensor]
             backbone=backbone.name,
         )
     return clf.weight.detach().clone(), clf.bias.detach().clone()
-
-
-def labeled_features(
-    data: TrainingData, samples: list[Sample], progress: Progress
-) -> tuple[Backbone, np.ndarray]:
-    """The shared frozen backbone and the features of ``samples`` (cached)."""
-    backbone = shared_backbone(data.backbone, data.weights_dir, data.allow_hub)
-    X = extract_features(
-        samples,
-        backbone=backbone,
-        load_bytes=data.load_bytes,
-        max_pixels=data.max_pixels,
-        batch_size=data.batch_size,
-        cache_dir=data.feature_cache_dir,
-        progress=progress,
-    )
-    return backbone, X
 
 
 def class_codes(infos: list[ClassInfo], p: ZeroShotParams, encoder: Encoder) -> np.ndarray:
@@ -289,10 +270,6 @@ def _kfold_over_present(y: np.ndarray, seed: int) -> Protocol:
     return Protocol("k-fold", folds, n_train=len(y))
 
 
-def _stage(progress: Progress, start: float, end: float) -> Callable[..., None]:
-    return lambda f, stage, record=None: progress(start + (end - start) * f, stage)
-
-
 @register_method
 class ZeroShot(Method):
     name = "zero_shot"
@@ -322,8 +299,7 @@ class ZeroShot(Method):
         backend = zero_shot_backend(p, data.backbone)
         cs = ClassSet.of(data)
         classes = cs.classes
-        progress(0.0, "loading backbone")
-        backbone, X = labeled_features(data, cs.samples, _stage(progress, 0.0, 0.6))
+        backbone, X = frozen_features(data, cs.samples, sub_progress(progress, 0.0, 0.6))
         progress(0.6, "embedding class names")
         heads = (
             {"clip": clip_head(data, cs, p)}
@@ -337,15 +313,8 @@ class ZeroShot(Method):
         metrics["backend"] = backend
         metrics["mapping"] = chosen
         progress(1.0, "done")
-        return TrainedModel(
-            method=self.name,
-            backbone=backbone.name,
-            backbone_digest=backbone.weights_digest,
-            preprocessing=backbone.preprocessing,
-            classes=classes,
-            head=heads[chosen].eval(),
-            metrics=metrics,
-            params=p.model_dump(),
+        return self.trained(
+            backbone, classes=classes, head=heads[chosen], metrics=metrics, params=p
         )
 
 
