@@ -144,6 +144,11 @@ class BackboneUnavailable(InvalidInput):
     title = "Backbone weights cannot be had"
 
 
+class BackboneNotTrainable(InvalidInput):
+    code = "backbone_not_trainable"
+    title = "This backbone cannot be finetuned"
+
+
 class TooFewClasses(InvalidInput):
     code = "too_few_classes"
     title = "A classifier needs at least two classes"

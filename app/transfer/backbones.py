@@ -33,7 +33,7 @@ from typing import Literal
 import torch
 from torch import nn
 
-from app.errors import BackboneUnavailable
+from app.errors import BackboneNotTrainable, BackboneUnavailable
 from app.transfer.preprocess import Preprocessing
 
 
@@ -167,6 +167,18 @@ def get_spec(name: str) -> BackboneSpec:
             f"Unknown backbone {name!r}; known: {sorted(_REGISTRY)}.", backbone=name
         )
     return spec
+
+
+def require_trainable(name: str) -> None:
+    """Refuse backbone ``name`` for methods that train its weights: only timm networks
+    have the blocks and classifier that finetuning, distillation and DANN move."""
+    spec = get_spec(name)
+    if spec.family != "timm":
+        raise BackboneNotTrainable(
+            f"Backbone {name!r} is a {spec.family} model: it serves frozen-feature methods "
+            "(linear_probe, knn, zero_shot, multitask) but cannot be finetuned.",
+            backbone=name,
+        )
 
 
 def _package_file(spec: BackboneSpec) -> Path | None:

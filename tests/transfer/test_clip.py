@@ -6,6 +6,7 @@ artifact, predictor) against open_clip's own forward pass, never an accuracy.
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -13,7 +14,12 @@ from pathlib import Path
 import pytest
 import torch
 
-from app.errors import BackboneHasNoClassifier, BackboneUnavailable, InvalidParams
+from app.errors import (
+    BackboneHasNoClassifier,
+    BackboneNotTrainable,
+    BackboneUnavailable,
+    InvalidParams,
+)
 from app.transfer import Predictor, TrainedModel, get_method
 from app.transfer import backbones as registry
 from app.transfer.backbones import BackboneSpec, load_backbone, parameter_count
@@ -123,3 +129,26 @@ def test_missing_or_mismatched_weights_are_backbone_unavailable(
     (tmp_path / "clip_vit_b32.safetensors").symlink_to(clip_weights / f"{NAME}.safetensors")
     with pytest.raises(BackboneUnavailable, match="does not hold"):  # ViT-S weights, ViT-B net
         load_backbone("clip_vit_b32", weights_dir=tmp_path)
+
+
+def test_frozen_feature_methods_train_on_the_image_tower_but_finetuning_is_refused(
+    clip_weights: Path,
+) -> None:
+    data = dataset(photo_items(4), [], backbone=NAME, weights_dir=clip_weights)
+    probe = get_method("linear_probe").fit(data)
+    assert probe.backbone == NAME and probe.metrics["n_train"] == 16
+    finetune, da = get_method("finetune"), get_method("domain_adaptation")
+    with pytest.raises(BackboneNotTrainable, match="cannot be finetuned"):
+        finetune.check(data, finetune.parse_params({}))
+    with pytest.raises(BackboneNotTrainable):
+        finetune.fit(data)  # auto's finetune candidate fails typed too
+    data.samples = [
+        dataclasses.replace(s, domain="source" if i % 2 else "target")
+        for i, s in enumerate(data.samples)
+    ]
+    da.check(data, da.parse_params({}))  # DANN on frozen features: any backbone
+    with pytest.raises(BackboneNotTrainable):
+        da.check(data, da.parse_params({"dann_finetune_blocks": 1}))
+    with pytest.raises(BackboneNotTrainable):
+        registry.require_trainable(NAME)  # distill's student check
+    registry.require_trainable("efficientnet_lite0")

@@ -40,6 +40,7 @@ from app.transfer.artifacts import TrainedModel
 from app.transfer.backbones import (
     load_backbone,
     parameter_count,
+    require_trainable,
     resolve_weights,
     smallest_available,
 )
@@ -177,9 +178,9 @@ class Distill(Method):
                 f"The teacher does not know the classes {unknown}; retrain it first.",
                 teacher_classes=classes,
             )
-        resolve_weights(
-            self._student(data, p), weights_dir=data.weights_dir, allow_hub=data.allow_hub
-        )
+        student = self._student(data, p)
+        require_trainable(student)
+        resolve_weights(student, weights_dir=data.weights_dir, allow_hub=data.allow_hub)
         return teachers
 
     @staticmethod

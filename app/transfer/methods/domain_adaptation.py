@@ -32,7 +32,7 @@ from torch import nn
 
 from app.errors import ClassTooSmall, SourceHasNoLabels, TargetHasNoImages
 from app.transfer.artifacts import TrainedModel
-from app.transfer.backbones import Backbone, load_backbone
+from app.transfer.backbones import Backbone, load_backbone, require_trainable
 from app.transfer.data import Progress, Sample, TrainingData, no_progress, sub_progress
 from app.transfer.domain import ALGORITHMS, Adapted, Pool, Task
 from app.transfer.domain.base import accuracy, source_only
@@ -190,6 +190,12 @@ class DomainAdaptation(Method):
     )
     Params = DomainAdaptationParams
 
+    def check(self, data: TrainingData, params: MethodParams) -> None:
+        self.check_data(data)
+        assert isinstance(params, DomainAdaptationParams)
+        if params.dann_finetune_blocks and params.algorithm in ("auto", "dann"):
+            require_trainable(data.backbone)
+
     def check_data(self, data: TrainingData) -> None:
         counts = data.class_counts(domain="source")
         if len(counts) < self.min_classes:
@@ -218,7 +224,7 @@ class DomainAdaptation(Method):
         progress: Progress = no_progress,
     ) -> TrainedModel:
         p = params if isinstance(params, DomainAdaptationParams) else DomainAdaptationParams()
-        self.check_data(data)
+        self.check(data, p)
         progress(0.0, "loading backbone")
         backbone = shared_backbone(data.backbone, data.weights_dir, data.allow_hub)
         pb = _problem(data, backbone, sub_progress(progress, 0.0, 0.3))

@@ -35,7 +35,7 @@ from pydantic import Field
 from sklearn.model_selection import train_test_split
 
 from app.transfer.artifacts import TrainedModel
-from app.transfer.backbones import Backbone, load_backbone
+from app.transfer.backbones import Backbone, load_backbone, require_trainable
 from app.transfer.data import Progress, TrainingData, no_progress
 from app.transfer.evaluation import classification_metrics, reject_threshold
 from app.transfer.features import extract_features
@@ -267,6 +267,10 @@ class Finetune(Method):
     name = "finetune"
     summary = "Train all or some blocks from pretrained weights (linear-probe-then-finetune)."
     Params = FinetuneParams
+
+    def check_data(self, data: TrainingData) -> None:
+        super().check_data(data)
+        require_trainable(data.backbone)
 
     def fit(
         self,
