@@ -194,6 +194,11 @@ class LabelSetTooSmall(InvalidInput):
     title = "A label set has too few labeled images"
 
 
+class BackboneInUse(Conflict):
+    code = "backbone_in_use"
+    title = "A learned backbone other models or jobs depend on"
+
+
 class JobNotCancellable(Conflict):
     code = "job_not_cancellable"
     title = "Job is not cancellable"

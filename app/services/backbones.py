@@ -16,9 +16,9 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from app.config import Settings
-from app.db.models import Model, Project
+from app.db.models import Job, Model, Project
 from app.db.session import session_scope
-from app.errors import BackboneUnavailable
+from app.errors import BackboneInUse, BackboneUnavailable
 from app.storage import open_store
 from app.transfer.artifacts import BACKBONE_FILE, MODEL_JSON
 from app.transfer.backbones import BackboneSpec, learned_spec, list_backbones, set_learned_lookup
@@ -35,6 +35,28 @@ def check_usable(*, db: Session, tenant_id: str, name: str) -> None:
     project = db.get(Project, model.project_id) if model is not None else None
     if model is None or model.method != METHOD or project is None or project.tenant_id != tenant_id:
         raise BackboneUnavailable(f"Unknown backbone {name!r}.", backbone=name)
+
+
+def check_deletable(*, db: Session, model_ids: list[str], deleting_project: str | None) -> None:
+    """Refuse to delete learned backbones (``pretrain`` model ids) that models or unfinished
+    jobs outside ``deleting_project`` still stand on: they would lose their weights."""
+    if not model_ids:
+        return
+    outside = [] if deleting_project is None else [Model.project_id != deleting_project]
+    models = db.scalars(select(Model.id).where(Model.backbone.in_(model_ids), *outside))
+    jobs_outside = [] if deleting_project is None else [Job.project_id != deleting_project]
+    jobs = db.scalars(
+        select(Job.id).where(
+            Job.backbone.in_(model_ids), Job.status.in_(("queued", "running")), *jobs_outside
+        )
+    )
+    dependents = sorted(models) + sorted(jobs)
+    if dependents:
+        raise BackboneInUse(
+            f"Learned backbone(s) {model_ids} are used by {len(dependents)} model(s) or "
+            "job(s); delete those first.",
+            dependents=dependents,
+        )
 
 
 def list_for_tenant(*, db: Session, tenant_id: str) -> list[Model]:

@@ -11,6 +11,7 @@ from app.db.base import new_id
 from app.db.models import Job, Model, Project
 from app.db.session import session_scope
 from app.errors import InvalidInput, TeacherNotInProject
+from app.services import backbones
 from app.services.scoping import get_owned, list_in_project
 from app.storage import BlobStore, open_store
 from app.transfer.artifacts import TrainedModel
@@ -88,6 +89,8 @@ def set_default(*, db: Session, project: Project, model_id: str) -> Project:
 
 
 def delete(*, db: Session, store: BlobStore, model: Model) -> None:
+    if model.method == backbones.METHOD:
+        backbones.check_deletable(db=db, model_ids=[model.id], deleting_project=None)
     project = db.get(Project, model.project_id)
     if project is not None and project.default_model_id == model.id:
         project.default_model_id = None

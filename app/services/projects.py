@@ -8,8 +8,9 @@ from typing import Any
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
-from app.db.models import Image, Project, ProjectClass
+from app.db.models import Image, Model, Project, ProjectClass
 from app.errors import InvalidLabel, NotFound
+from app.services import backbones
 from app.services.pagination import paginate
 from app.storage import BlobStore
 
@@ -96,6 +97,10 @@ def list_(
 def delete(*, db: Session, store: BlobStore, project: Project) -> None:
     """Rows first (one transaction), then blobs: nothing ever points at a missing blob."""
     project_id = project.id
+    learned = db.scalars(
+        select(Model.id).where(Model.project_id == project_id, Model.method == backbones.METHOD)
+    )
+    backbones.check_deletable(db=db, model_ids=list(learned), deleting_project=project_id)
     db.delete(project)
     db.commit()
     store.delete_prefix(f"images/{project_id}")

@@ -47,6 +47,16 @@ def test_a_pretrained_backbone_serves_the_tenants_jobs_and_predictions(
         assert_problem(r, 422, "backbone_unavailable")
     assert api.queued == []
 
+    # the learned backbone outlives neither its model nor its project while a model stands on it
+    for doomed in (f"/v1/models/{name}", f"/v1/projects/{unlabeled['id']}"):
+        r = api.client.delete(doomed)
+        assert_problem(r, 409, "backbone_in_use")
+        assert r.json()["dependents"] == [probe["model_id"]]
+    assert api.client.get(f"/v1/models/{name}").status_code == 200
+    assert api.client.delete(f"/v1/projects/{labeled['id']}").status_code == 204
+    assert api.client.delete(f"/v1/projects/{unlabeled['id']}").status_code == 204
+    assert api.client.get(f"/v1/models/{name}").status_code == 404
+
 
 def test_pretrain_needs_images_not_labels(api: Api) -> None:
     project = api.project()
