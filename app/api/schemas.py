@@ -74,11 +74,21 @@ class ClassOut(BaseModel):
     image_count: int
 
 
+class LabelSetOut(BaseModel):
+    name: str
+    multi_label: bool = Field(description="Tags: several labels per image.")
+    labels: dict[str, int] = Field(description="Each label and how many images carry it.")
+    image_count: int = Field(description="Images with a value in this set.")
+
+
 class ProjectOut(BaseModel):
     id: str
     name: str
     description: str
     classes: list[ClassOut]
+    label_sets: list[LabelSetOut] = Field(
+        default_factory=list, description="Named label sets over the images, besides `label`."
+    )
     image_count: int
     default_model_id: str | None
     created_at: UTCDatetime

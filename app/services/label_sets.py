@@ -11,11 +11,11 @@ import json
 from collections.abc import Iterable, Mapping
 from typing import Any
 
-from sqlalchemy import select
+from sqlalchemy import distinct, func, select
 from sqlalchemy.orm import Session
 
 from app.db.models import Image, ImageLabel, LabelSet, Project
-from app.errors import DovecoteError, InvalidLabels
+from app.errors import DovecoteError, InvalidLabels, NotFound
 from app.services.projects import clean_label
 
 #: set name -> (multi_label, labels); labels ``None`` removes the image from the set
@@ -68,6 +68,36 @@ def parse(raw: str | Mapping[str, Any] | None) -> Labels:
 def project_sets(*, db: Session, project: Project) -> dict[str, LabelSet]:
     rows = db.scalars(select(LabelSet).where(LabelSet.project_id == project.id))
     return {row.name: row for row in rows}
+
+
+def summaries(*, db: Session, project: Project) -> list[tuple[LabelSet, dict[str, int], int]]:
+    """Each set of ``project`` by name, with its labels' image counts and its image count."""
+    sets = sorted(project_sets(db=db, project=project).values(), key=lambda s: s.name)
+    counts = db.execute(
+        select(ImageLabel.label_set_id, ImageLabel.label, func.count())
+        .where(ImageLabel.label_set_id.in_([s.id for s in sets]))
+        .group_by(ImageLabel.label_set_id, ImageLabel.label)
+    )
+    rows = db.execute(
+        select(ImageLabel.label_set_id, func.count(distinct(ImageLabel.image_id)))
+        .where(ImageLabel.label_set_id.in_([s.id for s in sets]))
+        .group_by(ImageLabel.label_set_id)
+    )
+    images = {set_id: n for set_id, n in rows}
+    labels: dict[int, dict[str, int]] = {s.id: {} for s in sets}
+    for set_id, label, n in counts:
+        labels[set_id][label] = n
+    return [(s, dict(sorted(labels[s.id].items())), images.get(s.id, 0)) for s in sets]
+
+
+def delete(*, db: Session, project: Project, name: str) -> None:
+    """Delete set ``name`` and every image's value in it; the images themselves stay."""
+    row = project_sets(db=db, project=project).get(name)
+    if row is None:
+        raise NotFound(f"Label set {name!r} not found in this project.")
+    db.execute(ImageLabel.__table__.delete().where(ImageLabel.label_set_id == row.id))
+    db.delete(row)
+    db.commit()
 
 
 def apply(*, db: Session, project: Project, images: Iterable[Image], labels: Labels) -> None:

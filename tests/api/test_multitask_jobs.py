@@ -67,3 +67,35 @@ def test_bad_label_sets_are_typed_422s(api: Api) -> None:
     r = api.client.post(f"/v1/projects/{project['id']}/jobs", json={"method": "multitask"})
     assert_problem(r, 422, "label_set_too_small")  # one image labeled in `parity`
     assert api.queued == []
+
+
+def test_label_sets_are_listed_with_counts_and_deleted_without_their_images(api: Api) -> None:
+    project = api.project()
+    pid = project["id"]
+    for i, (label, png) in enumerate(digit_images(2, [0, 1, 7])):
+        r = api.upload(pid, [(f"{i}.png", png)], label=label, labels=_as_api(digit_labels(label)))  # fmt: skip
+        assert r.status_code == 201, r.text
+    listed = api.client.get(f"/v1/projects/{pid}/label-sets").json()
+    want = {
+        "parity": {"multi_label": False, "labels": {"even": 2, "odd": 4}, "image_count": 6},
+        "shape": {"multi_label": True, "labels": {"large": 2, "loop": 2, "small": 4}, "image_count": 6},
+    }  # fmt: skip
+    assert {s.pop("name"): s for s in listed} == want
+    assert api.client.get(f"/v1/projects/{pid}").json()["label_sets"] == [
+        {"name": name, **s} for name, s in want.items()
+    ]
+
+    assert api.client.delete(f"/v1/projects/{pid}/label-sets/shape").status_code == 204
+    assert [s["name"] for s in api.client.get(f"/v1/projects/{pid}/label-sets").json()] == [
+        "parity"
+    ]
+    images = api.client.get(f"/v1/projects/{pid}/images").json()["items"]
+    assert len(images) == 6 and all(set(i["labels"]) == {"parity"} for i in images)
+    assert_problem(api.client.delete(f"/v1/projects/{pid}/label-sets/shape"), 404, "not_found")
+    r = api.client.post(
+        f"/v1/projects/{pid}/jobs", json={"method": "multitask", "params": {"tasks": ["shape"]}}
+    )
+    assert_problem(r, 422, "unknown_label_set")
+    # a re-created set starts empty and takes either kind again
+    r = api.upload(pid, [("x.png", digit_images(1, [3])[0][1])], labels='{"shape": "round"}')
+    assert r.status_code == 201, r.text

@@ -4,8 +4,16 @@ from fastapi import APIRouter, Response, status
 from sqlalchemy.orm import Session
 
 from app.api.deps import CursorQuery, LimitQuery, ProjectDep, SessionDep, StoreDep, TenantDep
-from app.api.schemas import ClassOut, Page, ProjectCreate, ProjectOut, ProjectUpdate
+from app.api.schemas import (
+    ClassOut,
+    LabelSetOut,
+    Page,
+    ProjectCreate,
+    ProjectOut,
+    ProjectUpdate,
+)
 from app.db.models import Project
+from app.services import label_sets
 from app.services import projects as service
 
 router = APIRouter(prefix="/v1/projects", tags=["projects"])
@@ -27,10 +35,18 @@ def project_out(db: Session, project: Project) -> ProjectOut:
             )
             for c in sorted(project.classes, key=lambda c: c.name)
         ],
+        label_sets=label_sets_out(db, project),
         image_count=service.image_count(db=db, project_id=project.id),
         default_model_id=project.default_model_id,
         created_at=project.created_at,
     )
+
+
+def label_sets_out(db: Session, project: Project) -> list[LabelSetOut]:
+    return [
+        LabelSetOut(name=s.name, multi_label=s.multi_label, labels=labels, image_count=n)
+        for s, labels, n in label_sets.summaries(db=db, project=project)
+    ]
 
 
 @router.post("", status_code=status.HTTP_201_CREATED)
@@ -69,4 +85,19 @@ def update_project(body: ProjectUpdate, project: ProjectDep, db: SessionDep) -> 
 @router.delete("/{project_id}", status_code=status.HTTP_204_NO_CONTENT)
 def delete_project(project: ProjectDep, db: SessionDep, store: StoreDep) -> Response:
     service.delete(db=db, store=store, project=project)
+    return Response(status_code=status.HTTP_204_NO_CONTENT)
+
+
+@router.get("/{project_id}/label-sets", tags=["label sets"])
+def list_label_sets(project: ProjectDep, db: SessionDep) -> list[LabelSetOut]:
+    return label_sets_out(db, project)
+
+
+@router.delete(
+    "/{project_id}/label-sets/{name}", tags=["label sets"], status_code=status.HTTP_204_NO_CONTENT
+)
+def delete_label_set(name: str, project: ProjectDep, db: SessionDep) -> Response:
+    """The set and every image's value in it; the images stay. Models already trained keep
+    their heads for it."""
+    label_sets.delete(db=db, project=project, name=name)
     return Response(status_code=status.HTTP_204_NO_CONTENT)
