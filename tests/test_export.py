@@ -52,6 +52,7 @@ def inputs(meta: dict) -> np.ndarray:
         ("linear_probe", {}),
         ("knn", {}),
         ("finetune", {"trainable": "last_n_blocks", "n": 1, "epochs": 1}),
+        ("zero_shot", {}),  # a head over the backbone's own ImageNet classifier
     ],
 )
 def test_onnx_and_torchscript_agree_with_predict(api: Api, method: str, params: dict) -> None:
