@@ -51,9 +51,10 @@ def create(
     backbone = backbone or DEFAULT_BACKBONE
     backbones.check_usable(db=db, tenant_id=project.tenant_id, name=backbone)
     resolve_weights(backbone, weights_dir=settings.weights_dir, allow_hub=settings.allow_hub)
-    impl.check(
-        training_data.load(db=db, settings=settings, project=project, backbone=backbone), parsed
-    )
+    data = training_data.load(db=db, settings=settings, project=project, backbone=backbone)
+    backbone = impl.model_backbone(data, parsed)  # distill: its student's
+    backbones.check_usable(db=db, tenant_id=project.tenant_id, name=backbone)
+    impl.check(data, parsed)
     job = Job(
         project_id=project.id,
         method=method,

@@ -23,6 +23,7 @@ def test_distill_job_trains_a_student_from_a_project_model(api: Api) -> None:
     )  # fmt: skip
     model = api.client.get(f"/v1/models/{job['model_id']}").json()
     assert model["method"] == "distill" and model["backbone"] == "mobilenetv2_100"
+    assert job["backbone"] == "mobilenetv2_100"  # the job names the student it trains
     m = model["metrics"]
     assert m["teacher"]["model_ids"] == [teacher["model_id"]] and m["n_unlabeled"] == 6
     assert m["validation"] == "holdout" and m["teacher"]["saw_validation"] is True

@@ -45,6 +45,14 @@ def test_a_pretrained_backbone_serves_the_tenants_jobs_and_predictions(
             f"/v1/projects/{theirs['id']}/jobs", json={"method": "knn", "backbone": backbone}
         )
         assert_problem(r, 422, "backbone_unavailable")
+    r = acme.post(  # nor as a distillation student
+        f"/v1/projects/{theirs['id']}/jobs",
+        json={
+            "method": "distill",
+            "params": {"teacher_model_id": "mdl_x", "student_backbone": name},
+        },
+    )
+    assert_problem(r, 422, "backbone_unavailable")
     assert api.queued == []
 
     # the learned backbone outlives neither its model nor its project while a model stands on it

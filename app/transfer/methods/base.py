@@ -69,6 +69,10 @@ class Method(ABC):
         what ``params`` refer to (methods whose params name models or backbones)."""
         self.check_data(data)
 
+    def model_backbone(self, data: TrainingData, params: MethodParams) -> str:
+        """The backbone the trained model will stand on (the job records it)."""
+        return data.backbone
+
     def labeled_set(self, data: TrainingData) -> LabeledSet:
         """Check the data meets this method's requirements; return its labeled arrays."""
         self.check_data(data)

@@ -183,6 +183,9 @@ class Distill(Method):
         resolve_weights(student, weights_dir=data.weights_dir, allow_hub=data.allow_hub)
         return teachers
 
+    def model_backbone(self, data: TrainingData, params: MethodParams) -> str:
+        return self._student(data, params)  # type: ignore[arg-type]
+
     @staticmethod
     def _student(data: TrainingData, p: DistillParams) -> str:
         return p.student_backbone or smallest_available(
