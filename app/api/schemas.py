@@ -261,5 +261,9 @@ class BackboneOut(BaseModel):
     name: str
     architecture: str
     description: str
-    available: bool
-    weights_source: str | None
+    available: bool = Field(description="Whether its weights can be had on this deployment.")
+    weights_source: str | None = Field(
+        description="Where the weights come from: `file` (the weights folder), `package` "
+        "(a Python package bundling them), `hub` (Hugging Face, when allowed), `tenant` (a "
+        "`pretrain` model of yours; the name is its model id); null when unavailable."
+    )
