@@ -54,7 +54,9 @@ def test_every_v1_route_requires_a_key(anonymous: TestClient) -> None:
     for path, operations in paths.items():
         if not path.startswith("/v1"):
             continue
-        url = path.format(project_id="prj_x", image_id="img_x", job_id="job_x", model_id="mdl_x")
+        url = path.format(
+            project_id="prj_x", image_id="img_x", job_id="job_x", model_id="mdl_x", name="x"
+        )
         for method in operations:
             r = anonymous.request(method.upper(), url)
             assert_problem(r, 401, "unauthorized")
