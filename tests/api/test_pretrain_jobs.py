@@ -38,6 +38,16 @@ def test_a_pretrained_backbone_serves_the_tenants_jobs_and_predictions(
     )
     assert r.status_code == 200, r.text
     assert r.json()["predictions"][0]["label"] in {"0", "1", "2"}
+    # ... and methods that train it: finetune moves its last block, served with its own tensors
+    tuned = api.train(labeled["id"], "finetune", backbone=name, params={"epochs": 1, "n": 1})
+    tuned_model = api.client.get(f"/v1/models/{tuned['model_id']}").json()
+    assert tuned_model["backbone"] == name and tuned_model["metrics"]["baseline"]["name"]
+    r = api.client.post(
+        f"/v1/models/{tuned['model_id']}/predict?localize=true",
+        files=[("files", ("d.png", digit_images(1, [2], offset=50)[0][1]))],
+    )
+    assert r.status_code == 200, r.text
+    assert r.json()["predictions"][0]["box"] is not None
 
     theirs = acme.post("/v1/projects", json={"name": "theirs"}).json()
     for backbone in (name, "mdl_doesnotexist"):
@@ -59,7 +69,7 @@ def test_a_pretrained_backbone_serves_the_tenants_jobs_and_predictions(
     for doomed in (f"/v1/models/{name}", f"/v1/projects/{unlabeled['id']}"):
         r = api.client.delete(doomed)
         assert_problem(r, 409, "backbone_in_use")
-        assert r.json()["dependents"] == [probe["model_id"]]
+        assert r.json()["dependents"] == sorted([probe["model_id"], tuned["model_id"]])
     assert api.client.get(f"/v1/models/{name}").status_code == 200
     assert api.client.delete(f"/v1/projects/{labeled['id']}").status_code == 204
     assert api.client.delete(f"/v1/projects/{unlabeled['id']}").status_code == 204
