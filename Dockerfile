@@ -11,10 +11,10 @@ ENV PYTHONDONTWRITEBYTECODE=1 \
 WORKDIR /app
 
 # Dependencies first, from pyproject.toml alone, so that editing the code does not reinstall
-# torch. With no app/ or worker/ here yet, `pip install .` installs every dependency and the
-# `dovecote` entry point but no package of ours.
+# torch. With no app/ or worker/ here yet, `pip install .[s3]` installs every dependency (boto3
+# for s3:// blob storage included) and the `dovecote` entry point but no package of ours.
 COPY pyproject.toml README.md ./
-RUN pip install .
+RUN pip install ".[s3]"
 
 COPY alembic.ini ./
 COPY migrations/ migrations/
