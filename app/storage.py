@@ -36,12 +36,18 @@ class BlobStore(Protocol):
     def exists(self, key: str) -> bool: ...
     def delete(self, key: str) -> None: ...
     def delete_prefix(self, prefix: str) -> None: ...
+    def ping(self) -> None:
+        """Raise if the store cannot be reached (for readiness checks)."""
 
 
 class LocalBlobStore:
     def __init__(self, root: Path) -> None:
         self.root = root.resolve()
         self.root.mkdir(parents=True, exist_ok=True)
+
+    def ping(self) -> None:
+        if not os.access(self.root, os.W_OK):
+            raise OSError(f"blob folder {self.root} is not writable")
 
     def _path(self, key: str) -> Path:
         path = (self.root / check_key(key)).resolve()
@@ -91,6 +97,9 @@ class S3BlobStore:
 
     def _key(self, key: str) -> str:
         return self.prefix + check_key(key)
+
+    def ping(self) -> None:
+        self.client.head_bucket(Bucket=self.bucket)
 
     def put(self, key: str, data: bytes) -> None:
         self.client.put_object(Bucket=self.bucket, Key=self._key(key), Body=data)

@@ -118,3 +118,12 @@ def test_the_service_runs_on_an_s3_bucket(s3_endpoint: str, tmp_path: Path) -> N
 
     assert api.client.delete(f"/v1/projects/{project['id']}").status_code == 204
     assert s3_keys(prefix) == []
+
+
+def test_readiness_needs_the_bucket(s3_endpoint: str, tmp_path: Path) -> None:
+    for bucket, status in ((BUCKET, 200), ("no-such-bucket", 503)):
+        (tmp_path / bucket).mkdir()
+        settings = make_settings(tmp_path / bucket, storage_url=f"s3://{bucket}/x")
+        migrate(settings)
+        r = Api(settings).client.get("/readyz")
+        assert r.status_code == status, r.text

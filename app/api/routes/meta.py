@@ -6,7 +6,7 @@ from fastapi import APIRouter
 from fastapi.responses import JSONResponse, PlainTextResponse
 from sqlalchemy import text
 
-from app.api.deps import SessionDep, SettingsDep, TenantDep
+from app.api.deps import SessionDep, SettingsDep, StoreDep, TenantDep
 from app.api.schemas import BackboneOut, MethodOut
 from app.errors import BackboneUnavailable
 from app.services import backbones as learned_backbones
@@ -25,10 +25,11 @@ def healthz() -> dict[str, str]:
 
 
 @router.get("/readyz", tags=["health"])
-def readyz(db: SessionDep) -> JSONResponse:
-    """The database answers and is migrated."""
+def readyz(db: SessionDep, store: StoreDep) -> JSONResponse:
+    """The database answers and is migrated, and the blob store answers."""
     try:
         db.execute(text("SELECT 1 FROM alembic_version"))
+        store.ping()
     except Exception as exc:
         return JSONResponse({"status": "unavailable", "detail": str(exc)[:200]}, status_code=503)
     return JSONResponse({"status": "ok"})
