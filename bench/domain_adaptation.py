@@ -50,7 +50,7 @@ def main() -> None:
             shown = {
                 k: v
                 for k, v in cfg["config"].items()
-                if k in ("regularization", "tradeoff", "epochs", "threshold")
+                if k in ("regularization", "tradeoff", "epochs", "threshold", "share")
             }
             mark = "*" if cfg["config"] == c["config"] else " "
             gap = f"{c['domain_gap_after']:>6.2f}" if mark == "*" else ""

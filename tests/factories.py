@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import io
 import zipfile
 from functools import lru_cache
@@ -88,12 +89,18 @@ def digit_domain_pair(
     blobs, samples = {}, []
     for items, domain, split, labeled in groups:
         for label, png in items:
-            key = f"{domain}-{split}-{len(samples)}"
+            key = content_key(png)
             blobs[key] = png
             samples.append(
                 Sample(key=key, label=label if labeled else None, domain=domain, split=split)
             )
     return TrainingData(samples=samples, load_bytes=lambda s: blobs[s.key], **kwargs)  # type: ignore[arg-type]
+
+
+def content_key(data: bytes) -> str:
+    """A sample's key as the service makes it: the sha256 of its bytes, which the feature
+    cache is keyed by (a positional key would serve one image's features for another)."""
+    return hashlib.sha256(data).hexdigest()
 
 
 def make_zip(members: dict[str, bytes]) -> bytes:

@@ -16,11 +16,12 @@ from app.transfer.domain.base import fit_linear
 from app.transfer.domain.coral import coral_transform
 from app.transfer.domain.dann import GradientReverse, grl_schedule
 from app.transfer.domain.gap import proxy_a_distance
+from app.transfer.domain.self_training import pseudo_labels
 from tests.factories import digit_domain_pair, digit_images
 
 DA = get_method("domain_adaptation")
 #: One configuration each for DANN and self-training, two for CORAL: keeps the test short.
-PARAMS = {"dann_tradeoff": [0.1], "self_training_threshold": [0.9]}
+PARAMS = {"dann_tradeoff": [0.1], "self_training_share": [0.3]}
 
 
 @pytest.fixture(scope="module")
@@ -181,3 +182,23 @@ def test_linear_fit_never_predicts_a_class_it_did_not_see() -> None:
     assert set(preds.tolist()) <= {0, 2}
     single = fit_linear(X.astype(np.float32), np.full(40, 3), 4, C=1.0)
     assert single(torch.zeros(1, 5)).argmax().item() == 3
+
+
+def test_class_balanced_pseudo_labels_keep_each_class_share() -> None:
+    """80 of 100 target rows predicted class 0 (a shifted source classifier's usual bias):
+    the threshold rule hands class 0 nearly every pseudo-label, CBST caps each class at
+    share x round/rounds x N/C of its most confident rows."""
+    rng = np.random.default_rng(0)
+    predicted = np.r_[np.zeros(80, int), np.ones(15, int), np.full(5, 2)]
+    probs = np.full((100, 3), 0.05)
+    probs[np.arange(100), predicted] = rng.uniform(0.6, 0.9, 100)
+    config = {"selection": "class_balanced", "share": 0.6, "rounds": 2}
+    first, last = pseudo_labels(probs, config, 1), pseudo_labels(probs, config, 2)
+    assert np.bincount(first[first >= 0], minlength=3).tolist() == [10, 10, 5]  # 0.3*100/3
+    assert np.bincount(last[last >= 0], minlength=3).tolist() == [20, 15, 5]  # 0.6*100/3
+    zeros = np.flatnonzero(predicted == 0)
+    kept = np.flatnonzero(first == 0)
+    assert probs[kept, 0].min() >= np.sort(probs[zeros, 0])[-10]  # its 10 most confident
+    assert (last[last >= 0] == predicted[last >= 0]).all()
+    by_threshold = pseudo_labels(probs, {"selection": "threshold", "threshold": 0.7}, 1)
+    assert by_threshold.tolist() == np.where(probs.max(1) >= 0.7, predicted, -1).tolist()

@@ -12,7 +12,7 @@ import app.transfer.features as features
 from app.errors import ClassTooSmall, InvalidParams, ProjectHasNoLabels
 from app.transfer import Predictor, TrainedModel, TrainingData, get_method
 from app.transfer.data import Sample
-from tests.factories import digit_images
+from tests.factories import content_key, digit_images
 
 CLASSES = [0, 1, 2, 3]
 
@@ -24,7 +24,7 @@ def digits_data(per_class: int, test_per_class: int = 0, **kwargs: object) -> Tr
     samples = []
     for items, split in ((train, "auto"), (test, "test")):
         for label, png in items:
-            key = f"{split}-{len(samples)}"
+            key = content_key(png)
             blobs[key] = png
             samples.append(Sample(key=key, label=label, split=split))
     return TrainingData(samples=samples, load_bytes=lambda s: blobs[s.key], **kwargs)  # type: ignore[arg-type]

@@ -23,7 +23,7 @@ from __future__ import annotations
 import dataclasses
 import itertools
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import numpy as np
 import torch
@@ -80,9 +80,19 @@ class DomainAdaptationParams(MethodParams):
     dann_hidden: int = Field(256, ge=8, le=4096, description="DANN: bottleneck width.")
     dann_lr: float = Field(1e-3, gt=0, le=1)
     dann_batch_size: int = Field(32, ge=2, le=1024, description="Images per domain per step.")
+    self_training_selection: Literal["class_balanced", "threshold"] = Field(
+        "class_balanced",
+        description="Self-training: which target images get pseudo-labels each round: each "
+        "class's most confident share (CBST), or all above a confidence threshold.",
+    )
+    self_training_share: list[Annotated[float, Field(gt=0, le=1)]] = Field(
+        default_factory=lambda: [0.15, 0.3], min_length=1,
+        description="Self-training, class_balanced: share of the target pseudo-labeled by "
+        "the last round (growing linearly over the rounds); grid.",
+    )  # fmt: skip
     self_training_threshold: list[float] = Field(
         default_factory=lambda: [0.7, 0.9], min_length=1,
-        description="Self-training: confidence a pseudo-label needs; grid.",
+        description="Self-training, threshold: confidence a pseudo-label needs; grid.",
     )  # fmt: skip
     self_training_rounds: int = Field(3, ge=1, le=20)
     source_holdout_fraction: float = Field(
@@ -97,7 +107,9 @@ class DomainAdaptationParams(MethodParams):
             "source_only": {},
             "coral": {"regularization": self.coral_regularization},
             "dann": {"tradeoff": self.dann_tradeoff, "epochs": self.dann_epochs},
-            "self_training": {"threshold": self.self_training_threshold},
+            "self_training": {"threshold": self.self_training_threshold}
+            if self.self_training_selection == "threshold"
+            else {"share": self.self_training_share},
         }[algorithm]
         fixed: dict[str, Any] = {
             "dann": {
@@ -105,7 +117,9 @@ class DomainAdaptationParams(MethodParams):
                 "lr": self.dann_lr, "batch_size": self.dann_batch_size,
                 "backbone_lr_mult": 0.1, "weight_decay": 1e-3,
             },
-            "self_training": {"rounds": self.self_training_rounds},
+            "self_training": {
+                "rounds": self.self_training_rounds, "selection": self.self_training_selection,
+            },
         }.get(algorithm, {})  # fmt: skip
         return [
             {**common, **fixed, **dict(zip(axes, values, strict=True))}
