@@ -38,7 +38,6 @@ from app.transfer.artifacts import TrainedModel
 from app.transfer.backbones import Backbone, load_backbone, require_trainable
 from app.transfer.data import Progress, TrainingData, no_progress
 from app.transfer.evaluation import classification_metrics, reject_threshold
-from app.transfer.features import extract_features
 from app.transfer.finetune_parts import (
     classifier_param_names,
     freeze_except,
@@ -47,7 +46,7 @@ from app.transfer.finetune_parts import (
 )
 from app.transfer.heads import LinearHead
 from app.transfer.methods import register_method
-from app.transfer.methods.base import Method, MethodParams, shared_backbone
+from app.transfer.methods.base import Method, MethodParams, frozen_features
 from app.transfer.methods.linear_probe import LinearProbe, LinearProbeParams
 from app.transfer.preprocess import Preprocessing, decode_image, eval_transform
 
@@ -294,11 +293,7 @@ class Finetune(Method):
 
         # The baseline, and the head's starting point: the linear probe on the same split.
         progress(0.0, "linear probe baseline")
-        frozen = shared_backbone(data.backbone, data.weights_dir, data.allow_hub)
-        feats = extract_features(
-            samples, backbone=frozen, load_bytes=data.load_bytes, max_pixels=data.max_pixels,
-            batch_size=data.batch_size, cache_dir=data.feature_cache_dir,
-        )  # fmt: skip
+        _, feats = frozen_features(data, samples)
         probe = LinearProbe().fit_head(feats[pool], y[pool], len(classes), LinearProbeParams())
         with torch.inference_mode():
             probe_pred = probe(torch.from_numpy(feats[eval_idx])).argmax(-1).numpy()
