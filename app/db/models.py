@@ -143,6 +143,10 @@ class ImageLabel(Base):
     label_set: Mapped[LabelSet] = relationship(lazy="joined")
 
 
+#: Job statuses after which a job never runs again.
+JOB_TERMINAL = ("succeeded", "failed", "cancelled")
+
+
 class Job(Base):
     __tablename__ = "jobs"
     __table_args__ = (Index("ix_jobs_status_heartbeat_at", "status", "heartbeat_at"),)

@@ -16,7 +16,7 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from app.config import Settings
-from app.db.models import Job, Model, Project
+from app.db.models import JOB_TERMINAL, Job, Model, Project
 from app.db.session import session_scope
 from app.errors import BackboneInUse, BackboneUnavailable
 from app.storage import open_store
@@ -42,15 +42,12 @@ def check_deletable(*, db: Session, model_ids: list[str], deleting_project: str 
     jobs outside ``deleting_project`` still stand on: they would lose their weights."""
     if not model_ids:
         return
-    outside = [] if deleting_project is None else [Model.project_id != deleting_project]
-    models = db.scalars(select(Model.id).where(Model.backbone.in_(model_ids), *outside))
-    jobs_outside = [] if deleting_project is None else [Job.project_id != deleting_project]
-    jobs = db.scalars(
-        select(Job.id).where(
-            Job.backbone.in_(model_ids), Job.status.in_(("queued", "running")), *jobs_outside
-        )
-    )
-    dependents = sorted(models) + sorted(jobs)
+    models = select(Model.id).where(Model.backbone.in_(model_ids))
+    jobs = select(Job.id).where(Job.backbone.in_(model_ids), Job.status.not_in(JOB_TERMINAL))
+    if deleting_project is not None:  # its own models and jobs go with it
+        models = models.where(Model.project_id != deleting_project)
+        jobs = jobs.where(Job.project_id != deleting_project)
+    dependents = sorted(db.scalars(models)) + sorted(db.scalars(jobs))
     if dependents:
         raise BackboneInUse(
             f"Learned backbone(s) {model_ids} are used by {len(dependents)} model(s) or "

@@ -17,7 +17,7 @@ from sqlalchemy.orm import Session
 
 from app.config import Settings
 from app.db.base import utcnow
-from app.db.models import Job, Project
+from app.db.models import JOB_TERMINAL, Job, Project
 from app.errors import DovecoteError, JobNotCancellable, NotFound
 from app.services import backbones, training_data
 from app.services.scoping import get_owned, list_in_project
@@ -25,8 +25,6 @@ from app.transfer.backbones import DEFAULT_BACKBONE, resolve_weights
 from app.transfer.methods import get_method
 
 log = logging.getLogger(__name__)
-
-TERMINAL = ("succeeded", "failed", "cancelled")
 
 
 class QueueUnavailable(DovecoteError):
@@ -52,8 +50,10 @@ def create(
     backbones.check_usable(db=db, tenant_id=project.tenant_id, name=backbone)
     resolve_weights(backbone, weights_dir=settings.weights_dir, allow_hub=settings.allow_hub)
     data = training_data.load(db=db, settings=settings, project=project, backbone=backbone)
-    backbone = impl.model_backbone(data, parsed)  # distill: its student's
-    backbones.check_usable(db=db, tenant_id=project.tenant_id, name=backbone)
+    trained_on = impl.model_backbone(data, parsed)  # distill: its student's
+    if trained_on != backbone:
+        backbones.check_usable(db=db, tenant_id=project.tenant_id, name=trained_on)
+        backbone = trained_on
     impl.check(data, parsed)
     job = Job(
         project_id=project.id,
@@ -175,7 +175,7 @@ def heartbeat(
 
 
 def _finish(db: Session, job_id: str, token: str | None, **values: Any) -> bool:
-    stmt = update(Job).where(Job.id == job_id, Job.status.not_in(TERMINAL))
+    stmt = update(Job).where(Job.id == job_id, Job.status.not_in(JOB_TERMINAL))
     if token is not None:
         stmt = stmt.where(Job.run_token == token)
     done = db.execute(stmt.values(finished_at=utcnow(), **values)).rowcount
