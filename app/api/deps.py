@@ -6,6 +6,7 @@ from collections.abc import Iterator
 from typing import Annotated
 
 from fastapi import Depends, Query, Request
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from sqlalchemy.orm import Session
 
 from app.config import Settings
@@ -46,11 +47,24 @@ def get_store(request: Request) -> BlobStore:
 StoreDep = Annotated[BlobStore, Depends(get_store)]
 
 
-def current_tenant(request: Request, db: SessionDep, settings: SettingsDep) -> Tenant:
-    scheme, _, key = request.headers.get("authorization", "").partition(" ")
+# The OpenAPI security scheme (Swagger UI's Authorize button); missing or malformed
+# credentials are answered by ``authenticate`` with the one 401 problem document.
+bearer = HTTPBearer(
+    scheme_name="ApiKey",
+    description="An API key: `dovecote keys create --tenant NAME` prints one.",
+    auto_error=False,
+)
+
+
+def current_tenant(
+    db: SessionDep,
+    settings: SettingsDep,
+    credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(bearer)],
+) -> Tenant:
     return tenants_service.authenticate(
-        db=db, key=key.strip() if scheme.lower() == "bearer" else None, admin_key=settings.api_key
-    )
+        db=db, key=credentials.credentials.strip() if credentials else None,
+        admin_key=settings.api_key,
+    )  # fmt: skip
 
 
 TenantDep = Annotated[Tenant, Depends(current_tenant)]

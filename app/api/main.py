@@ -6,6 +6,7 @@ from collections.abc import Callable
 
 from fastapi import FastAPI
 from fastapi.routing import APIRoute
+from fastapi_offline import FastAPIOffline
 
 import app
 from app.api import problems
@@ -26,11 +27,15 @@ def create_app(
     """Build the API. ``enqueue`` replaces the Celery sender (used by in-process tests)."""
     settings = settings or get_settings()
     learned_backbones.install(settings)
-    api = FastAPI(
+    # Swagger UI and ReDoc served from the package's own copies of their assets, never a CDN:
+    # the docs must work on a machine without internet.
+    api = FastAPIOffline(
         title="Dovecote",
         version=app.__version__,
-        description="Transfer learning as a service. Authenticate with `Authorization: Bearer <key>`.",
+        description="Transfer learning as a service. Authenticate with `Authorization: Bearer "
+        "<key>` (**Authorize** above); keys are made with `dovecote keys create --tenant NAME`.",
         generate_unique_id_function=_operation_id,
+        swagger_ui_parameters={"persistAuthorization": True, "displayRequestDuration": True},
     )
     api.state.settings = settings
     api.state.enqueue = enqueue

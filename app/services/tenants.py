@@ -44,15 +44,21 @@ def create_key(*, db: Session, tenant_name: str) -> str:
     return key
 
 
+_KEYS_HINT = (
+    "An operator makes keys with `dovecote keys create --tenant NAME` (or sets "
+    "DOVECOTE_API_KEY, the admin key)."
+)
+
+
 def authenticate(*, db: Session, key: str | None, admin_key: str | None) -> Tenant:
     """The tenant a Bearer key belongs to; the configured admin key is tenant ``default``."""
     if not key:
-        raise Unauthorized("Send `Authorization: Bearer <api key>`.")
+        raise Unauthorized(f"Send `Authorization: Bearer <api key>`. {_KEYS_HINT}")
     if admin_key and hmac.compare_digest(key.encode(), admin_key.encode()):
         return get_or_create_tenant(db=db, name=DEFAULT_TENANT)
     row = db.scalar(
         select(ApiKey).where(ApiKey.key_hash == hash_key(key), ApiKey.revoked_at.is_(None))
     )
     if row is None:
-        raise Unauthorized("The API key is not valid.")
+        raise Unauthorized(f"The API key is not valid (or was revoked). {_KEYS_HINT}")
     return row.tenant
