@@ -18,6 +18,7 @@ _MEDIA_TYPES = {"JPEG": "image/jpeg", "PNG": "image/png", "WEBP": "image/webp", 
 @router.post(
     "",
     status_code=status.HTTP_201_CREATED,
+    response_model=UploadResult,
     responses={207: {"model": UploadResult, "description": "Some files were rejected."}},
 )
 def upload_images(

@@ -55,7 +55,12 @@ def metrics(db: SessionDep, settings: SettingsDep) -> PlainTextResponse:
 @router.get("/v1/methods", tags=["catalogue"])
 def methods(_: TenantDep) -> list[MethodOut]:
     return [
-        MethodOut(name=m.name, summary=m.summary, params_schema=m.Params.model_json_schema())
+        MethodOut(
+            name=m.name,
+            summary=m.summary,
+            example_params=m.example_params,
+            params_schema=m.Params.model_json_schema(),
+        )
         for m in list_methods()
     ]
 

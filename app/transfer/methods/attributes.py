@@ -26,7 +26,7 @@ from __future__ import annotations
 
 from abc import abstractmethod
 from collections.abc import Callable
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 import torch
@@ -153,6 +153,7 @@ class ZeroShotDAP(SeenClassesMethod):
     name = "zero_shot_dap"
     summary = "Attribute classifiers trained on classes with images score every class (DAP)."
     Params = DAPParams
+    example_params: ClassVar[dict[str, Any]] = {"l2": 0.01, "temperature": 1.0}
     min_classes = 2  # attribute classifiers need two seen classes to contrast
 
     def check_data(self, data: TrainingData) -> None:
@@ -194,6 +195,7 @@ class ZeroShotGeneralized(SeenClassesMethod):
     name = "zero_shot_generalized"
     summary = "One model over classes with and without images (bilinear name compatibility)."
     Params = GeneralizedParams
+    example_params: ClassVar[dict[str, Any]] = {"beta": 1.0, "templates": ["a photo of a {}."]}
 
     def check_data(self, data: TrainingData) -> None:
         super().check_data(data)

@@ -29,7 +29,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
+from typing import Any, ClassVar, Literal
 
 import numpy as np
 import torch
@@ -278,6 +278,7 @@ class ZeroShot(Method):
         "(ConSE; CLIP on a CLIP backbone)."
     )
     Params = ZeroShotParams
+    example_params: ClassVar[dict[str, Any]] = {"backend": "conse", "top_t": 10}
 
     def check_data(self, data: TrainingData) -> None:
         check_classes(data)
