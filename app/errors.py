@@ -89,6 +89,11 @@ class InvalidLabel(InvalidInput):
     title = "Invalid label"
 
 
+class SimilarClassExists(InvalidLabel):
+    code = "similar_class_exists"
+    title = "A class with this name but for case or spaces exists"
+
+
 class ProjectHasNoLabels(InvalidInput):
     code = "project_has_no_labels"
     title = "Not enough labeled images to train"

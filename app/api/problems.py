@@ -5,9 +5,10 @@ from __future__ import annotations
 import logging
 from typing import Any
 
-from fastapi import FastAPI, Request
+from fastapi import FastAPI, Request, params
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from fastapi.routing import APIRoute
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from app.errors import PROBLEM_BASE, DovecoteError
@@ -38,6 +39,16 @@ def error_response(exc: DovecoteError) -> JSONResponse:
     )
 
 
+def _json_not_declared(request: Request) -> bool:
+    """The route takes a JSON body but the request did not say it sends JSON."""
+    route = request.scope.get("route")
+    if not isinstance(route, APIRoute) or route.body_field is None:
+        return False
+    if any(isinstance(p.field_info, params.Form) for p in route.dependant.body_params):
+        return False  # multipart / form routes (File is a Form)
+    return "json" not in request.headers.get("content-type", "").lower()
+
+
 _HTTP_CODES = {
     404: ("not_found", "Not found"),
     405: ("method_not_allowed", "Method not allowed"),
@@ -51,15 +62,15 @@ def install(app: FastAPI) -> None:
         return error_response(exc)
 
     @app.exception_handler(RequestValidationError)
-    async def _validation(_: Request, exc: RequestValidationError) -> JSONResponse:
+    async def _validation(request: Request, exc: RequestValidationError) -> JSONResponse:
         errors = [
             {"loc": list(e.get("loc", ())), "msg": e.get("msg", ""), "type": e.get("type", "")}
             for e in exc.errors()
         ]
-        return problem_response(
-            422, "validation_error", "Invalid request", f"{len(errors)} invalid field(s).",
-            errors=errors,
-        )  # fmt: skip
+        detail = f"{len(errors)} invalid field(s)."
+        if any(e["loc"][:1] == ["body"] for e in errors) and _json_not_declared(request):
+            detail += " The body was not read as JSON: send `Content-Type: application/json`."
+        return problem_response(422, "validation_error", "Invalid request", detail, errors=errors)
 
     @app.exception_handler(StarletteHTTPException)
     async def _http(_: Request, exc: StarletteHTTPException) -> JSONResponse:

@@ -335,7 +335,11 @@ class PredictionOut(BaseModel):
 
 class PredictOut(BaseModel):
     model_id: str
-    predictions: list[PredictionOut]
+    predictions: list[PredictionOut] = Field(description="The readable files, in request order.")
+    rejected: list[Rejected] = Field(
+        default_factory=list,
+        description="Files that are not readable images (the answer is then a 207).",
+    )
 
 
 # --- catalogue --------------------------------------------------------------------------

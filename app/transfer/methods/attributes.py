@@ -47,6 +47,7 @@ from app.transfer.methods.zero_shot import (
     check_classes,
     class_codes,
     conse_head,
+    require_imagenet_classifier,
 )
 from app.transfer.text import resolve_text_encoder, sentence_encoder
 
@@ -200,6 +201,10 @@ class ZeroShotGeneralized(SeenClassesMethod):
     def check_data(self, data: TrainingData) -> None:
         super().check_data(data)
         resolve_text_encoder(weights_dir=data.weights_dir, allow_hub=data.allow_hub)
+
+    def check(self, data: TrainingData, params: MethodParams) -> None:
+        super().check(data, params)
+        require_imagenet_classifier(data.backbone)
 
     def head_inputs(self, data: TrainingData, cs: ClassSet, backbone: Backbone, p: Any) -> Any:
         """Plain ConSE over all classes: its ImageNet part and class-name vectors are reused."""
