@@ -1,4 +1,6 @@
-"""``dovecote``: serve, worker, migrate, keys create."""
+"""``dovecote``: the admin commands (serve, worker, migrate, keys create), run where the
+server runs, beside the user commands of :mod:`dovecote.cli` (project, upload, train,
+predict, export), which talk to a server over HTTP."""
 
 from __future__ import annotations
 
@@ -8,6 +10,8 @@ import signal
 import subprocess
 import sys
 from pathlib import Path
+
+from dovecote import cli as user_cli
 
 MIGRATIONS_DIR = Path(__file__).resolve().parent.parent / "migrations"
 
@@ -112,7 +116,11 @@ def cmd_keys_create(args: argparse.Namespace) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="dovecote", description=__doc__)
+    parser = argparse.ArgumentParser(
+        prog="dovecote",
+        description="Dovecote. Admin (on the server's machine): serve, worker, migrate, keys. "
+        "User (over HTTP): project, upload, train, predict, export.",
+    )
     sub = parser.add_subparsers(dest="command", required=True)
 
     def with_data_dir(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
@@ -137,12 +145,16 @@ def build_parser() -> argparse.ArgumentParser:
     create = with_data_dir(keys.add_parser("create", help="create a key (printed once)"))
     create.add_argument("--tenant", required=True)
     create.set_defaults(func=cmd_keys_create)
+    user_cli.register(sub)
     return parser
 
 
 def main(argv: list[str] | None = None) -> None:
     args = build_parser().parse_args(argv)
-    args.func(args)
+    if args.func.__module__ == user_cli.__name__:
+        user_cli.run(args.func, args)
+    else:
+        args.func(args)
 
 
 if __name__ == "__main__":
