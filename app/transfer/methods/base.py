@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from functools import lru_cache
+from collections import OrderedDict
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -115,18 +115,41 @@ class Method(ABC):
         )
 
 
-@lru_cache(maxsize=2)
-def shared_backbone(name: str, weights_dir: Path | None, allow_hub: bool) -> Backbone:
-    """A frozen backbone shared by every frozen-feature job in this process."""
-    return prepare_backbone(load_backbone(name, weights_dir=weights_dir, allow_hub=allow_hub))
+_SHARED: OrderedDict[tuple[str, Path | None, bool], Backbone] = OrderedDict()
+_SHARED_MAX = 2
+
+
+def shared_backbone(
+    name: str, weights_dir: Path | None, allow_hub: bool, progress: Progress = no_progress
+) -> Backbone:
+    """A frozen backbone shared by every frozen-feature job in this process (the last two
+    used). Loading one reports its two slow steps as stages, so a first job is not silent."""
+    key = (name, weights_dir, allow_hub)
+    if key in _SHARED:
+        _SHARED.move_to_end(key)
+        return _SHARED[key]
+    progress(0.0, f"loading backbone {name}: reading its weights")
+    backbone = load_backbone(name, weights_dir=weights_dir, allow_hub=allow_hub)
+    progress(0.5, f"loading backbone {name}: preparing its inference graph")
+    _SHARED[key] = backbone = prepare_backbone(backbone)
+    while len(_SHARED) > _SHARED_MAX:
+        _SHARED.popitem(last=False)
+    progress(1.0, f"loading backbone {name}: ready")
+    return backbone
 
 
 def frozen_features(
     data: TrainingData, samples: list[Sample], progress: Progress = no_progress
 ) -> tuple[Backbone, np.ndarray]:
-    """The shared frozen backbone of ``data`` and the features of ``samples`` (cached)."""
-    progress(0.0, "loading backbone")
-    backbone = shared_backbone(data.backbone, data.weights_dir, data.allow_hub)
+    """The shared frozen backbone of ``data`` and the features of ``samples`` (cached).
+    Loading the backbone, when this process has not yet, takes the first quarter."""
+    loading = (data.backbone, data.weights_dir, data.allow_hub) not in _SHARED
+    backbone = shared_backbone(
+        data.backbone, data.weights_dir, data.allow_hub, sub_progress(progress, 0.0, 0.25)
+    )
+    if loading:
+        progress = sub_progress(progress, 0.25, 1.0)
+    progress(0.0, "extracting features")
     X = extract_features(
         samples,
         backbone=backbone,

@@ -157,11 +157,16 @@ def class_codes(infos: list[ClassInfo], p: ZeroShotParams, encoder: Encoder) -> 
 
 
 def conse_head(
-    backbone: Backbone, codes: np.ndarray, p: ZeroShotParams, location: str, cache: Path | None
+    backbone: Backbone,
+    codes: np.ndarray,
+    p: ZeroShotParams,
+    location: str,
+    cache: Path | None,
+    progress: Progress = no_progress,
 ) -> ConSEHead:
     weight, bias = imagenet_classifier(backbone)
     definitions = p.imagenet_text == "definitions"
-    source = imagenet_embeddings(location, tuple(p.templates), definitions, cache)
+    source = imagenet_embeddings(location, tuple(p.templates), definitions, cache, progress)
     return ConSEHead(
         weight, bias, torch.from_numpy(source.copy()), torch.from_numpy(codes), p.top_t,
         p.temperature,
@@ -319,7 +324,7 @@ class ZeroShot(Method):
         heads = (
             {"clip": clip_head(data, cs, p)}
             if backend == "clip"
-            else conse_heads(data, cs, p, backbone)
+            else conse_heads(data, cs, p, backbone, sub_progress(progress, 0.6, 0.9))
         )
         progress(0.9, "validating")
         metrics, chosen = evaluate_fixed(
@@ -342,15 +347,25 @@ def clip_head(data: TrainingData, cs: ClassSet, p: ZeroShotParams) -> Head:
 
 
 def conse_heads(
-    data: TrainingData, cs: ClassSet, p: ZeroShotParams, backbone: Backbone
+    data: TrainingData,
+    cs: ClassSet,
+    p: ZeroShotParams,
+    backbone: Backbone,
+    progress: Progress = no_progress,
 ) -> dict[str, Head]:
     """The ImageNet -> classes mappings ``p.mapping`` asks for, by name."""
     location = resolve_text_encoder(weights_dir=data.weights_dir, allow_hub=data.allow_hub)
     classes = cs.classes
     heads: dict[str, Head] = {}
     if p.mapping in ("auto", "conse"):
-        codes = class_codes(cs.infos, p, sentence_encoder(location))
-        heads["conse"] = conse_head(backbone, codes, p, location, data.feature_cache_dir)
+        progress(0.0, "loading the text encoder")
+        encoder = sentence_encoder(location)
+        progress(0.05, "embedding class names")
+        codes = class_codes(cs.infos, p, encoder)
+        heads["conse"] = conse_head(
+            backbone, codes, p, location, data.feature_cache_dir,
+            sub_progress(progress, 0.1, 1.0),
+        )  # fmt: skip
     if p.mapping in ("auto", "imagenet_sum"):
         membership = imagenet_membership(classes)
         if membership is not None:
