@@ -11,7 +11,7 @@ ENV PYTHONDONTWRITEBYTECODE=1 \
 WORKDIR /app
 
 # Dependencies first, from pyproject.toml alone, so that editing the code does not reinstall
-# torch. With no app/ or worker/ here yet, `pip install .[s3]` installs every dependency (boto3
+# torch. With no app/, worker/ or dovecote/ here yet, `pip install .[s3]` installs every dependency (boto3
 # for s3:// blob storage included) and the `dovecote` entry point but no package of ours.
 COPY pyproject.toml README.md ./
 RUN pip install ".[s3]"
@@ -20,6 +20,7 @@ COPY alembic.ini ./
 COPY migrations/ migrations/
 COPY app/ app/
 COPY worker/ worker/
+COPY dovecote/ dovecote/
 
 # The code runs from /app, not from site-packages: app/cli.py finds Alembic's environment at
 # <app package>/../migrations, which only exists next to the source tree.

@@ -28,7 +28,7 @@ test: $(STAMP)
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
 lint: $(STAMP)
-	$(BIN)/ruff check app worker tests bench migrations
+	$(BIN)/ruff check app worker dovecote tests bench migrations
 
 bench: $(STAMP)
 	$(BIN)/python -m bench.feature_extraction

@@ -89,6 +89,11 @@ class InvalidLabel(InvalidInput):
     title = "Invalid label"
 
 
+class SimilarClassExists(InvalidLabel):
+    code = "similar_class_exists"
+    title = "A class with this name but for case or spaces exists"
+
+
 class ProjectHasNoLabels(InvalidInput):
     code = "project_has_no_labels"
     title = "Not enough labeled images to train"
@@ -207,6 +212,47 @@ class JobNotCancellable(Conflict):
 class ProjectHasNoModel(Conflict):
     code = "project_has_no_model"
     title = "Project has no model"
+
+
+class QuotaExceeded(DovecoteError):
+    """A tenant limit that waiting does not lift (storage, projects): ``limit`` names it."""
+
+    code = "quota_exceeded"
+    status = 403
+    title = "Tenant quota exceeded"
+
+
+class ProjectQuotaExceeded(QuotaExceeded):
+    code = "project_quota_exceeded"
+    title = "Too many projects"
+
+
+class ImageQuotaExceeded(QuotaExceeded):
+    code = "image_quota_exceeded"
+    title = "Too many images"
+
+
+class StorageQuotaExceeded(QuotaExceeded):
+    code = "storage_quota_exceeded"
+    title = "Too many stored bytes"
+
+
+class TooManyRequests(DovecoteError):
+    """Waiting helps: the answer carries ``Retry-After`` (seconds, from ``retry_after``)."""
+
+    code = "too_many_requests"
+    status = 429
+    title = "Too many requests"
+
+
+class TooManyActiveJobs(TooManyRequests):
+    code = "too_many_active_jobs"
+    title = "Too many queued or running jobs"
+
+
+class RateLimited(TooManyRequests):
+    code = "rate_limited"
+    title = "Request rate limit exceeded"
 
 
 class JobCancelled(DovecoteError):

@@ -5,9 +5,10 @@ from __future__ import annotations
 import logging
 from typing import Any
 
-from fastapi import FastAPI, Request
+from fastapi import FastAPI, Request, params
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from fastapi.routing import APIRoute
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from app.errors import PROBLEM_BASE, DovecoteError
@@ -32,10 +33,22 @@ def problem_response(
 
 
 def error_response(exc: DovecoteError) -> JSONResponse:
-    headers = {"WWW-Authenticate": "Bearer"} if exc.status == 401 else None
+    headers = {"WWW-Authenticate": "Bearer"} if exc.status == 401 else {}
+    if "retry_after" in exc.extra:
+        headers["Retry-After"] = str(exc.extra["retry_after"])
     return JSONResponse(
         exc.problem(), status_code=exc.status, media_type=PROBLEM_JSON, headers=headers
     )
+
+
+def _json_not_declared(request: Request) -> bool:
+    """The route takes a JSON body but the request did not say it sends JSON."""
+    route = request.scope.get("route")
+    if not isinstance(route, APIRoute) or route.body_field is None:
+        return False
+    if any(isinstance(p.field_info, params.Form) for p in route.dependant.body_params):
+        return False  # multipart / form routes (File is a Form)
+    return "json" not in request.headers.get("content-type", "").lower()
 
 
 _HTTP_CODES = {
@@ -51,15 +64,15 @@ def install(app: FastAPI) -> None:
         return error_response(exc)
 
     @app.exception_handler(RequestValidationError)
-    async def _validation(_: Request, exc: RequestValidationError) -> JSONResponse:
+    async def _validation(request: Request, exc: RequestValidationError) -> JSONResponse:
         errors = [
             {"loc": list(e.get("loc", ())), "msg": e.get("msg", ""), "type": e.get("type", "")}
             for e in exc.errors()
         ]
-        return problem_response(
-            422, "validation_error", "Invalid request", f"{len(errors)} invalid field(s).",
-            errors=errors,
-        )  # fmt: skip
+        detail = f"{len(errors)} invalid field(s)."
+        if any(e["loc"][:1] == ["body"] for e in errors) and _json_not_declared(request):
+            detail += " The body was not read as JSON: send `Content-Type: application/json`."
+        return problem_response(422, "validation_error", "Invalid request", detail, errors=errors)
 
     @app.exception_handler(StarletteHTTPException)
     async def _http(_: Request, exc: StarletteHTTPException) -> JSONResponse:

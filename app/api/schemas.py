@@ -1,11 +1,20 @@
-"""Request and response bodies of the HTTP contract (shared/API.md)."""
+"""Request and response bodies of the HTTP contract (docs/API.md)."""
 
 from __future__ import annotations
 
 from datetime import UTC, datetime
 from typing import Annotated, Any, Generic, Literal, TypeVar
 
-from pydantic import BaseModel, ConfigDict, Field, PlainSerializer, field_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    PlainSerializer,
+    field_serializer,
+    field_validator,
+)
+
+from app.transfer.methods import list_methods
 
 T = TypeVar("T")
 
@@ -143,24 +152,62 @@ class UploadResult(BaseModel):
 # --- jobs -------------------------------------------------------------------------------
 
 
+def _method_field(default: Any = ...) -> Any:
+    """``method``: a documented enum of the registry's names, with their summaries. Not
+    validated by the schema: an unknown name is the service's ``unknown_method`` problem,
+    which lists the available ones."""
+    methods = sorted(list_methods(), key=lambda m: m.name)
+    return Field(
+        default,
+        description="The training method (`GET /v1/methods` for their params):\n"
+        + "\n".join(f"- `{m.name}`: {m.summary}" for m in methods),
+        json_schema_extra={"enum": [m.name for m in methods]},
+    )
+
+
+JobStatus = Literal["queued", "running", "succeeded", "failed", "cancelled"]
+
+
 class JobCreate(BaseModel):
     model_config = ConfigDict(extra="forbid")
-    method: str = Field("linear_probe", description="linear_probe | knn (see GET /v1/methods)")
-    backbone: str | None = Field(None, description="Backbone name (see GET /v1/backbones).")
-    params: dict[str, Any] | None = None
+    method: str = _method_field("linear_probe")
+    backbone: str | None = Field(
+        None, description="Backbone name (`GET /v1/backbones`); omitted: the default one."
+    )
+    params: dict[str, Any] | None = Field(
+        None, description="The method's params (`params_schema` in `GET /v1/methods`)."
+    )
+
+
+def job_create_examples() -> dict[str, dict[str, Any]]:
+    """One realistic request body per registered method (the OpenAPI examples)."""
+    return {
+        m.name: {
+            "summary": m.name,
+            "description": m.summary,
+            "value": {"method": m.name, "params": m.example_params},
+        }
+        for m in sorted(list_methods(), key=lambda m: m.name)
+    }
 
 
 class JobOut(BaseModel):
     model_config = ConfigDict(from_attributes=True)
     id: str
     project_id: str
-    method: str
+    method: str = _method_field()
     backbone: str
     params: dict[str, Any]
-    status: str
-    progress: float
-    stage: str
-    error: dict[str, Any] | None
+    status: JobStatus
+    progress: float = Field(ge=0, le=1, description="Fraction done, 0 to 1.")
+    stage: str = Field(
+        description="What the job is doing now, for people: `queued`, `starting`, `loading "
+        "backbone`, `embedding class names`, `extracting features`, `epoch 3/10`, `evaluating`, "
+        "..., then `done`, `failed` or `cancelled`."
+    )
+    error: dict[str, Any] | None = Field(
+        description="The problem document (`code`, `detail`, ...) of a failed job."
+    )
     history: list[dict[str, Any]] = Field(
         default_factory=list,
         description="Per-epoch records: epoch, losses, accuracy, seconds, ETA.",
@@ -177,16 +224,59 @@ class JobOut(BaseModel):
 # --- models and prediction --------------------------------------------------------------
 
 
+class ClassMetrics(BaseModel):
+    model_config = ConfigDict(extra="allow")
+    precision: float | None = None
+    recall: float | None = None
+    f1: float | None = None
+    support: int | None = None
+
+
+class ConfusionMatrix(BaseModel):
+    model_config = ConfigDict(extra="allow")
+    labels: list[str]
+    matrix: list[list[int]] = Field(description="Rows: true class; columns: predicted class.")
+
+
+class Metrics(BaseModel):
+    """The fields most models' metrics share; methods add their own (kept as they are)."""
+
+    model_config = ConfigDict(extra="allow")
+    accuracy: float | None = None
+    macro_f1: float | None = None
+    per_class: dict[str, ClassMetrics] | None = None
+    confusion_matrix: ConfusionMatrix | None = None
+    validation: str | None = Field(
+        None, description="How it was measured: `k-fold`, `holdout`, `test-split`, `none`..."
+    )
+    n_train: int | None = None
+    n_validation: int | None = None
+    folds: int | None = Field(None, description="With `k-fold` validation: how many.")
+    reject_below: float | None = Field(
+        None, description="The default `reject_below` threshold chosen on validation data."
+    )
+    baseline: dict[str, Any] | None = Field(
+        None, description="The same metrics for the plain baseline, named by `name`."
+    )
+    negative_transfer: bool | None = Field(None, description="The model scored below its baseline.")
+
+
 class ModelOut(BaseModel):
     model_config = ConfigDict(from_attributes=True)
     id: str
     project_id: str
     job_id: str
-    method: str
+    method: str = _method_field()
     backbone: str
     classes: list[str]
-    metrics: dict[str, Any]
+    metrics: Metrics
     created_at: UTCDatetime
+
+    @field_serializer("metrics")
+    def _metrics_as_stored(self, metrics: Metrics):  # type: ignore[no-untyped-def]
+        # Unannotated on purpose: the OpenAPI schema stays ``Metrics``; fields a model's
+        # metrics do not have stay absent rather than null.
+        return metrics.model_dump(mode="json", exclude_unset=True)
 
 
 class DefaultModelIn(BaseModel):
@@ -245,7 +335,11 @@ class PredictionOut(BaseModel):
 
 class PredictOut(BaseModel):
     model_id: str
-    predictions: list[PredictionOut]
+    predictions: list[PredictionOut] = Field(description="The readable files, in request order.")
+    rejected: list[Rejected] = Field(
+        default_factory=list,
+        description="Files that are not readable images (the answer is then a 207).",
+    )
 
 
 # --- catalogue --------------------------------------------------------------------------
@@ -254,6 +348,7 @@ class PredictOut(BaseModel):
 class MethodOut(BaseModel):
     name: str
     summary: str
+    example_params: dict[str, Any] = Field(description="Realistic `params` for a job.")
     params_schema: dict[str, Any]
 
 
@@ -267,3 +362,24 @@ class BackboneOut(BaseModel):
         "(a Python package bundling them), `hub` (Hugging Face, when allowed), `tenant` (a "
         "`pretrain` model of yours; the name is its model id); null when unavailable."
     )
+
+
+class QuotaOut(BaseModel):
+    used: int
+    limit: int | None = Field(description="The tenant's limit; null when there is none.")
+
+
+class RateLimitOut(BaseModel):
+    per_second: float
+    burst: int
+
+
+class UsageOut(BaseModel):
+    """A tenant's current usage beside its limits (`DOVECOTE_TENANT_*`)."""
+
+    tenant: str
+    active_jobs: QuotaOut = Field(description="Queued plus running jobs (over it: 429).")
+    projects: QuotaOut
+    images: QuotaOut
+    stored_bytes: QuotaOut = Field(description="Bytes of stored images.")
+    rate_limit: RateLimitOut | None = Field(description="Per API key; null when off.")

@@ -29,7 +29,7 @@ from app.errors import (
     InvalidInput,
     NotFound,
 )
-from app.services import label_sets, projects
+from app.services import label_sets, projects, quotas
 from app.services.pagination import paginate
 from app.storage import BlobStore
 from app.transfer.data import DOMAINS, SPLITS
@@ -154,9 +154,12 @@ def ingest(
     existing = set(db.scalars(select(Image.sha256).where(Image.project_id == project.id)))
     written: list[str] = []
     rows: list[Image] = []
+    known = projects.class_names_by_key(project)
     for cand in candidates:
         try:
             item_label = projects.clean_label(cand.label) if cand.label is not None else None
+            if item_label is not None:
+                projects.refuse_similar(known, item_label)
             info = check_image(
                 cand.data, filename=cand.filename, max_pixels=settings.max_image_pixels
             )
@@ -187,6 +190,13 @@ def ingest(
             )
         )
     try:
+        quotas.check_new_images(
+            db=db,
+            settings=settings,
+            tenant_id=project.tenant_id,
+            count=len(rows),
+            size_bytes=sum(r.size_bytes for r in rows),
+        )
         projects.ensure_classes(db=db, project=project, names={r.label for r in rows if r.label})
         db.add_all(rows)
         label_sets.apply(db=db, project=project, images=rows, labels=extra_labels)
@@ -241,6 +251,7 @@ def update(*, db: Session, project: Project, image: Image, changes: dict[str, An
     if "label" in changes:
         image.label = projects.clean_label(changes["label"]) if changes["label"] else None
         if image.label:
+            projects.refuse_similar(projects.class_names_by_key(project), image.label)
             projects.ensure_classes(db=db, project=project, names={image.label})
     if changes.get("split") is not None:
         image.split = _check_choice(changes["split"], SPLITS, "split")

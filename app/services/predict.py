@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Collection
+from dataclasses import dataclass, field
 from functools import lru_cache
 from typing import Literal
 
@@ -11,7 +12,8 @@ from sqlalchemy.orm import Session
 
 from app.config import Settings
 from app.db.models import Model, Project, ProjectClass
-from app.errors import InvalidInput, ProjectHasNoModel
+from app.errors import ImageTooLarge, ImageUndecodable, InvalidInput, ProjectHasNoModel
+from app.services.images import Rejection
 from app.storage import BlobStore
 from app.transfer.export import FORMATS as EXPORT_FORMATS
 from app.transfer.export import ExportFormat
@@ -23,6 +25,7 @@ __all__ = [
     "DEFAULT_THRESHOLD",
     "EXPORT_FORMATS",
     "ExportFormat",
+    "PredictResult",
     "Prediction",
     "default_model",
     "evict",
@@ -51,31 +54,63 @@ def default_model(*, db: Session, project: Project) -> Model:
     return model
 
 
+@dataclass
+class PredictResult:
+    """Predictions of the readable files, by their index in the request, and the rest."""
+
+    predicted: list[tuple[int, Prediction]] = field(default_factory=list)
+    rejected: list[Rejection] = field(default_factory=list)
+
+
 def predict(
     *,
     settings: Settings,
     store: BlobStore,
     model: Model,
-    images: list[bytes],
+    files: list[tuple[str, bytes]],
     top_k: int,
     reject_below: float | Literal["default"] | None = None,
     negative: Collection[str] = (),
-) -> list[Prediction]:
-    if not images:
+) -> PredictResult:
+    """Predict every file; an unreadable image is rejected by name, the others still answer.
+
+    The batch runs in one pass; only when it holds an unreadable image are the files
+    predicted one by one to tell which. When no file is readable, its problem is raised."""
+    if not files:
         raise InvalidInput("Send one or more images in the multipart field `files`.", field="files")
     if not 1 <= top_k <= MAX_TOP_K:
         raise InvalidInput(f"top_k must be between 1 and {MAX_TOP_K}.", field="top_k")
     if isinstance(reject_below, float | int) and not 0 <= reject_below <= 1:
         raise InvalidInput("reject_below must be between 0 and 1.", field="reject_below")
     prefix = model.artifact_prefix
-    return get_predictor(settings).predict(
-        model.id,
-        lambda name: store.get(f"{prefix}/{name}"),
-        images,
-        top_k=top_k,
-        reject_below=reject_below,
-        negative=negative,
-    )
+
+    def run(images: list[bytes]) -> list[Prediction]:
+        return get_predictor(settings).predict(
+            model.id, lambda name: store.get(f"{prefix}/{name}"), images,
+            top_k=top_k, reject_below=reject_below, negative=negative,
+        )  # fmt: skip
+
+    try:
+        return PredictResult(predicted=list(enumerate(run([data for _, data in files]))))
+    except (ImageUndecodable, ImageTooLarge):
+        pass
+    result = PredictResult()
+    for i, (name, data) in enumerate(files):
+        try:
+            result.predicted.append((i, run([data])[0]))
+        except (ImageUndecodable, ImageTooLarge) as exc:
+            result.rejected.append(Rejection(name, exc))
+    if not result.predicted:
+        first = result.rejected[0]
+        raise type(first.error)(
+            f"{first.filename!r}: {first.error.detail}"
+            if len(files) == 1
+            else f"None of the {len(files)} files is a readable image (first: "
+            f"{first.filename!r}: {first.error.detail})",
+            filename=first.filename,
+            rejected=[r.as_dict() for r in result.rejected],
+        )
+    return result
 
 
 def negative_classes(*, db: Session, model: Model) -> set[str]:

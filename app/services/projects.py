@@ -9,7 +9,7 @@ from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
 from app.db.models import Image, Model, Project, ProjectClass
-from app.errors import InvalidLabel, NotFound
+from app.errors import InvalidLabel, NotFound, SimilarClassExists
 from app.services import backbones
 from app.services.pagination import paginate
 from app.storage import BlobStore
@@ -31,6 +31,29 @@ def clean_label(raw: str) -> str:
     return label
 
 
+def class_names_by_key(project: Project) -> dict[str, str]:
+    """The project's class names by :func:`_label_key`, for :func:`refuse_similar`."""
+    return {_label_key(c.name): c.name for c in project.classes}
+
+
+def _label_key(name: str) -> str:
+    return "".join(name.split()).casefold()
+
+
+def refuse_similar(known: dict[str, str], label: str) -> None:
+    """Refuse ``label`` when it equals a class in ``known`` but for case or spaces ("Pigeon",
+    "wood pigeon" beside "pigeon", "woodpigeon"): two classes would split one kind of
+    image. Otherwise record it in ``known``."""
+    other = known.setdefault(_label_key(label), label)
+    if other != label:
+        raise SimilarClassExists(
+            f"Label {label!r} differs from the class {other!r} only by case or spaces; use "
+            f"{other!r}, or rename that class first.",
+            label=label,
+            similar_to=other,
+        )
+
+
 def get(*, db: Session, tenant_id: str, project_id: str) -> Project:
     project = db.get(Project, project_id)
     if project is None or project.tenant_id != tenant_id:
@@ -46,8 +69,10 @@ def ensure_classes(*, db: Session, project: Project, names: set[str]) -> None:
 
 def _apply_classes(project: Project, classes: list[Any]) -> None:
     by_name = {c.name: c for c in project.classes}
+    known = class_names_by_key(project)
     for spec in classes:
         name = clean_label(spec["name"])
+        refuse_similar(known, name)
         row = by_name.get(name)
         if row is None:
             row = ProjectClass(name=name, description="", attributes={})

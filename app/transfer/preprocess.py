@@ -20,6 +20,7 @@ from app.errors import ImageTooLarge, ImageUndecodable
 
 #: Formats accepted for upload and prediction (GIF: the first frame).
 ALLOWED_FORMATS = {"JPEG", "PNG", "WEBP", "BMP", "GIF"}
+ACCEPTED = "JPEG, PNG, WebP, BMP or GIF (first frame)"
 _EXTENSIONS = {
     ".jpg": "JPEG", ".jpeg": "JPEG", ".jpe": "JPEG", ".png": "PNG", ".webp": "WEBP",
     ".bmp": "BMP", ".dib": "BMP", ".gif": "GIF",
@@ -42,10 +43,12 @@ def _open(data: bytes, *, max_pixels: int) -> Image.Image:
             warnings.simplefilter("error", Image.DecompressionBombWarning)
             img = Image.open(io.BytesIO(data))
     except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as exc:
-        raise ImageUndecodable("The file is not an image Dovecote can read.") from exc
+        raise ImageUndecodable(
+            f"The file is not an image Dovecote can read; send one of {ACCEPTED}."
+        ) from exc
     if img.format not in ALLOWED_FORMATS:
         raise ImageUndecodable(
-            f"Image format {img.format} is not accepted; use one of {sorted(ALLOWED_FORMATS)}."
+            f"Image format {img.format} is not accepted; send one of {ACCEPTED}."
         )
     width, height = img.size
     if width * height > max_pixels:
@@ -75,7 +78,9 @@ def check_image(data: bytes, *, filename: str | None, max_pixels: int) -> ImageI
     try:
         img.load()
     except (OSError, ValueError, SyntaxError) as exc:
-        raise ImageUndecodable(f"The {img.format} image is truncated or corrupt.") from exc
+        raise ImageUndecodable(
+            f"The {img.format} image is truncated or corrupt; re-export it as one of {ACCEPTED}."
+        ) from exc
     return ImageInfo(format=img.format or "", width=img.size[0], height=img.size[1])
 
 
@@ -104,7 +109,9 @@ def decode_image(data: bytes, *, max_pixels: int, draft_size: int | None = None)
             return background
         return img.convert("RGB")
     except (OSError, ValueError, SyntaxError) as exc:
-        raise ImageUndecodable("The image is truncated or corrupt.") from exc
+        raise ImageUndecodable(
+            f"The image is truncated or corrupt; re-export it as one of {ACCEPTED}."
+        ) from exc
 
 
 @dataclass(frozen=True)

@@ -350,16 +350,27 @@ def test_predict_bad_top_k_is_422(trained: tuple[Api, str, dict], top_k: object)
         ("bomb.png", None, "image_too_large"),
     ],
 )
-def test_predict_with_a_non_image_is_422(
+def test_predict_answers_per_file_around_a_non_image(
     trained: tuple[Api, str, dict], name: str, data: bytes | None, code: str
 ) -> None:
+    """One bad file among several: 207, the others predicted, the bad one rejected by name;
+    only bad files: the 422 problem, naming the file."""
     from tests.api.helpers import png_claiming
 
     api, pid, job = trained
     data = data if data is not None else png_claiming(20000, 20000)
     for url in (f"/v1/models/{job['model_id']}/predict", f"/v1/projects/{pid}/predict"):
-        r = api.client.post(url, files=files(("ok.png", digit(0)), (name, data)))
-        assert_problem(r, 422, code)
+        r = api.client.post(
+            url, files=files(("ok.png", digit(0)), (name, data), ("two.png", digit(1)))
+        )
+        assert r.status_code == 207, r.text
+        body = r.json()
+        assert [p["filename"] for p in body["predictions"]] == ["ok.png", "two.png"]
+        assert body["predictions"][0]["label"] == "0"
+        [rejected] = body["rejected"]
+        assert rejected["filename"] == name and rejected["code"] == code
+        problem = assert_problem(api.client.post(url, files=files((name, data))), 422, code)
+        assert problem["filename"] == name and name in problem["detail"]
 
 
 def test_predict_without_files_is_422(trained: tuple[Api, str, dict]) -> None:

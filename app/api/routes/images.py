@@ -18,6 +18,7 @@ _MEDIA_TYPES = {"JPEG": "image/jpeg", "PNG": "image/png", "WEBP": "image/webp", 
 @router.post(
     "",
     status_code=status.HTTP_201_CREATED,
+    response_model=UploadResult,
     responses={207: {"model": UploadResult, "description": "Some files were rejected."}},
 )
 def upload_images(
@@ -50,17 +51,18 @@ def upload_images(
         labels=labels,
     )
     if result.rejected and not result.created and not result.duplicates:
-        first = result.rejected[0].error
-        response = error_response(first)
-        if len(result.rejected) > 1 or len(payload) > 1:
-            response = error_response(
-                type(first)(
-                    f"None of the files was stored; {len(result.rejected)} rejected "
-                    f"(first: {first.detail})",
-                    rejected=[r.as_dict() for r in result.rejected],
-                )
+        first = result.rejected[0]
+        detail = (
+            f"{first.filename!r}: {first.error.detail}"
+            if len(result.rejected) == 1
+            else f"None of the files was stored; {len(result.rejected)} rejected "
+            f"(first: {first.filename!r}: {first.error.detail})"
+        )
+        return error_response(
+            type(first.error)(
+                detail, **first.error.extra, rejected=[r.as_dict() for r in result.rejected]
             )
-        return response
+        )
     body = UploadResult(
         created=len(result.created),
         duplicates=result.duplicates,

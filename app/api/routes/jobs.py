@@ -1,9 +1,11 @@
 from __future__ import annotations
 
-from fastapi import APIRouter, Request, Response, status
+from typing import Annotated
+
+from fastapi import APIRouter, Body, Request, Response, status
 
 from app.api.deps import CursorQuery, LimitQuery, ProjectDep, SessionDep, SettingsDep, TenantDep
-from app.api.schemas import JobCreate, JobOut, Page
+from app.api.schemas import JobCreate, JobOut, Page, job_create_examples
 from app.queue import enqueue_training
 from app.services import jobs as service
 
@@ -12,7 +14,7 @@ router = APIRouter(tags=["jobs"])
 
 @router.post("/v1/projects/{project_id}/jobs", status_code=status.HTTP_202_ACCEPTED)
 def create_job(
-    body: JobCreate,
+    body: Annotated[JobCreate, Body(openapi_examples=job_create_examples())],
     project: ProjectDep,
     db: SessionDep,
     settings: SettingsDep,

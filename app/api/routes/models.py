@@ -3,9 +3,10 @@ from __future__ import annotations
 import base64
 import dataclasses
 from dataclasses import dataclass
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Depends, File, Query, Response, UploadFile, status
+from fastapi.responses import JSONResponse
 
 from app.api.deps import (
     CursorQuery,
@@ -25,6 +26,7 @@ from app.api.schemas import (
     PredictionOut,
     PredictOut,
     ProjectOut,
+    Rejected,
     Score,
     TaskPredictionOut,
 )
@@ -150,30 +152,32 @@ def _predict(
     where: LocalizeOptions,
     db: SessionDep,
     reject_below: float | Literal["default"] | None = None,
-) -> PredictOut:
-    images = [f.file.read() for f in files]
-    results = predict_service.predict(
-        settings=settings, store=store, model=model, images=images, top_k=top_k,
+) -> JSONResponse:
+    named = [(f.filename or f"file {i + 1}", f.file.read()) for i, f in enumerate(files)]
+    result = predict_service.predict(
+        settings=settings, store=store, model=model, files=named, top_k=top_k,
         reject_below=reject_below, negative=predict_service.negative_classes(db=db, model=model),
     )  # fmt: skip
     out = PredictOut(
         model_id=model.id,
         predictions=[
             PredictionOut(
-                filename=f.filename or "",
+                filename=named[i][0],
                 label=r.label,
                 score=r.score,
                 scores=[Score(label=label, score=score) for label, score in r.scores],
                 negative=r.negative,
                 tasks=_tasks_out(r) or None,
             )
-            for f, r in zip(files, results, strict=True)
+            for i, r in result.predicted
         ],
+        rejected=[Rejected(**r.as_dict()) for r in result.rejected],
     )
     if where.localize:
         found = predict_service.localize(
-            settings=settings, store=store, model=model, images=images,
-            labels=[None if r.negative else r.label for r in results],
+            settings=settings, store=store, model=model,
+            images=[named[i][1] for i, _ in result.predicted],
+            labels=[None if r.negative else r.label for _, r in result.predicted],
             threshold=where.threshold,
         )  # fmt: skip
         for prediction, loc in zip(out.predictions, found, strict=True):
@@ -181,10 +185,21 @@ def _predict(
                 prediction.box = BoxOut(**dataclasses.asdict(loc.box))
                 if where.heatmap:
                     prediction.heatmap_png = base64.b64encode(loc.heatmap_png()).decode()
-    return out
+    code = status.HTTP_207_MULTI_STATUS if result.rejected else status.HTTP_200_OK
+    return JSONResponse(out.model_dump(mode="json"), status_code=code)
 
 
-@router.post("/v1/models/{model_id}/predict", tags=["prediction"])
+_PREDICT_RESPONSES: dict[int | str, dict[str, Any]] = {
+    207: {"model": PredictOut, "description": "Some files were not readable images."}
+}
+
+
+@router.post(
+    "/v1/models/{model_id}/predict",
+    tags=["prediction"],
+    response_model=PredictOut,
+    responses=_PREDICT_RESPONSES,
+)
 def predict_with_model(
     model_id: str,
     files: FilesField,
@@ -195,12 +210,17 @@ def predict_with_model(
     where: LocalizeDep,
     top_k: TopK = 5,
     reject_below: RejectBelow = None,
-) -> PredictOut:
+) -> JSONResponse:
     model = service.get(db=db, tenant_id=tenant.id, model_id=model_id)
     return _predict(model, files, top_k, settings, store, where, db, reject_below)
 
 
-@router.post("/v1/projects/{project_id}/predict", tags=["prediction"])
+@router.post(
+    "/v1/projects/{project_id}/predict",
+    tags=["prediction"],
+    response_model=PredictOut,
+    responses=_PREDICT_RESPONSES,
+)
 def predict_with_project(
     project: ProjectDep,
     files: FilesField,
@@ -210,6 +230,6 @@ def predict_with_project(
     where: LocalizeDep,
     top_k: TopK = 5,
     reject_below: RejectBelow = None,
-) -> PredictOut:
+) -> JSONResponse:
     model = predict_service.default_model(db=db, project=project)
     return _predict(model, files, top_k, settings, store, where, db, reject_below)

@@ -26,7 +26,7 @@ from __future__ import annotations
 
 from abc import abstractmethod
 from collections.abc import Callable
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 import torch
@@ -47,6 +47,7 @@ from app.transfer.methods.zero_shot import (
     check_classes,
     class_codes,
     conse_head,
+    require_imagenet_classifier,
 )
 from app.transfer.text import resolve_text_encoder, sentence_encoder
 
@@ -153,6 +154,7 @@ class ZeroShotDAP(SeenClassesMethod):
     name = "zero_shot_dap"
     summary = "Attribute classifiers trained on classes with images score every class (DAP)."
     Params = DAPParams
+    example_params: ClassVar[dict[str, Any]] = {"l2": 0.01, "temperature": 1.0}
     min_classes = 2  # attribute classifiers need two seen classes to contrast
 
     def check_data(self, data: TrainingData) -> None:
@@ -194,10 +196,15 @@ class ZeroShotGeneralized(SeenClassesMethod):
     name = "zero_shot_generalized"
     summary = "One model over classes with and without images (bilinear name compatibility)."
     Params = GeneralizedParams
+    example_params: ClassVar[dict[str, Any]] = {"beta": 1.0, "templates": ["a photo of a {}."]}
 
     def check_data(self, data: TrainingData) -> None:
         super().check_data(data)
         resolve_text_encoder(weights_dir=data.weights_dir, allow_hub=data.allow_hub)
+
+    def check(self, data: TrainingData, params: MethodParams) -> None:
+        super().check(data, params)
+        require_imagenet_classifier(data.backbone)
 
     def head_inputs(self, data: TrainingData, cs: ClassSet, backbone: Backbone, p: Any) -> Any:
         """Plain ConSE over all classes: its ImageNet part and class-name vectors are reused."""

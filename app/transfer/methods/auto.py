@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import dataclasses
 import time
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 from pydantic import Field
@@ -54,6 +54,10 @@ class Auto(Method):
     name = "auto"
     summary = "Try linear probe, kNN, finetuning and zero-shot on one holdout; keep the best."
     Params = AutoParams
+    example_params: ClassVar[dict[str, Any]] = {
+        "candidates": ["linear_probe", "knn", "finetune"],
+        "finetune_budget_minutes": 5,
+    }
     min_per_class = 3  # one for the selection holdout, two to train on
 
     def parse_params(self, raw: dict[str, Any] | None) -> MethodParams:

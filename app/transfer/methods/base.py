@@ -31,6 +31,8 @@ class Method(ABC):
     name: ClassVar[str]
     summary: ClassVar[str]
     Params: ClassVar[type[MethodParams]] = MethodParams
+    #: Realistic ``params`` of a job (the OpenAPI example; the test-suite validates it).
+    example_params: ClassVar[dict[str, Any]] = {}
     min_classes: ClassVar[int] = 2
     min_per_class: ClassVar[int] = 2
 

@@ -28,7 +28,7 @@ from __future__ import annotations
 
 import statistics
 import time
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
 
 import numpy as np
 import torch
@@ -159,6 +159,12 @@ class Distill(Method):
     name = "distill"
     summary = "Train a small student from a teacher model's soft outputs (Hinton et al. 2015)."
     Params = DistillParams
+    example_params: ClassVar[dict[str, Any]] = {
+        "teacher_model_id": "mdl_...",
+        "student_backbone": "mobilenetv2_100",
+        "temperature": 4.0,
+        "alpha": 0.7,
+    }
 
     def check(self, data: TrainingData, params: MethodParams) -> None:
         self._teachers(data, params)  # type: ignore[arg-type]

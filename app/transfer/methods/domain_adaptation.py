@@ -23,7 +23,7 @@ from __future__ import annotations
 import dataclasses
 import itertools
 from dataclasses import dataclass
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, ClassVar, Literal
 
 import numpy as np
 import torch
@@ -203,6 +203,7 @@ class DomainAdaptation(Method):
         "chosen by reverse validation."
     )
     Params = DomainAdaptationParams
+    example_params: ClassVar[dict[str, Any]] = {"algorithm": "coral"}
 
     def check(self, data: TrainingData, params: MethodParams) -> None:
         self.check_data(data)

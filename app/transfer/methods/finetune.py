@@ -26,7 +26,7 @@ import copy
 import math
 import time
 from collections.abc import Callable
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
 
 import numpy as np
 import torch
@@ -266,6 +266,12 @@ class Finetune(Method):
     name = "finetune"
     summary = "Train all or some blocks from pretrained weights (linear-probe-then-finetune)."
     Params = FinetuneParams
+    example_params: ClassVar[dict[str, Any]] = {
+        "trainable": "last_n_blocks",
+        "n": 2,
+        "epochs": 10,
+        "lr": 0.001,
+    }
 
     def check_data(self, data: TrainingData) -> None:
         super().check_data(data)

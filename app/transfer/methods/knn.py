@@ -8,7 +8,7 @@ For tiny data. ``mode="knn"`` keeps every training feature and votes (see
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Any, ClassVar, Literal
 
 import numpy as np
 import torch
@@ -31,6 +31,7 @@ class KNN(FeatureMethod):
     name = "knn"
     summary = "Cosine nearest-neighbour / class-prototype classifier on pretrained features."
     Params = KNNParams
+    example_params: ClassVar[dict[str, Any]] = {"mode": "prototype"}
 
     def fit_head(self, X: np.ndarray, y: np.ndarray, n_classes: int, params: KNNParams) -> Head:  # type: ignore[override]
         feats = F.normalize(torch.from_numpy(X), dim=-1)

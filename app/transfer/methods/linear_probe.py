@@ -18,6 +18,7 @@ solution, an order of magnitude faster. The scaler is folded into the served hea
 from __future__ import annotations
 
 import warnings
+from typing import Any, ClassVar
 
 import numpy as np
 import torch
@@ -45,6 +46,7 @@ class LinearProbe(FeatureMethod):
     name = "linear_probe"
     summary = "Frozen pretrained features + logistic regression (the default: try first)."
     Params = LinearProbeParams
+    example_params: ClassVar[dict[str, Any]] = {"max_iter": 300}
 
     def fit_head(
         self, X: np.ndarray, y: np.ndarray, n_classes: int, params: LinearProbeParams

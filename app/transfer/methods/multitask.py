@@ -22,7 +22,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 import torch
@@ -168,6 +168,7 @@ class MultiTask(Method):
         "against each task's own linear probe (negative transfer flagged)."
     )
     Params = MultiTaskParams
+    example_params: ClassVar[dict[str, Any]] = {"tasks": ["is_pigeon", "tags"], "steps": 300}
 
     def task_names(self, data: TrainingData, params: MultiTaskParams) -> list[str]:
         if not data.label_sets:

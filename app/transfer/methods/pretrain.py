@@ -19,7 +19,7 @@ a backbone of the tenant under the model's id.
 from __future__ import annotations
 
 import hashlib
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 import torch
@@ -99,6 +99,7 @@ class Pretrain(Method):
         "prediction; it becomes a backbone of the tenant, usable by every method."
     )
     Params = PretrainParams
+    example_params: ClassVar[dict[str, Any]] = {"architecture": "resnet10t", "epochs": 2}
     min_images: int = 8
 
     def check_data(self, data: TrainingData) -> None:

@@ -29,7 +29,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
+from typing import Any, ClassVar, Literal
 
 import numpy as np
 import torch
@@ -168,6 +168,18 @@ def conse_head(
     )  # fmt: skip
 
 
+def require_imagenet_classifier(backbone: str) -> None:
+    """Refuse, before any weights load, a timm backbone registered without its ImageNet-1k
+    classifier (headless weights, learned backbones): ConSE reads that classifier."""
+    spec = get_spec(backbone)
+    if spec.family == "timm" and spec.headless:
+        raise BackboneHasNoClassifier(
+            f"Backbone {backbone!r} carries no ImageNet-1k classifier; zero-shot methods "
+            "need one: use an efficientnet_lite backbone (or convnext_tiny), or a CLIP one.",
+            backbone=backbone,
+        )
+
+
 def zero_shot_backend(p: ZeroShotParams, backbone: str) -> Literal["conse", "clip"]:
     """The backend ``p.backend`` resolves to on ``backbone``; refuses a mismatch."""
     is_clip = get_spec(backbone).family == "open_clip"
@@ -182,6 +194,8 @@ def zero_shot_backend(p: ZeroShotParams, backbone: str) -> Literal["conse", "cli
             "ConSE needs one. Use backend 'clip' or 'auto'.",
             backbone=backbone,
         )
+    if not is_clip:
+        require_imagenet_classifier(backbone)
     return "clip" if is_clip else "conse"
 
 
@@ -278,6 +292,7 @@ class ZeroShot(Method):
         "(ConSE; CLIP on a CLIP backbone)."
     )
     Params = ZeroShotParams
+    example_params: ClassVar[dict[str, Any]] = {"backend": "conse", "top_t": 10}
 
     def check_data(self, data: TrainingData) -> None:
         check_classes(data)

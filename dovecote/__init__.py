@@ -1,0 +1,1 @@
+"""Dovecote's Python client and user command line (``dovecote.client``, ``dovecote.cli``)."""

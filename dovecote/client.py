@@ -1,0 +1,323 @@
+"""A Python client of Dovecote's HTTP API (httpx, synchronous).
+
+    from dovecote.client import Client
+
+    dc = Client("http://127.0.0.1:8000", key="dev-key")   # or $DOVECOTE_URL, $DOVECOTE_API_KEY
+    project = dc.create_project("terrace")
+    dc.upload(project["id"], "photos/")            # photos/pigeon/*.jpg, photos/empty/*.jpg
+    job = dc.wait(dc.train(project["id"], method="linear_probe")["id"])
+    model = dc.model(job["model_id"])
+    print(model["metrics"]["accuracy"], model["metrics"]["baseline"]["accuracy"])
+    for p in dc.predict(project["id"], ["new.jpg"])["predictions"]:
+        print(p["filename"], p["label"], p["score"])
+    dc.export(job["model_id"], "terrace.onnx")
+
+Every error answer becomes an :class:`ApiError` subclass chosen by its status, carrying the
+problem document's ``code``, ``detail`` and the whole ``problem``.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+import time
+import zipfile
+from collections.abc import Callable, Iterator, Sequence
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+DEFAULT_URL = "http://127.0.0.1:8000"
+IMAGE_SUFFIXES = {".jpg", ".jpeg", ".jpe", ".png", ".webp", ".bmp", ".dib", ".gif"}
+
+Json = dict[str, Any]
+
+
+class ApiError(Exception):
+    """An RFC 9457 problem answered by the server (or a job's recorded failure)."""
+
+    def __init__(self, problem: Json, status: int) -> None:
+        self.problem = problem
+        self.status = status
+        self.code: str = problem.get("code", "error")
+        self.detail: str = problem.get("detail", "")
+        super().__init__(f"{self.code}: {self.detail}" if self.detail else self.code)
+
+
+class Unauthorized(ApiError):
+    """401: no key or a wrong one (`dovecote keys create --tenant NAME` makes keys)."""
+
+
+class NotFound(ApiError):
+    """404: no such resource for this key's tenant."""
+
+
+class Conflict(ApiError):
+    """409: the resource's state forbids it (``job_not_cancellable``, ``project_has_no_model``)."""
+
+
+class InvalidInput(ApiError):
+    """422 (and other 4xx): the request was refused; ``code`` says why."""
+
+
+class TooLarge(ApiError):
+    """413: the request body is over the server's limit."""
+
+
+class ServerError(ApiError):
+    """5xx."""
+
+
+class JobFailed(ApiError):
+    """A job :meth:`Client.wait` watched ended ``failed`` (``problem``: its error)."""
+
+    def __init__(self, job: Json) -> None:
+        self.job = job
+        super().__init__(job.get("error") or {"code": "training_failed"}, 500)
+
+
+class JobCancelled(ApiError):
+    """A job :meth:`Client.wait` watched ended ``cancelled``."""
+
+    def __init__(self, job: Json) -> None:
+        self.job = job
+        super().__init__(
+            {"code": "job_cancelled", "detail": f"Job {job['id']} was cancelled."}, 409
+        )
+
+
+_BY_STATUS: dict[int, type[ApiError]] = {
+    401: Unauthorized,
+    404: NotFound,
+    409: Conflict,
+    413: TooLarge,
+}
+
+
+def error_for(response: httpx.Response) -> ApiError:
+    """The typed error of a 4xx/5xx answer."""
+    try:
+        problem = response.json()
+    except ValueError:
+        problem = {"code": "http_error", "detail": response.text[:500]}
+    if not isinstance(problem, dict):
+        problem = {"code": "http_error", "detail": str(problem)[:500]}
+    status = response.status_code
+    cls = _BY_STATUS.get(status) or (ServerError if status >= 500 else InvalidInput)
+    return cls(problem, status)
+
+
+def zip_folder(folder: Path) -> io.BytesIO:
+    """The images under ``folder`` as an in-memory zip whose paths keep their parent folder:
+    the server labels ``pigeon/001.jpg`` as ``pigeon`` (images at the top stay unlabeled or
+    take the upload's ``label``). Images are stored, not recompressed."""
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w", compression=zipfile.ZIP_STORED) as zf:
+        for path in sorted(folder.rglob("*")):
+            if path.is_file() and path.suffix.lower() in IMAGE_SUFFIXES:
+                zf.write(path, path.relative_to(folder).as_posix())
+    buf.seek(0)
+    return buf
+
+
+class Client:
+    """One server and one key. ``url`` and ``key`` default to ``$DOVECOTE_URL`` and
+    ``$DOVECOTE_API_KEY``; ``transport`` lets tests or proxies plug in their own."""
+
+    def __init__(
+        self,
+        url: str | None = None,
+        key: str | None = None,
+        *,
+        timeout: float = 300.0,
+        transport: httpx.BaseTransport | None = None,
+    ) -> None:
+        self.url = (url or os.environ.get("DOVECOTE_URL") or DEFAULT_URL).rstrip("/")
+        key = key if key is not None else os.environ.get("DOVECOTE_API_KEY")
+        headers = {"Authorization": f"Bearer {key}"} if key else {}
+        self.http = httpx.Client(
+            base_url=self.url, headers=headers, timeout=timeout, transport=transport
+        )
+
+    def __enter__(self) -> Client:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        self.http.close()
+
+    def _request(self, method: str, path: str, **kwargs: Any) -> httpx.Response:
+        response = self.http.request(method, path, **kwargs)
+        if response.status_code >= 400:
+            raise error_for(response)
+        return response
+
+    def _json(self, method: str, path: str, **kwargs: Any) -> Any:
+        return self._request(method, path, **kwargs).json()
+
+    def _pages(self, path: str, **params: Any) -> Iterator[Json]:
+        cursor = None
+        while True:
+            page = self._json("GET", path, params={**params, "limit": 500, "cursor": cursor})
+            yield from page["items"]
+            cursor = page["next_cursor"]
+            if cursor is None:
+                return
+
+    # --- catalogue ---------------------------------------------------------------------
+
+    def methods(self) -> list[Json]:
+        return self._json("GET", "/v1/methods")  # type: ignore[no-any-return]
+
+    def backbones(self) -> list[Json]:
+        return self._json("GET", "/v1/backbones")  # type: ignore[no-any-return]
+
+    # --- projects and images -----------------------------------------------------------
+
+    def create_project(
+        self, name: str, *, description: str = "", classes: Sequence[str | Json] = ()
+    ) -> Json:
+        body = {"name": name, "description": description, "classes": list(classes)}
+        return self._json("POST", "/v1/projects", json=body)  # type: ignore[no-any-return]
+
+    def projects(self) -> list[Json]:
+        return list(self._pages("/v1/projects"))
+
+    def project(self, project_id: str) -> Json:
+        return self._json("GET", f"/v1/projects/{project_id}")  # type: ignore[no-any-return]
+
+    def delete_project(self, project_id: str) -> None:
+        self._request("DELETE", f"/v1/projects/{project_id}")
+
+    def upload(
+        self,
+        project_id: str,
+        *paths: str | Path,
+        label: str | None = None,
+        split: str | None = None,
+        domain: str | None = None,
+    ) -> Json:
+        """Upload image files and folders in one request; a folder goes as a zip made on the
+        fly, its sub-folders naming the labels. Answers the upload result (201 or 207);
+        a request where no file could be stored raises its problem."""
+        files = []
+        for raw in paths:
+            path = Path(raw)
+            if path.is_dir():
+                files.append(
+                    ("files", (f"{path.resolve().name or 'images'}.zip", zip_folder(path)))
+                )
+            else:
+                files.append(("files", (path.name, path.read_bytes())))
+        form = {k: v for k, v in {"label": label, "split": split, "domain": domain}.items() if v}
+        return self._json(  # type: ignore[no-any-return]
+            "POST", f"/v1/projects/{project_id}/images", files=files, data=form
+        )
+
+    def images(self, project_id: str, **filters: Any) -> list[Json]:
+        return list(self._pages(f"/v1/projects/{project_id}/images", **filters))
+
+    # --- jobs --------------------------------------------------------------------------
+
+    def train(
+        self,
+        project_id: str,
+        method: str = "linear_probe",
+        *,
+        backbone: str | None = None,
+        params: Json | None = None,
+    ) -> Json:
+        """Queue a job (202); :meth:`wait` follows it."""
+        body: Json = {"method": method, "params": params or {}}
+        if backbone:
+            body["backbone"] = backbone
+        return self._json(  # type: ignore[no-any-return]
+            "POST", f"/v1/projects/{project_id}/jobs", json=body
+        )
+
+    def job(self, job_id: str) -> Json:
+        return self._json("GET", f"/v1/jobs/{job_id}")  # type: ignore[no-any-return]
+
+    def jobs(self, project_id: str) -> list[Json]:
+        return list(self._pages(f"/v1/projects/{project_id}/jobs"))
+
+    def cancel(self, job_id: str) -> Json:
+        return self._json("POST", f"/v1/jobs/{job_id}/cancel")  # type: ignore[no-any-return]
+
+    def wait(
+        self,
+        job_id: str,
+        *,
+        timeout: float | None = None,
+        on_update: Callable[[Json], None] | None = None,
+        first_interval: float = 0.25,
+        max_interval: float = 5.0,
+    ) -> Json:
+        """Poll the job until it ends and answer it (``succeeded``); raise :class:`JobFailed`
+        or :class:`JobCancelled` otherwise, ``TimeoutError`` after ``timeout`` seconds.
+
+        The interval starts at ``first_interval`` and grows by half each poll up to
+        ``max_interval``; it drops back to the start whenever the job moved (progress or
+        stage changed), so a busy job is followed closely and an idle queue is not hammered.
+        ``on_update`` sees every polled state (the CLI's progress bar)."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        interval, last = first_interval, None
+        while True:
+            job = self.job(job_id)
+            if on_update is not None:
+                on_update(job)
+            if job["status"] == "succeeded":
+                return job
+            if job["status"] == "failed":
+                raise JobFailed(job)
+            if job["status"] == "cancelled":
+                raise JobCancelled(job)
+            state = (job["status"], job["progress"], job["stage"])
+            interval = first_interval if state != last else min(interval * 1.5, max_interval)
+            last = state
+            if deadline is not None and time.monotonic() + interval > deadline:
+                raise TimeoutError(f"Job {job_id} is still {job['status']} ({job['stage']}).")
+            time.sleep(interval)
+
+    # --- models ------------------------------------------------------------------------
+
+    def model(self, model_id: str) -> Json:
+        return self._json("GET", f"/v1/models/{model_id}")  # type: ignore[no-any-return]
+
+    def models(self, project_id: str) -> list[Json]:
+        return list(self._pages(f"/v1/projects/{project_id}/models"))
+
+    def set_default_model(self, project_id: str, model_id: str) -> Json:
+        return self._json(  # type: ignore[no-any-return]
+            "POST", f"/v1/projects/{project_id}/default-model", json={"model_id": model_id}
+        )
+
+    def predict(
+        self,
+        project_id: str | None,
+        files: Sequence[str | Path],
+        *,
+        model_id: str | None = None,
+        top_k: int = 5,
+        reject_below: float | str | None = None,
+    ) -> Json:
+        """Predict with the project's default model (or ``model_id``). Files that are not
+        readable images come back in ``rejected`` (the server's 207); the rest answer."""
+        path = (
+            f"/v1/models/{model_id}/predict" if model_id else f"/v1/projects/{project_id}/predict"
+        )
+        params: Json = {"top_k": top_k}
+        if reject_below is not None:
+            params["reject_below"] = reject_below
+        upload = [("files", (Path(f).name, Path(f).read_bytes())) for f in files]
+        return self._json("POST", path, files=upload, params=params)  # type: ignore[no-any-return]
+
+    def export(self, model_id: str, path: str | Path, *, format: str = "onnx") -> Path:
+        """Write the model as one self-contained ``onnx`` or ``torchscript`` file."""
+        response = self._request("GET", f"/v1/models/{model_id}/export", params={"format": format})
+        out = Path(path)
+        out.write_bytes(response.content)
+        return out

@@ -1,0 +1,65 @@
+"""The user commands of ``dovecote`` against a real served instance, as a shell would run them."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from tests.client.conftest import Served
+
+pytestmark = pytest.mark.integration
+
+
+def dovecote(served: Served, *args: str, key: str | None = None) -> subprocess.CompletedProcess:
+    env = {**os.environ, "DOVECOTE_URL": served.url, "DOVECOTE_API_KEY": key or served.key}
+    return subprocess.run(
+        [sys.executable, "-m", "app.cli", *args], env=env, capture_output=True, text=True,
+        timeout=300,
+    )  # fmt: skip
+
+
+def ok(result: subprocess.CompletedProcess) -> str:
+    assert result.returncode == 0, result.stderr
+    return result.stdout.strip()
+
+
+def test_cli_walkthrough(
+    served: Served, photo_folder: Path, new_photos: list[Path], tmp_path: Path
+) -> None:
+    project = ok(dovecote(served, "project", "create", "digits-cli"))
+    assert project.startswith("prj_")
+    upload = dovecote(served, "upload", project, str(photo_folder))
+    assert "created 18, duplicates 0, rejected 0" in ok(upload) + upload.stderr
+    train = dovecote(served, "train", project, "--method", "knn", "--param", "k=3", "--wait")
+    model = ok(train)
+    assert model.startswith("mdl_")
+    assert "succeeded" in train.stderr and "accuracy" in train.stderr and "baseline" in train.stderr
+    predict = dovecote(served, "predict", project, *map(str, new_photos[:2]))
+    table = ok(predict)
+    assert "new-0.png" in table and "new-1.png" in table
+    rejected = dovecote(served, "predict", project, *map(str, new_photos))
+    assert rejected.returncode == 1 and "image_undecodable" in rejected.stdout
+    out = tmp_path / "m.onnx"
+    ok(dovecote(served, "export", model, "--format", "onnx", "-o", str(out)))
+    assert out.stat().st_size > 1000
+    job = ok(dovecote(served, "train", project, "--method", "knn"))  # without --wait: the id
+    assert job.startswith("job_")
+
+
+def test_cli_errors_say_what_to_do(served: Served) -> None:
+    r = dovecote(served, "project", "create", "x", key="wrong")
+    assert r.returncode == 1 and "dovecote keys create" in r.stderr and r.stdout == ""
+    r = dovecote(served, "train", "prj_missing", "--param", "nokey")
+    assert r.returncode == 2 and "expected key=value" in r.stderr
+
+
+def test_admin_commands_are_still_there() -> None:
+    r = subprocess.run(
+        [sys.executable, "-m", "app.cli", "--help"], capture_output=True, text=True, check=True
+    )
+    for command in ("serve", "worker", "migrate", "keys", "project", "upload", "train"):
+        assert command in r.stdout
