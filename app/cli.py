@@ -115,6 +115,38 @@ def cmd_keys_create(args: argparse.Namespace) -> None:
     print(key)
 
 
+def cmd_keys_list(args: argparse.Namespace) -> None:
+    _apply_data_dir(args.data_dir)
+    from app.config import get_settings
+    from app.db.session import session_scope
+    from app.services.tenants import list_keys
+
+    with session_scope(get_settings().resolved_database_url) as db:
+        rows = [
+            (k.id, k.tenant.name, k.prefix + "...", k.created_at, k.revoked_at)
+            for k in list_keys(db=db, tenant_name=args.tenant)
+        ]
+    print("id\ttenant\tprefix\tcreated_at\trevoked_at")
+    for key_id, tenant, prefix, created, revoked in rows:
+        print(f"{key_id}\t{tenant}\t{prefix}\t{created:%Y-%m-%dT%H:%M:%S}\t"
+              f"{f'{revoked:%Y-%m-%dT%H:%M:%S}' if revoked else '-'}")  # fmt: skip
+
+
+def cmd_keys_revoke(args: argparse.Namespace) -> None:
+    _apply_data_dir(args.data_dir)
+    from app.config import get_settings
+    from app.db.session import session_scope
+    from app.errors import NotFound
+    from app.services.tenants import revoke_key
+
+    try:
+        with session_scope(get_settings().resolved_database_url) as db:
+            row = revoke_key(db=db, key=args.key)
+            print(f"revoked {row.id} ({row.prefix}..., tenant {row.tenant.name})")
+    except NotFound as exc:
+        sys.exit(f"error: {exc.detail}")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="dovecote",
@@ -145,6 +177,12 @@ def build_parser() -> argparse.ArgumentParser:
     create = with_data_dir(keys.add_parser("create", help="create a key (printed once)"))
     create.add_argument("--tenant", required=True)
     create.set_defaults(func=cmd_keys_create)
+    listing = with_data_dir(keys.add_parser("list", help="list keys (prefixes, never keys)"))
+    listing.add_argument("--tenant", help="only this tenant's keys")
+    listing.set_defaults(func=cmd_keys_list)
+    revoke = with_data_dir(keys.add_parser("revoke", help="revoke a key (401 from then on)"))
+    revoke.add_argument("key", help="the key's id (from `keys list`), its prefix, or the key")
+    revoke.set_defaults(func=cmd_keys_revoke)
     user_cli.register(sub)
     return parser
 

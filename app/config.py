@@ -69,6 +69,25 @@ class Settings(BaseSettings):
     sweep_interval_seconds: float = Field(30.0, description="How often a worker runs the sweep.")
     predictor_max_backbones: int = Field(4, description="Backbones kept in the predictor cache.")
     predictor_max_heads: int = Field(1024, description="Model heads kept in the predictor cache.")
+    tenant_max_active_jobs: int = Field(
+        4, description="Queued plus running jobs a tenant may have (0: no limit); more is a 429."
+    )
+    tenant_max_projects: int = Field(100, description="Projects a tenant may have (0: no limit).")
+    tenant_max_images: int = Field(
+        100_000, description="Images a tenant may store over all its projects (0: no limit)."
+    )
+    tenant_max_stored_bytes: int = Field(
+        10 * 1024**3, description="Image bytes a tenant may store (0: no limit)."
+    )
+    tenant_rate_limit: float = Field(
+        0.0, description="Requests per second per API key, a token bucket (0: off)."
+    )
+    tenant_rate_burst: int = Field(
+        20, description="Token-bucket capacity: requests a key may send at once before waiting."
+    )
+    metrics_key: str | None = Field(
+        None, description="When set, `/metrics` needs `Authorization: Bearer <this key>`."
+    )
 
     @model_validator(mode="after")
     def _refuse_unsafe_production(self) -> Settings:

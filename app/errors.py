@@ -214,6 +214,47 @@ class ProjectHasNoModel(Conflict):
     title = "Project has no model"
 
 
+class QuotaExceeded(DovecoteError):
+    """A tenant limit that waiting does not lift (storage, projects): ``limit`` names it."""
+
+    code = "quota_exceeded"
+    status = 403
+    title = "Tenant quota exceeded"
+
+
+class ProjectQuotaExceeded(QuotaExceeded):
+    code = "project_quota_exceeded"
+    title = "Too many projects"
+
+
+class ImageQuotaExceeded(QuotaExceeded):
+    code = "image_quota_exceeded"
+    title = "Too many images"
+
+
+class StorageQuotaExceeded(QuotaExceeded):
+    code = "storage_quota_exceeded"
+    title = "Too many stored bytes"
+
+
+class TooManyRequests(DovecoteError):
+    """Waiting helps: the answer carries ``Retry-After`` (seconds, from ``retry_after``)."""
+
+    code = "too_many_requests"
+    status = 429
+    title = "Too many requests"
+
+
+class TooManyActiveJobs(TooManyRequests):
+    code = "too_many_active_jobs"
+    title = "Too many queued or running jobs"
+
+
+class RateLimited(TooManyRequests):
+    code = "rate_limited"
+    title = "Request rate limit exceeded"
+
+
 class JobCancelled(DovecoteError):
     """Raised inside a training run when its job was cancelled; not an HTTP error."""
 

@@ -88,6 +88,7 @@ def test_compose_config_is_valid(tmp_path: Path) -> None:
         assert env["DOVECOTE_DATABASE_URL"].startswith("postgresql+psycopg://")
         assert env["DOVECOTE_BROKER_URL"].startswith("redis://")
         assert env["DOVECOTE_DATA_DIR"] == "/data"
+        assert float(env["DOVECOTE_TENANT_RATE_LIMIT"]) > 0  # on in production, off in `make serve`
     # api and worker share the blob volume.
     assert any(v.startswith("dovecote-data:/data") for v in services["api"]["volumes"])
     assert any(v.startswith("dovecote-data:/data") for v in services["worker"]["volumes"])

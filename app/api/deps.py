@@ -9,9 +9,11 @@ from fastapi import Depends, Query, Request
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from sqlalchemy.orm import Session
 
+from app.api.ratelimit import TokenBuckets
 from app.config import Settings
 from app.db.models import Project, Tenant
 from app.db.session import get_sessionmaker
+from app.errors import RateLimited
 from app.services import projects as projects_service
 from app.services import tenants as tenants_service
 from app.storage import BlobStore, open_store
@@ -57,14 +59,23 @@ bearer = HTTPBearer(
 
 
 def current_tenant(
+    request: Request,
     db: SessionDep,
     settings: SettingsDep,
     credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(bearer)],
 ) -> Tenant:
-    return tenants_service.authenticate(
-        db=db, key=credentials.credentials.strip() if credentials else None,
-        admin_key=settings.api_key,
-    )  # fmt: skip
+    """The key's tenant; then the key's rate limit (a valid key only, so buckets stay few)."""
+    key = credentials.credentials.strip() if credentials else None
+    tenant = tenants_service.authenticate(db=db, key=key, admin_key=settings.api_key)
+    buckets: TokenBuckets | None = request.app.state.rate_buckets
+    if buckets is not None and key and (wait := buckets.take(tenants_service.hash_key(key))):
+        raise RateLimited(
+            f"This API key sent more than {settings.tenant_rate_limit:g} requests per second "
+            f"(burst {settings.tenant_rate_burst}; DOVECOTE_TENANT_RATE_LIMIT). Retry in "
+            f"{wait} s.",
+            retry_after=wait,
+        )
+    return tenant
 
 
 TenantDep = Annotated[Tenant, Depends(current_tenant)]

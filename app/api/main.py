@@ -11,7 +11,8 @@ from fastapi_offline import FastAPIOffline
 import app
 from app.api import problems
 from app.api.limits import BodySizeLimit
-from app.api.routes import images, jobs, meta, models, projects
+from app.api.ratelimit import TokenBuckets
+from app.api.routes import images, jobs, meta, models, projects, usage
 from app.config import Settings, get_settings
 from app.services import backbones as learned_backbones
 
@@ -39,8 +40,15 @@ def create_app(
     )
     api.state.settings = settings
     api.state.enqueue = enqueue
+    api.state.rate_buckets = (
+        TokenBuckets(settings.tenant_rate_limit, settings.tenant_rate_burst)
+        if settings.tenant_rate_limit > 0
+        else None
+    )
     problems.install(api)
-    for router in (meta.router, projects.router, images.router, jobs.router, models.router):
+    for router in (
+        meta.router, projects.router, images.router, jobs.router, models.router, usage.router
+    ):  # fmt: skip
         api.include_router(router)
     api.add_middleware(BodySizeLimit, max_bytes=settings.max_upload_bytes)
     return api

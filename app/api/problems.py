@@ -33,7 +33,9 @@ def problem_response(
 
 
 def error_response(exc: DovecoteError) -> JSONResponse:
-    headers = {"WWW-Authenticate": "Bearer"} if exc.status == 401 else None
+    headers = {"WWW-Authenticate": "Bearer"} if exc.status == 401 else {}
+    if "retry_after" in exc.extra:
+        headers["Retry-After"] = str(exc.extra["retry_after"])
     return JSONResponse(
         exc.problem(), status_code=exc.status, media_type=PROBLEM_JSON, headers=headers
     )

@@ -362,3 +362,24 @@ class BackboneOut(BaseModel):
         "(a Python package bundling them), `hub` (Hugging Face, when allowed), `tenant` (a "
         "`pretrain` model of yours; the name is its model id); null when unavailable."
     )
+
+
+class QuotaOut(BaseModel):
+    used: int
+    limit: int | None = Field(description="The tenant's limit; null when there is none.")
+
+
+class RateLimitOut(BaseModel):
+    per_second: float
+    burst: int
+
+
+class UsageOut(BaseModel):
+    """A tenant's current usage beside its limits (`DOVECOTE_TENANT_*`)."""
+
+    tenant: str
+    active_jobs: QuotaOut = Field(description="Queued plus running jobs (over it: 429).")
+    projects: QuotaOut
+    images: QuotaOut
+    stored_bytes: QuotaOut = Field(description="Bytes of stored images.")
+    rate_limit: RateLimitOut | None = Field(description="Per API key; null when off.")

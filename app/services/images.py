@@ -29,7 +29,7 @@ from app.errors import (
     InvalidInput,
     NotFound,
 )
-from app.services import label_sets, projects
+from app.services import label_sets, projects, quotas
 from app.services.pagination import paginate
 from app.storage import BlobStore
 from app.transfer.data import DOMAINS, SPLITS
@@ -190,6 +190,13 @@ def ingest(
             )
         )
     try:
+        quotas.check_new_images(
+            db=db,
+            settings=settings,
+            tenant_id=project.tenant_id,
+            count=len(rows),
+            size_bytes=sum(r.size_bytes for r in rows),
+        )
         projects.ensure_classes(db=db, project=project, names={r.label for r in rows if r.label})
         db.add_all(rows)
         label_sets.apply(db=db, project=project, images=rows, labels=extra_labels)

@@ -19,7 +19,7 @@ from app.config import Settings
 from app.db.base import utcnow
 from app.db.models import JOB_TERMINAL, Job, Project
 from app.errors import DovecoteError, JobNotCancellable, NotFound
-from app.services import backbones, training_data
+from app.services import backbones, quotas, training_data
 from app.services.scoping import get_owned, list_in_project
 from app.transfer.backbones import DEFAULT_BACKBONE, resolve_weights
 from app.transfer.methods import get_method
@@ -43,7 +43,9 @@ def create(
     params: dict[str, Any] | None,
     enqueue: Callable[[str], None],
 ) -> Job:
-    """Validate method, params, backbone and data, then store and enqueue the job."""
+    """Check the tenant's active-job quota; validate method, params, backbone and data;
+    then store and enqueue the job."""
+    quotas.check_new_job(db=db, settings=settings, tenant_id=project.tenant_id)
     impl = get_method(method)
     parsed = impl.parse_params(params)
     backbone = backbone or DEFAULT_BACKBONE

@@ -6,12 +6,13 @@ import hashlib
 import hmac
 import secrets
 
-from sqlalchemy import select
+from sqlalchemy import or_, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
+from app.db.base import utcnow
 from app.db.models import ApiKey, Tenant
-from app.errors import Unauthorized
+from app.errors import NotFound, Unauthorized
 
 DEFAULT_TENANT = "default"
 KEY_PREFIX = "dvc_"
@@ -42,6 +43,37 @@ def create_key(*, db: Session, tenant_name: str) -> str:
     db.add(ApiKey(tenant_id=tenant.id, key_hash=hash_key(key), prefix=key[:10]))
     db.commit()
     return key
+
+
+def list_keys(*, db: Session, tenant_name: str | None = None) -> list[ApiKey]:
+    """Every key (or one tenant's), oldest first; revoked keys included."""
+    stmt = select(ApiKey).join(Tenant).order_by(ApiKey.created_at, ApiKey.id)
+    if tenant_name is not None:
+        stmt = stmt.where(Tenant.name == tenant_name)
+    return list(db.scalars(stmt))
+
+
+def revoke_key(*, db: Session, key: str) -> ApiKey:
+    """Revoke a key given by its id (``key_...``), its printed prefix, or the key itself;
+    it answers 401 from the next request on (authentication reads the row every time)."""
+    matches = list(
+        db.scalars(
+            select(ApiKey).where(
+                or_(ApiKey.id == key, ApiKey.prefix == key, ApiKey.key_hash == hash_key(key))
+            )
+        )
+    )
+    if len(matches) != 1:
+        raise NotFound(
+            f"{'No' if not matches else 'More than one'} API key matches {key!r}; "
+            "give its id from `dovecote keys list`.",
+            resource="api_key",
+        )
+    row = matches[0]
+    if row.revoked_at is None:
+        row.revoked_at = utcnow()
+        db.commit()
+    return row
 
 
 _KEYS_HINT = (

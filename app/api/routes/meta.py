@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
-from fastapi import APIRouter
+import hmac
+
+from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, PlainTextResponse
 from sqlalchemy import text
 
 from app.api.deps import SessionDep, SettingsDep, StoreDep, TenantDep
 from app.api.schemas import BackboneOut, MethodOut
-from app.errors import BackboneUnavailable
+from app.errors import BackboneUnavailable, Unauthorized
 from app.services import backbones as learned_backbones
 from app.services import stats
 from app.services.predict import get_predictor
@@ -36,8 +38,15 @@ def readyz(db: SessionDep, store: StoreDep) -> JSONResponse:
 
 
 @router.get("/metrics", tags=["health"], response_class=PlainTextResponse)
-def metrics(db: SessionDep, settings: SettingsDep) -> PlainTextResponse:
-    """Prometheus text exposition: jobs by status, totals, predictor cache sizes."""
+def metrics(request: Request, db: SessionDep, settings: SettingsDep) -> PlainTextResponse:
+    """Prometheus text exposition: jobs by status, totals, predictor cache sizes. Its counts
+    span all tenants: with `DOVECOTE_METRICS_KEY` set it needs that key as a Bearer token."""
+    # Read by hand, not through the `ApiKey` scheme: a tenant's key is not this one.
+    sent = request.headers.get("authorization", "").removeprefix("Bearer ").strip()
+    if settings.metrics_key and not hmac.compare_digest(
+        sent.encode(), settings.metrics_key.encode()
+    ):
+        raise Unauthorized("/metrics needs `Authorization: Bearer <DOVECOTE_METRICS_KEY>`.")
     lines = ["# TYPE dovecote_jobs gauge"]
     for status, count in stats.jobs_by_status(db=db).items():
         lines.append(f'dovecote_jobs{{status="{status}"}} {count}')

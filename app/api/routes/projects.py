@@ -3,7 +3,15 @@ from __future__ import annotations
 from fastapi import APIRouter, Response, status
 from sqlalchemy.orm import Session
 
-from app.api.deps import CursorQuery, LimitQuery, ProjectDep, SessionDep, StoreDep, TenantDep
+from app.api.deps import (
+    CursorQuery,
+    LimitQuery,
+    ProjectDep,
+    SessionDep,
+    SettingsDep,
+    StoreDep,
+    TenantDep,
+)
 from app.api.schemas import (
     ClassOut,
     LabelSetOut,
@@ -13,7 +21,7 @@ from app.api.schemas import (
     ProjectUpdate,
 )
 from app.db.models import Project
-from app.services import label_sets
+from app.services import label_sets, quotas
 from app.services import projects as service
 
 router = APIRouter(prefix="/v1/projects", tags=["projects"])
@@ -50,7 +58,10 @@ def label_sets_out(db: Session, project: Project) -> list[LabelSetOut]:
 
 
 @router.post("", status_code=status.HTTP_201_CREATED)
-def create_project(body: ProjectCreate, db: SessionDep, tenant: TenantDep) -> ProjectOut:
+def create_project(
+    body: ProjectCreate, db: SessionDep, tenant: TenantDep, settings: SettingsDep
+) -> ProjectOut:
+    quotas.check_new_project(db=db, settings=settings, tenant_id=tenant.id)
     project = service.create(
         db=db,
         tenant_id=tenant.id,

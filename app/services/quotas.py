@@ -1,0 +1,119 @@
+"""Per-tenant quotas: what a tenant uses, its limits, and the checks that refuse more.
+
+Every limit is a setting (``DOVECOTE_TENANT_MAX_*``; 0 means no limit). Active jobs are a
+``429`` with ``Retry-After`` (they end, so waiting helps); projects, images and stored bytes
+are a ``403`` (deleting something helps, waiting does not). The checks read the database
+at request time: two requests racing past a limit may both pass it by one request's worth,
+never more.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from sqlalchemy import func, select
+from sqlalchemy.orm import Session
+
+from app.config import Settings
+from app.db.models import Image, Job, Project
+from app.errors import (
+    ImageQuotaExceeded,
+    ProjectQuotaExceeded,
+    StorageQuotaExceeded,
+    TooManyActiveJobs,
+)
+
+ACTIVE = ("queued", "running")
+#: Seconds a client told "too many active jobs" should wait before asking again.
+ACTIVE_JOBS_RETRY_AFTER = 30
+
+
+@dataclass(frozen=True)
+class Usage:
+    active_jobs: int
+    projects: int
+    images: int
+    stored_bytes: int
+
+
+def usage(*, db: Session, tenant_id: str) -> Usage:
+    images, stored = db.execute(
+        select(func.count(Image.id), func.coalesce(func.sum(Image.size_bytes), 0))
+        .join(Project, Image.project_id == Project.id)
+        .where(Project.tenant_id == tenant_id)
+    ).one()
+    return Usage(
+        active_jobs=_active_jobs(db, tenant_id),
+        projects=db.scalar(
+            select(func.count(Project.id)).where(Project.tenant_id == tenant_id)
+        ) or 0,
+        images=int(images),
+        stored_bytes=int(stored),
+    )  # fmt: skip
+
+
+def limits(settings: Settings) -> dict[str, int]:
+    """The limits by the names :class:`Usage` uses (0: none)."""
+    return {
+        "active_jobs": settings.tenant_max_active_jobs,
+        "projects": settings.tenant_max_projects,
+        "images": settings.tenant_max_images,
+        "stored_bytes": settings.tenant_max_stored_bytes,
+    }
+
+
+def _active_jobs(db: Session, tenant_id: str) -> int:
+    return db.scalar(
+        select(func.count(Job.id))
+        .join(Project, Job.project_id == Project.id)
+        .where(Project.tenant_id == tenant_id, Job.status.in_(ACTIVE))
+    ) or 0  # fmt: skip
+
+
+def check_new_job(*, db: Session, settings: Settings, tenant_id: str) -> None:
+    limit = settings.tenant_max_active_jobs
+    if limit and (active := _active_jobs(db, tenant_id)) >= limit:
+        raise TooManyActiveJobs(
+            f"The tenant has {active} queued or running jobs; the limit is {limit} "
+            "(DOVECOTE_TENANT_MAX_ACTIVE_JOBS). Retry when one has finished.",
+            limit="active_jobs",
+            max=limit,
+            retry_after=ACTIVE_JOBS_RETRY_AFTER,
+        )
+
+
+def check_new_project(*, db: Session, settings: Settings, tenant_id: str) -> None:
+    limit = settings.tenant_max_projects
+    if limit and (n := usage(db=db, tenant_id=tenant_id).projects) >= limit:
+        raise ProjectQuotaExceeded(
+            f"The tenant has {n} projects; the limit is {limit} (DOVECOTE_TENANT_MAX_PROJECTS). "
+            "Delete a project first.",
+            limit="projects",
+            max=limit,
+        )
+
+
+def check_new_images(
+    *, db: Session, settings: Settings, tenant_id: str, count: int, size_bytes: int
+) -> None:
+    """Refuse adding ``count`` images of ``size_bytes`` bytes in all past either limit."""
+    if not count:
+        return
+    now = usage(db=db, tenant_id=tenant_id)
+    limit = settings.tenant_max_images
+    if limit and now.images + count > limit:
+        raise ImageQuotaExceeded(
+            f"The tenant stores {now.images} images; {count} more would pass the limit of "
+            f"{limit} (DOVECOTE_TENANT_MAX_IMAGES). Delete images or projects first.",
+            limit="images",
+            max=limit,
+        )
+    limit = settings.tenant_max_stored_bytes
+    if limit and now.stored_bytes + size_bytes > limit:
+        raise StorageQuotaExceeded(
+            f"The tenant stores {now.stored_bytes} bytes of images; {size_bytes} more would "
+            f"pass the limit of {limit} (DOVECOTE_TENANT_MAX_STORED_BYTES). Delete images or "
+            "projects first.",
+            limit="stored_bytes",
+            max=limit,
+        )

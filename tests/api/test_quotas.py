@@ -1,0 +1,188 @@
+"""Per-tenant quotas, the per-key rate limit, /v1/usage, key revocation and /metrics' key."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from fastapi.testclient import TestClient
+
+from app import cli
+from app.api.ratelimit import TokenBuckets
+from tests.api.helpers import assert_problem, client_with_key, digit, image_blobs, new_key, png
+from tests.conftest import Api, make_settings, migrate
+
+
+@pytest.fixture
+def limited(tmp_path: Path, request: pytest.FixtureRequest) -> Iterator[Api]:
+    """An app whose settings are ``make_settings`` plus the test's ``quota`` marker kwargs."""
+    marker = request.node.get_closest_marker("quota")
+    settings = make_settings(tmp_path, **(marker.kwargs if marker else {}))
+    migrate(settings)
+    a = Api(settings)
+    with a.client:
+        yield a
+
+
+def labeled_project(api: Api, client: TestClient | None = None) -> str:
+    client = client or api.client
+    project = client.post("/v1/projects", json={"name": "p"}).json()
+    for label in (0, 1):
+        r = client.post(
+            f"/v1/projects/{project['id']}/images",
+            files=[("files", (f"{label}-{i}.png", digit(label, i))) for i in range(3)],
+            data={"label": str(label)},
+        )
+        assert r.status_code == 201, r.text
+    return project["id"]
+
+
+@pytest.mark.quota(tenant_max_active_jobs=2)
+def test_active_jobs_over_the_limit_is_429_with_retry_after(limited: Api) -> None:
+    pid = labeled_project(limited)
+    for _ in range(2):
+        assert (
+            limited.client.post(f"/v1/projects/{pid}/jobs", json={"method": "knn"}).status_code
+            == 202
+        )
+    r = limited.client.post(f"/v1/projects/{pid}/jobs", json={"method": "knn"})
+    body = assert_problem(r, 429, "too_many_active_jobs")
+    assert int(r.headers["Retry-After"]) > 0
+    assert body["limit"] == "active_jobs" and body["max"] == 2
+    assert "DOVECOTE_TENANT_MAX_ACTIVE_JOBS" in body["detail"]
+    assert len(limited.queued) == 2  # nothing was stored or enqueued for the refused one
+
+    # another tenant is not held back by this one's jobs
+    with client_with_key(limited, new_key(limited.settings, "acme")) as acme:
+        other = labeled_project(limited, acme)
+        assert acme.post(f"/v1/projects/{other}/jobs", json={"method": "knn"}).status_code == 202
+
+    limited.run_queued()  # jobs that ended free their slots
+    assert (
+        limited.client.post(f"/v1/projects/{pid}/jobs", json={"method": "knn"}).status_code == 202
+    )
+
+
+@pytest.mark.quota(tenant_max_projects=2)
+def test_projects_over_the_limit_is_403_naming_it(limited: Api) -> None:
+    first = limited.project("a")
+    limited.project("b")
+    body = assert_problem(
+        limited.client.post("/v1/projects", json={"name": "c"}), 403, "project_quota_exceeded"
+    )
+    assert body["limit"] == "projects" and body["max"] == 2
+    assert "Retry-After" not in limited.client.post("/v1/projects", json={"name": "c"}).headers
+    assert limited.client.delete(f"/v1/projects/{first['id']}").status_code == 204
+    limited.project("c")
+
+
+@pytest.mark.quota(tenant_max_images=3)
+def test_images_over_the_limit_is_403_and_stores_nothing(limited: Api) -> None:
+    pid = limited.project()["id"]
+    assert limited.upload(pid, [("a.png", png(1)), ("b.png", png(2))]).status_code == 201
+    blobs = image_blobs(limited.settings, pid)
+    r = limited.upload(pid, [("c.png", png(3)), ("d.png", png(4))])
+    body = assert_problem(r, 403, "image_quota_exceeded")
+    assert body["limit"] == "images" and body["max"] == 3
+    assert image_blobs(limited.settings, pid) == blobs
+    assert limited.client.get(f"/v1/projects/{pid}").json()["image_count"] == 2
+    # duplicates are not new images; one more fits exactly
+    assert limited.upload(pid, [("a.png", png(1)), ("c.png", png(3))]).status_code == 201
+    assert limited.client.get("/v1/usage").json()["images"] == {"used": 3, "limit": 3}
+
+
+@pytest.mark.quota(tenant_max_stored_bytes=1500)
+def test_stored_bytes_over_the_limit_is_403(limited: Api) -> None:
+    pid = limited.project()["id"]
+    small = png(1, size=(8, 8))
+    assert limited.upload(pid, [("a.png", small)]).status_code == 201
+    r = limited.upload(pid, [("big.png", png(2, size=(40, 40)))])
+    body = assert_problem(r, 403, "storage_quota_exceeded")
+    assert body["limit"] == "stored_bytes" and body["max"] == 1500
+    assert limited.client.get("/v1/usage").json()["stored_bytes"]["used"] == len(small)
+
+
+@pytest.mark.quota(tenant_rate_limit=0.5, tenant_rate_burst=3)
+def test_rate_limit_per_key_is_429_with_retry_after(limited: Api) -> None:
+    for _ in range(3):
+        assert limited.client.get("/v1/projects").status_code == 200
+    r = limited.client.get("/v1/projects")
+    body = assert_problem(r, 429, "rate_limited")
+    assert int(r.headers["Retry-After"]) >= 1
+    assert "DOVECOTE_TENANT_RATE_LIMIT" in body["detail"]
+    # another key has its own bucket; a wrong key is a 401, not a 429
+    with client_with_key(limited, new_key(limited.settings, "acme")) as acme:
+        assert acme.get("/v1/projects").status_code == 200
+    with client_with_key(limited, "wrong") as wrong:
+        assert wrong.get("/v1/projects").status_code == 401
+
+
+def test_token_bucket_refills_at_the_rate() -> None:
+    buckets = TokenBuckets(rate=2.0, burst=2)
+    assert buckets.take("k", now=0.0) is None
+    assert buckets.take("k", now=0.0) is None
+    assert buckets.take("k", now=0.0) == 1  # half a second to the next token, rounded up
+    assert buckets.take("k", now=0.5) is None  # one token back after 1/rate seconds
+    assert buckets.take("k", now=0.5) == 1
+    assert buckets.take("k", now=100.0) is None  # never more than the burst
+    assert buckets.take("k", now=100.0) is None
+    assert buckets.take("k", now=100.0) == 1
+    assert buckets.take("other", now=100.0) is None
+
+
+@pytest.mark.quota(tenant_max_active_jobs=4, tenant_max_projects=5, tenant_max_images=0)
+def test_usage_shows_limits_and_current_use(limited: Api) -> None:
+    pid = labeled_project(limited)
+    limited.client.post(f"/v1/projects/{pid}/jobs", json={"method": "knn"})
+    usage = limited.client.get("/v1/usage").json()
+    assert usage["tenant"] == "default"
+    assert usage["active_jobs"] == {"used": 1, "limit": 4}
+    assert usage["projects"] == {"used": 1, "limit": 5}
+    assert usage["images"] == {"used": 6, "limit": None}  # 0: no limit
+    assert usage["stored_bytes"]["used"] > 0
+    assert usage["rate_limit"] is None
+    with client_with_key(limited, new_key(limited.settings, "acme")) as acme:
+        theirs = acme.get("/v1/usage").json()
+    assert theirs["tenant"] == "acme" and theirs["projects"]["used"] == 0
+    assert theirs["active_jobs"]["used"] == 0
+
+
+def test_revoked_key_is_401_at_once(
+    api: Api, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.setenv("DOVECOTE_DATA_DIR", str(api.settings.data_dir))
+    key = new_key(api.settings, "acme")
+    new_key(api.settings, "other")
+    with client_with_key(api, key) as acme:
+        assert acme.get("/v1/projects").status_code == 200
+        cli.main(["keys", "list", "--tenant", "acme"])
+        listing = capsys.readouterr().out.splitlines()
+        assert len(listing) == 2 and key not in listing[1]  # a header, one key, never the key
+        key_id, tenant, prefix, _, revoked = listing[1].split("\t")
+        assert (tenant, prefix, revoked) == ("acme", key[:10] + "...", "-")
+
+        cli.main(["keys", "revoke", key_id])
+        assert "revoked" in capsys.readouterr().out
+        assert_problem(acme.get("/v1/projects"), 401, "unauthorized")
+
+    cli.main(["keys", "list"])
+    rows = [line.split("\t") for line in capsys.readouterr().out.splitlines()[1:]]
+    assert {r[1]: r[4] != "-" for r in rows} == {"acme": True, "other": False}
+    with pytest.raises(SystemExit, match="No API key matches"):
+        cli.main(["keys", "revoke", "key_nope"])
+
+
+@pytest.mark.quota(metrics_key="scrape-secret")
+def test_metrics_can_require_a_key(limited: Api) -> None:
+    with client_with_key(limited, None) as anonymous:
+        assert_problem(anonymous.get("/metrics"), 401, "unauthorized")
+    assert_problem(limited.client.get("/metrics"), 401, "unauthorized")  # a tenant key is not it
+    with client_with_key(limited, "scrape-secret") as scraper:
+        r = scraper.get("/metrics")
+    assert r.status_code == 200 and "dovecote_jobs" in r.text
+
+
+def test_metrics_open_without_a_metrics_key(api: Api) -> None:
+    with client_with_key(api, None) as anonymous:
+        assert anonymous.get("/metrics").status_code == 200
