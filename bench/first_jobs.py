@@ -12,6 +12,7 @@ stretch during which neither ``progress`` nor ``stage`` changed.
 
 from __future__ import annotations
 
+import itertools
 import time
 from typing import Any
 
@@ -34,7 +35,7 @@ def job_timeline(http: Any, project_id: str, method: str) -> dict[str, Any]:
         time.sleep(0.05)
     assert job["status"] == "succeeded", job
     times = [t for t, _, _ in changes] + [now]
-    gaps = [(b - a, changes[i]) for i, (a, b) in enumerate(zip(times, times[1:], strict=False))]
+    gaps = [(b - a, changes[i]) for i, (a, b) in enumerate(itertools.pairwise(times))]
     silent, (_, progress, stage) = max(gaps, key=lambda g: g[0])
     return {"total": now, "silent": silent, "at": f"{progress:.2f} {stage}", "stages": len(changes)}
 
