@@ -69,6 +69,12 @@ class Settings(BaseSettings):
     sweep_interval_seconds: float = Field(30.0, description="How often a worker runs the sweep.")
     predictor_max_backbones: int = Field(4, description="Backbones kept in the predictor cache.")
     predictor_max_heads: int = Field(1024, description="Model heads kept in the predictor cache.")
+    predict_max_files: int = Field(
+        64, ge=1, description="Files one predict request may carry; more is `413 too_many_files`."
+    )
+    predict_batch_size: int = Field(
+        16, ge=1, description="Images decoded and run through the backbone at once by predict."
+    )
     tenant_max_active_jobs: int = Field(
         4, description="Queued plus running jobs a tenant may have (0: no limit); more is a 429."
     )

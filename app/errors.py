@@ -64,6 +64,13 @@ class UploadTooLarge(DovecoteError):
     title = "Upload too large"
 
 
+class TooManyFiles(UploadTooLarge):
+    """More files in one request than a setting allows: ``limit`` names it."""
+
+    code = "too_many_files"
+    title = "Too many files in one request"
+
+
 class ImageUndecodable(InvalidInput):
     code = "image_undecodable"
     title = "Not a decodable image"

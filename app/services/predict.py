@@ -12,7 +12,13 @@ from sqlalchemy.orm import Session
 
 from app.config import Settings
 from app.db.models import Model, Project, ProjectClass
-from app.errors import ImageTooLarge, ImageUndecodable, InvalidInput, ProjectHasNoModel
+from app.errors import (
+    ImageTooLarge,
+    ImageUndecodable,
+    InvalidInput,
+    ProjectHasNoModel,
+    TooManyFiles,
+)
 from app.services.images import Rejection
 from app.storage import BlobStore
 from app.transfer.export import FORMATS as EXPORT_FORMATS
@@ -27,6 +33,7 @@ __all__ = [
     "ExportFormat",
     "PredictResult",
     "Prediction",
+    "check_file_count",
     "default_model",
     "evict",
     "export",
@@ -44,7 +51,20 @@ def get_predictor(settings: Settings) -> Predictor:
         weights_dir=settings.weights_dir,
         allow_hub=settings.allow_hub,
         max_pixels=settings.max_image_pixels,
+        batch_size=settings.predict_batch_size,
     )
+
+
+def check_file_count(*, settings: Settings, count: int) -> None:
+    """Refuse a request with more files than ``DOVECOTE_PREDICT_MAX_FILES``, before any is read."""
+    limit = settings.predict_max_files
+    if count > limit:
+        raise TooManyFiles(
+            f"{count} files in one request; at most {limit} are allowed "
+            f"(DOVECOTE_PREDICT_MAX_FILES). Split them over several requests.",
+            limit=limit,
+            files=count,
+        )
 
 
 def default_model(*, db: Session, project: Project) -> Model:
@@ -74,10 +94,13 @@ def predict(
 ) -> PredictResult:
     """Predict every file; an unreadable image is rejected by name, the others still answer.
 
-    The batch runs in one pass; only when it holds an unreadable image are the files
-    predicted one by one to tell which. When no file is readable, its problem is raised."""
+    Files go through the predictor ``DOVECOTE_PREDICT_BATCH_SIZE`` at a time (memory flat in
+    their number), at most ``DOVECOTE_PREDICT_MAX_FILES`` of them. A chunk runs in one pass;
+    only when it holds an unreadable image are its files predicted one by one to tell which.
+    When no file is readable, its problem is raised."""
     if not files:
         raise InvalidInput("Send one or more images in the multipart field `files`.", field="files")
+    check_file_count(settings=settings, count=len(files))
     if not 1 <= top_k <= MAX_TOP_K:
         raise InvalidInput(f"top_k must be between 1 and {MAX_TOP_K}.", field="top_k")
     if isinstance(reject_below, float | int) and not 0 <= reject_below <= 1:
@@ -90,16 +113,22 @@ def predict(
             top_k=top_k, reject_below=reject_below, negative=negative,
         )  # fmt: skip
 
-    try:
-        return PredictResult(predicted=list(enumerate(run([data for _, data in files]))))
-    except (ImageUndecodable, ImageTooLarge):
-        pass
     result = PredictResult()
-    for i, (name, data) in enumerate(files):
+    size = settings.predict_batch_size
+    for start in range(0, len(files), size):
+        chunk = files[start : start + size]
         try:
-            result.predicted.append((i, run([data])[0]))
-        except (ImageUndecodable, ImageTooLarge) as exc:
-            result.rejected.append(Rejection(name, exc))
+            predicted = run([data for _, data in chunk])
+        except (ImageUndecodable, ImageTooLarge):
+            pass
+        else:
+            result.predicted.extend(enumerate(predicted, start))
+            continue
+        for i, (name, data) in enumerate(chunk, start):
+            try:
+                result.predicted.append((i, run([data])[0]))
+            except (ImageUndecodable, ImageTooLarge) as exc:
+                result.rejected.append(Rejection(name, exc))
     if not result.predicted:
         first = result.rejected[0]
         raise type(first.error)(

@@ -146,7 +146,11 @@ class Predictor:
         weights_dir: Path | None = None,
         allow_hub: bool = False,
         max_pixels: int = 50_000_000,
+        batch_size: int = 16,
     ) -> None:
+        if batch_size < 1:
+            raise ValueError("batch_size must be at least 1")
+        self.batch_size = batch_size
         self.backbones: LRUCache[tuple[str, str], Backbone] = LRUCache(max_backbones)
         self.models: LRUCache[str, TrainedModel] = LRUCache(max_heads)
         self.weights_dir = weights_dir
@@ -177,6 +181,11 @@ class Predictor:
             [load_for_model(b, model.preprocessing, max_pixels=self.max_pixels) for b in images]
         )
 
+    def _chunks(self, n: int) -> range:
+        """Start indices of the ``batch_size`` chunks of ``n`` images: decoded tensors and
+        activations are held for one chunk at a time, so memory is flat in ``n``."""
+        return range(0, n, self.batch_size)
+
     def localize(
         self,
         model_key: str,
@@ -192,16 +201,17 @@ class Predictor:
         model = self.load(model_key, read)
         wanted = [i for i, label in enumerate(labels) if label in model.classes]
         out: list[Localization | None] = [None] * len(images)
-        if wanted:
+        for start in self._chunks(len(wanted)):
+            chunk = wanted[start : start + self.batch_size]
             found = localize(
                 self._backbone_for(model_key, model),
                 model.head,
-                self._batch(model, [images[i] for i in wanted]),
+                self._batch(model, [images[i] for i in chunk]),
                 model.classes,
-                [model.classes.index(labels[i]) for i in wanted],
+                [model.classes.index(labels[i]) for i in chunk],
                 threshold=threshold,
             )
-            for i, loc in zip(wanted, found, strict=True):
+            for i, loc in zip(chunk, found, strict=True):
                 out[i] = loc
         return out
 
@@ -225,11 +235,26 @@ class Predictor:
 
         A top score below ``reject_below`` (``"default"``: the model's own threshold, chosen
         on validation data at training) answers ``label=None``; a label in ``negative``
-        is flagged as a negative class."""
+        is flagged as a negative class. Images are decoded and embedded ``batch_size`` at a
+        time."""
         model = self.load(model_key, read)
         threshold = reject_threshold(model, reject_below)
         backbone = self._backbone_for(model_key, model)
-        batch = self._batch(model, images)
+        out: list[Prediction] = []
+        for start in self._chunks(len(images)):
+            batch = self._batch(model, images[start : start + self.batch_size])
+            out.extend(self._predict_batch(model, backbone, batch, top_k, threshold, negative))
+        return out
+
+    @staticmethod
+    def _predict_batch(
+        model: TrainedModel,
+        backbone: Backbone,
+        batch: torch.Tensor,
+        top_k: int,
+        threshold: float | None,
+        negative: Collection[str],
+    ) -> list[Prediction]:
         feats = torch.from_numpy(embed_tensors(backbone, batch))
         with torch.inference_mode():
             probs = model.head(feats)

@@ -373,6 +373,31 @@ def test_predict_answers_per_file_around_a_non_image(
         assert problem["filename"] == name and name in problem["detail"]
 
 
+def test_predict_runs_in_chunks_and_caps_the_files(trained: tuple[Api, str, dict]) -> None:
+    """Chunks of DOVECOTE_PREDICT_BATCH_SIZE answer as one pass would, a bad file rejected
+    within its chunk; more than DOVECOTE_PREDICT_MAX_FILES files is 413 too_many_files."""
+    api, pid, job = trained
+    mid = job["model_id"]
+    probes = [(f"p{i}.png", digit(i % 3, 30 + i)) for i in range(5)]
+    whole = api.client.post(f"/v1/models/{mid}/predict", files=files(*probes)).json()
+    small = Api(make_settings(api.settings.data_dir, predict_batch_size=2, predict_max_files=6))
+    with small.client:
+        mixed = [*probes[:3], ("notes.txt", b"not an image"), *probes[3:]]
+        r = small.client.post(f"/v1/models/{mid}/predict", files=files(*mixed))
+        assert r.status_code == 207, r.text
+        body = r.json()
+        assert [p["filename"] for p in body["predictions"]] == [n for n, _ in probes]
+        assert [x["filename"] for x in body["rejected"]] == ["notes.txt"]
+        for a, b in zip(whole["predictions"], body["predictions"], strict=True):
+            assert a["label"] == b["label"]
+            assert math.isclose(a["score"], b["score"], rel_tol=1e-3)
+        for url in (f"/v1/models/{mid}/predict", f"/v1/projects/{pid}/predict"):
+            r = small.client.post(url, files=files(*mixed, ("extra.png", digit(0))))
+            problem = assert_problem(r, 413, "too_many_files")
+            assert problem["limit"] == 6 and "6" in problem["detail"]
+            assert "DOVECOTE_PREDICT_MAX_FILES" in problem["detail"]
+
+
 def test_predict_without_files_is_422(trained: tuple[Api, str, dict]) -> None:
     api, _, job = trained
     r = api.client.post(f"/v1/models/{job['model_id']}/predict")

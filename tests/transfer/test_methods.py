@@ -76,6 +76,30 @@ def test_predictor_shares_one_backbone_across_models() -> None:
     assert sum(s for _, s in pa.scores) == pytest.approx(1.0, abs=1e-5)
 
 
+def test_predictor_runs_images_in_chunks_of_batch_size(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Forward passes of at most ``batch_size`` images (memory flat in their number), and
+    the same answers as one pass."""
+    import app.transfer.predictor as predictor_module
+
+    model = get_method("linear_probe").fit(digits_data(6))
+    read = model.to_files().__getitem__
+    images = [png for _, png in digit_images(2, CLASSES, offset=30)][:7]
+    whole = Predictor(batch_size=64).predict("m", read, images)
+    passes: list[int] = []
+    original = predictor_module.embed_tensors
+
+    def counting(backbone, batch):  # type: ignore[no-untyped-def]
+        passes.append(len(batch))
+        return original(backbone, batch)
+
+    monkeypatch.setattr(predictor_module, "embed_tensors", counting)
+    chunked = Predictor(batch_size=3).predict("m", read, images)
+    assert passes == [3, 3, 1]
+    assert [p.label for p in chunked] == [p.label for p in whole]
+    for a, b in zip(chunked, whole, strict=True):
+        assert a.score == pytest.approx(b.score, rel=1e-4)
+
+
 def test_feature_cache_computes_only_new_images(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -153,6 +153,7 @@ def _predict(
     db: SessionDep,
     reject_below: float | Literal["default"] | None = None,
 ) -> JSONResponse:
+    predict_service.check_file_count(settings=settings, count=len(files))
     named = [(f.filename or f"file {i + 1}", f.file.read()) for i, f in enumerate(files)]
     result = predict_service.predict(
         settings=settings, store=store, model=model, files=named, top_k=top_k,
