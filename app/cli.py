@@ -9,11 +9,15 @@ import os
 import signal
 import subprocess
 import sys
+import threading
+import time
 from pathlib import Path
 
 from dovecote import cli as user_cli
 
 MIGRATIONS_DIR = Path(__file__).resolve().parent.parent / "migrations"
+WORKER_STOP_SECONDS = 30  # how long `serve` lets its worker finish the running job
+PR_SET_PDEATHSIG = 1  # <linux/prctl.h>
 
 
 def _apply_data_dir(data_dir: str | None) -> None:
@@ -58,7 +62,28 @@ def cmd_migrate(args: argparse.Namespace) -> None:
     print("database is at the latest migration")
 
 
+def _stop_with_parent(parent: int) -> None:
+    """Stop this process (SIGTERM, Celery's warm shutdown) when process ``parent`` ends, even
+    by SIGKILL: Linux's ``PR_SET_PDEATHSIG``, elsewhere a thread that polls the parent."""
+    if sys.platform.startswith("linux"):
+        import ctypes
+
+        ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
+    else:
+
+        def watch() -> None:
+            while os.getppid() == parent:
+                time.sleep(1)
+            os.kill(os.getpid(), signal.SIGTERM)
+
+        threading.Thread(target=watch, name="stop-with-parent", daemon=True).start()
+    if os.getppid() != parent:  # it ended before we asked
+        sys.exit(0)
+
+
 def cmd_worker(args: argparse.Namespace) -> None:
+    if args.stop_with_parent is not None:
+        _stop_with_parent(args.stop_with_parent)
     _apply_data_dir(args.data_dir)
     _configure_torch()
     from worker.celery_app import celery
@@ -74,34 +99,60 @@ def cmd_worker(args: argparse.Namespace) -> None:
     )
 
 
-def cmd_serve(args: argparse.Namespace) -> None:
-    """API plus one worker process, everything embedded under the data directory."""
-    _apply_data_dir(args.data_dir)
-    migrate()
-    _configure_torch()
-    import uvicorn
+def _exit_on_signal(signum: int, _frame: object) -> None:
+    raise SystemExit(128 + signum)
 
-    from app.api.main import create_app
-    from app.config import get_settings
 
-    settings = get_settings()
-    worker = None
-    if not args.no_worker:
-        worker = subprocess.Popen(
-            [sys.executable, "-m", "app.cli", "worker", "--data-dir", str(settings.data_dir)]
-        )
-    print(f"Dovecote on http://{args.host}:{args.port}  (docs: /docs, data: {settings.data_dir})")
-    if not settings.api_key:
-        print("warning: DOVECOTE_API_KEY is not set; create keys with `dovecote keys create`")
+def _stop_worker(worker: subprocess.Popen[bytes]) -> None:
+    """SIGTERM (Celery's warm shutdown: the running job may finish), SIGKILL after
+    ``WORKER_STOP_SECONDS`` or at a second signal (late acks requeue the job)."""
+    if worker.poll() is not None:
+        return
+    worker.send_signal(signal.SIGTERM)
     try:
+        worker.wait(timeout=WORKER_STOP_SECONDS)
+    except subprocess.TimeoutExpired:
+        pass
+    finally:  # also on a second SIGTERM or Ctrl-C while waiting
+        if worker.poll() is None:
+            worker.kill()
+            worker.wait()
+
+
+def cmd_serve(args: argparse.Namespace) -> None:
+    """API plus one worker process, everything embedded under the data directory.
+
+    The worker stops with the server, every time: SIGTERM and SIGHUP become ``SystemExit``
+    (uvicorn re-raises the signal it shut down on, whose default action would end this
+    process without ``finally``), so the worker is stopped on the way out; and the worker
+    itself ends when this process dies in a way that runs no code (SIGKILL)."""
+    for signum in (signal.SIGTERM, signal.SIGHUP):
+        signal.signal(signum, _exit_on_signal)
+    _apply_data_dir(args.data_dir)
+    worker = None
+    try:
+        migrate()
+        _configure_torch()
+        import uvicorn
+
+        from app.api.main import create_app
+        from app.config import get_settings
+
+        settings = get_settings()
+        if not args.no_worker:
+            worker = subprocess.Popen(
+                [sys.executable, "-m", "app.cli", "worker", "--data-dir", str(settings.data_dir),
+                 "--stop-with-parent", str(os.getpid())]
+            )  # fmt: skip
+        print(
+            f"Dovecote on http://{args.host}:{args.port}  (docs: /docs, data: {settings.data_dir})"
+        )
+        if not settings.api_key:
+            print("warning: DOVECOTE_API_KEY is not set; create keys with `dovecote keys create`")
         uvicorn.run(create_app(settings), host=args.host, port=args.port, log_level="info")
     finally:
         if worker is not None:
-            worker.send_signal(signal.SIGTERM)
-            try:
-                worker.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                worker.kill()
+            _stop_worker(worker)
 
 
 def cmd_keys_create(args: argparse.Namespace) -> None:
@@ -167,6 +218,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     work = with_data_dir(sub.add_parser("worker", help="run a training worker"))
     work.add_argument("--loglevel", default="INFO")
+    work.add_argument("--stop-with-parent", type=int, metavar="PID", help=argparse.SUPPRESS)
     work.set_defaults(func=cmd_worker)
 
     with_data_dir(sub.add_parser("migrate", help="upgrade the database")).set_defaults(
