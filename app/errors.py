@@ -206,6 +206,26 @@ class LabelSetTooSmall(InvalidInput):
     title = "A label set has too few labeled images"
 
 
+class InvalidAliasName(InvalidInput):
+    code = "invalid_alias_name"
+    title = "Invalid alias name"
+
+
+class ModelNotInProject(InvalidInput):
+    code = "model_not_in_project"
+    title = "No such model in this project"
+
+
+class AliasNotFound(NotFound):
+    code = "alias_not_found"
+    title = "No such alias"
+
+
+class NothingToRollBack(Conflict):
+    code = "nothing_to_roll_back"
+    title = "The alias has no earlier model to go back to"
+
+
 class BackboneInUse(Conflict):
     code = "backbone_in_use"
     title = "A learned backbone other models or jobs depend on"

@@ -85,6 +85,7 @@ def run_job(
         project = db.get(Project, job.project_id)
         assert project is not None  # jobs are deleted with their project
         data = training_data.load(db=db, settings=settings, project=project, backbone=job.backbone)
+        labeled_images = sum(1 for s in data.samples if s.label is not None)
 
     store = open_store(settings.resolved_storage_url)
     beat = _Heartbeat(settings, job_id, token)
@@ -97,7 +98,9 @@ def run_job(
         with session_scope(url) as db:
             job = db.get(Job, job_id)
             assert job is not None
-            model = models_service.save_trained(db=db, store=store, job=job, trained=trained)
+            model = models_service.save_trained(
+                db=db, store=store, job=job, trained=trained, labeled_images=labeled_images
+            )
             jobs_service.succeed(db=db, job_id=job_id, token=token, model_id=model.id)
         return "succeeded"
     except JobCancelled:

@@ -14,6 +14,7 @@ from app.config import Settings
 from app.db.models import Project, Tenant
 from app.db.session import get_sessionmaker
 from app.errors import RateLimited
+from app.services import aliases as aliases_service
 from app.services import projects as projects_service
 from app.services import tenants as tenants_service
 from app.storage import BlobStore, open_store
@@ -79,6 +80,20 @@ def current_tenant(
 
 
 TenantDep = Annotated[Tenant, Depends(current_tenant)]
+
+
+def current_actor(
+    db: SessionDep,
+    settings: SettingsDep,
+    tenant: TenantDep,
+    credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(bearer)],
+) -> aliases_service.Actor:
+    """Who is calling (which API key of which tenant), for histories."""
+    key = credentials.credentials.strip() if credentials else None
+    return aliases_service.actor_of(db=db, tenant=tenant, key=key, admin_key=settings.api_key)
+
+
+ActorDep = Annotated[aliases_service.Actor, Depends(current_actor)]
 
 
 def current_project(project_id: str, db: SessionDep, tenant: TenantDep) -> Project:

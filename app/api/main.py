@@ -12,7 +12,7 @@ import app
 from app.api import problems
 from app.api.limits import BodySizeLimit
 from app.api.ratelimit import TokenBuckets
-from app.api.routes import images, jobs, meta, models, projects, usage
+from app.api.routes import aliases, images, jobs, meta, models, projects, usage
 from app.config import Settings, get_settings
 from app.services import backbones as learned_backbones
 
@@ -47,7 +47,8 @@ def create_app(
     )
     problems.install(api)
     for router in (
-        meta.router, projects.router, images.router, jobs.router, models.router, usage.router
+        meta.router, projects.router, images.router, jobs.router, models.router, usage.router,
+        aliases.router,
     ):  # fmt: skip
         api.include_router(router)
     api.add_middleware(BodySizeLimit, max_bytes=settings.max_upload_bytes)

@@ -99,7 +99,8 @@ class ProjectOut(BaseModel):
         default_factory=list, description="Named label sets over the images, besides `label`."
     )
     image_count: int
-    default_model_id: str | None
+    default_model_id: str | None = Field(description="The model of the alias `production`.")
+    default_model_version: int | None = None
     created_at: UTCDatetime
 
 
@@ -166,6 +167,25 @@ def _method_field(default: Any = ...) -> Any:
 
 
 JobStatus = Literal["queued", "running", "succeeded", "failed", "cancelled"]
+PromotePolicy = Literal["auto", "always", "never"]
+PROMOTE_DESCRIPTION = (
+    "Whether the new model becomes the project's `production` alias (what its /predict "
+    "serves): `always`; `never`; `auto` (default): when the project has no production model, "
+    "or when the current one is stale (trained on another class set than the project has "
+    "now, or on fewer labeled images than it holds now) and the new model is not flagged "
+    "`negative_transfer` and beats its own baseline."
+)
+
+
+class PromotionOut(BaseModel):
+    """Whether a job's model was made `production`, and why."""
+
+    promoted: bool
+    policy: PromotePolicy
+    reason: str = Field(description="Why, for people.")
+    alias: str = "production"
+    previous_model_id: str | None = Field(description="Production before this job ended.")
+    previous_version: int | None
 
 
 class JobCreate(BaseModel):
@@ -177,6 +197,7 @@ class JobCreate(BaseModel):
     params: dict[str, Any] | None = Field(
         None, description="The method's params (`params_schema` in `GET /v1/methods`)."
     )
+    promote: PromotePolicy = Field("auto", description=PROMOTE_DESCRIPTION)
 
 
 def job_create_examples() -> dict[str, dict[str, Any]]:
@@ -213,6 +234,10 @@ class JobOut(BaseModel):
         description="Per-epoch records: epoch, losses, accuracy, seconds, ETA.",
     )
     model_id: str | None
+    promote: PromotePolicy = "auto"
+    promotion: PromotionOut | None = Field(
+        None, description="Set when the job made a model: whether it was promoted, and why."
+    )
     attempts: int
     cancel_requested: bool
     created_at: UTCDatetime
@@ -270,6 +295,13 @@ class ModelOut(BaseModel):
     backbone: str
     classes: list[str]
     metrics: Metrics
+    version: int = Field(description="Per-project version number: 1, 2, ... (shown as `v1`).")
+    aliases: list[str] = Field(
+        default_factory=list, description="The project's aliases pointing to it (`production`...)."
+    )
+    promotion: PromotionOut | None = Field(
+        None, description="Whether its job made it `production`, and why."
+    )
     created_at: UTCDatetime
 
     @field_serializer("metrics")
@@ -282,6 +314,35 @@ class ModelOut(BaseModel):
 class DefaultModelIn(BaseModel):
     model_config = ConfigDict(extra="forbid")
     model_id: str
+
+
+class AliasIn(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    model_id: str
+
+
+class AliasOut(BaseModel):
+    name: str
+    model_id: str | None = Field(description="null: the alias points to no model.")
+    version: int | None
+
+
+class AliasEventOut(BaseModel):
+    """One move of an alias."""
+
+    model_config = ConfigDict(from_attributes=True)
+    id: int
+    alias: str
+    action: Literal["put", "delete", "default-model", "promotion", "rollback", "model-deleted"]
+    from_model_id: str | None
+    from_version: int | None
+    to_model_id: str | None = Field(description="null: the alias was cleared.")
+    to_version: int | None
+    reason: str
+    actor: str = Field(description="Who: an API key (prefix and id), or a job, with the tenant.")
+    tenant_id: str | None
+    api_key_id: str | None = Field(description="null: the admin key, or the system.")
+    created_at: UTCDatetime
 
 
 class Score(BaseModel):
@@ -335,6 +396,12 @@ class PredictionOut(BaseModel):
 
 class PredictOut(BaseModel):
     model_id: str
+    version: int = Field(description="The model's per-project version number.")
+    alias: str | None = Field(
+        None,
+        description="The alias that chose the model (project predict: `production` unless "
+        "`?alias=`); null when predicting with a model id.",
+    )
     predictions: list[PredictionOut] = Field(description="The readable files, in request order.")
     rejected: list[Rejected] = Field(
         default_factory=list,

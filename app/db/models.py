@@ -54,7 +54,10 @@ class Project(Base):
     tenant_id: Mapped[str] = mapped_column(ForeignKey("tenants.id", ondelete="CASCADE"), index=True)
     name: Mapped[str] = mapped_column(String(200))
     description: Mapped[str] = mapped_column(Text, default="")
+    # The model the alias ``production`` points to: what the project's /predict serves.
     default_model_id: Mapped[str | None] = mapped_column(String(40))
+    # The version number its last model took (models are v1, v2, ...; never reused).
+    last_model_version: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
     created_at: Mapped[datetime] = mapped_column(Timestamp, default=utcnow)
 
     classes: Mapped[list[ProjectClass]] = relationship(
@@ -165,6 +168,9 @@ class Job(Base):
     # Per-epoch records of iterative methods: epoch, losses, validation accuracy, seconds, ETA.
     history: Mapped[list[dict[str, Any]]] = mapped_column(JSON, default=list)
     model_id: Mapped[str | None] = mapped_column(String(40))
+    # Promotion policy of its model: ``auto`` | ``always`` | ``never``; and what happened.
+    promote: Mapped[str] = mapped_column(String(8), default="auto", server_default="auto")
+    promotion: Mapped[dict[str, Any] | None] = mapped_column(JSON)
     cancel_requested: Mapped[bool] = mapped_column(Boolean, default=False)
     attempts: Mapped[int] = mapped_column(Integer, default=0)
     run_token: Mapped[str | None] = mapped_column(String(40))
@@ -176,6 +182,7 @@ class Job(Base):
 
 class Model(Base):
     __tablename__ = "models"
+    __table_args__ = (UniqueConstraint("project_id", "version"),)
 
     id: Mapped[str] = mapped_column(String(40), primary_key=True, default=lambda: new_id("mdl"))
     project_id: Mapped[str] = mapped_column(
@@ -188,4 +195,47 @@ class Model(Base):
     classes: Mapped[list[str]] = mapped_column(JSON)
     metrics: Mapped[dict[str, Any]] = mapped_column(JSON)
     artifact_prefix: Mapped[str] = mapped_column(String(200))
+    # Per-project version number: 1, 2, ... in creation order.
+    version: Mapped[int] = mapped_column(Integer)
+    # Labeled images of the project when its job ran (null: not known, older models).
+    labeled_images: Mapped[int | None] = mapped_column(Integer)
+    # Whether its job moved ``production`` to it, and why.
+    promotion: Mapped[dict[str, Any] | None] = mapped_column(JSON)
+    created_at: Mapped[datetime] = mapped_column(Timestamp, default=utcnow)
+
+
+class ModelAlias(Base):
+    """A named pointer to one of the project's models (``staging``, ...). ``production`` is
+    not a row: it is :attr:`Project.default_model_id`."""
+
+    __tablename__ = "model_aliases"
+
+    project_id: Mapped[str] = mapped_column(
+        ForeignKey("projects.id", ondelete="CASCADE"), primary_key=True
+    )
+    name: Mapped[str] = mapped_column(String(64), primary_key=True)
+    model_id: Mapped[str] = mapped_column(String(40))
+    updated_at: Mapped[datetime] = mapped_column(Timestamp, default=utcnow)
+
+
+class AliasEvent(Base):
+    """One move of an alias: who, from which model, to which (null: cleared), when, why."""
+
+    __tablename__ = "alias_events"
+    __table_args__ = (Index("ix_alias_events_project_id_alias", "project_id", "alias"),)
+
+    # Autoincrement: events of one alias replay in exactly the order they happened.
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    project_id: Mapped[str] = mapped_column(ForeignKey("projects.id", ondelete="CASCADE"))
+    alias: Mapped[str] = mapped_column(String(64))
+    from_model_id: Mapped[str | None] = mapped_column(String(40))
+    from_version: Mapped[int | None] = mapped_column(Integer)
+    to_model_id: Mapped[str | None] = mapped_column(String(40))
+    to_version: Mapped[int | None] = mapped_column(Integer)
+    # put | delete | default-model | promotion | rollback | model-deleted
+    action: Mapped[str] = mapped_column(String(20))
+    reason: Mapped[str] = mapped_column(Text, default="")
+    tenant_id: Mapped[str | None] = mapped_column(String(40))
+    api_key_id: Mapped[str | None] = mapped_column(String(40))
+    actor: Mapped[str] = mapped_column(String(200))
     created_at: Mapped[datetime] = mapped_column(Timestamp, default=utcnow)

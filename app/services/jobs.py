@@ -42,9 +42,11 @@ def create(
     backbone: str | None,
     params: dict[str, Any] | None,
     enqueue: Callable[[str], None],
+    promote: str = "auto",
 ) -> Job:
     """Check the tenant's active-job quota; validate method, params, backbone and data;
-    then store and enqueue the job."""
+    then store and enqueue the job. ``promote``: its model's promotion policy
+    (:func:`app.services.aliases.promote_trained`)."""
     quotas.check_new_job(db=db, settings=settings, tenant_id=project.tenant_id)
     impl = get_method(method)
     parsed = impl.parse_params(params)
@@ -62,6 +64,7 @@ def create(
         method=method,
         backbone=backbone,
         params=parsed.model_dump(mode="json"),
+        promote=promote,
         status="queued",
         stage="queued",
     )

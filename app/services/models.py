@@ -11,7 +11,7 @@ from app.db.base import new_id
 from app.db.models import Job, Model, Project
 from app.db.session import session_scope
 from app.errors import InvalidInput, TeacherNotInProject
-from app.services import backbones
+from app.services import aliases, backbones
 from app.services.scoping import get_owned, list_in_project
 from app.storage import BlobStore, open_store
 from app.transfer.artifacts import TrainedModel
@@ -21,8 +21,17 @@ def artifact_prefix(project_id: str, model_id: str) -> str:
     return f"models/{project_id}/{model_id}"
 
 
-def save_trained(*, db: Session, store: BlobStore, job: Job, trained: TrainedModel) -> Model:
-    """Write the artifact, then its row. A job yields one model: a rerun returns the first."""
+def save_trained(
+    *,
+    db: Session,
+    store: BlobStore,
+    job: Job,
+    trained: TrainedModel,
+    labeled_images: int | None = None,
+) -> Model:
+    """Write the artifact, then its row (with the project's next version), then apply the
+    job's promotion policy (:func:`aliases.promote_trained`). A job yields one model: a
+    rerun returns the first. ``labeled_images``: the project's labeled images it saw."""
     existing = db.scalar(select(Model).where(Model.job_id == job.id))
     if existing is not None:
         return existing
@@ -39,13 +48,13 @@ def save_trained(*, db: Session, store: BlobStore, job: Job, trained: TrainedMod
         classes=trained.classes,
         metrics=trained.metrics,
         artifact_prefix=prefix,
+        version=aliases.next_version(db=db, project_id=job.project_id),
+        labeled_images=labeled_images,
     )
     db.add(model)
     try:
         db.flush()
-        project = db.get(Project, job.project_id)
-        if project is not None and project.default_model_id is None:
-            project.default_model_id = model.id
+        aliases.promote_trained(db=db, job=job, model=model)
         db.commit()
     except IntegrityError:
         db.rollback()
@@ -79,21 +88,29 @@ def load_trained(*, settings: Settings, project_id: str, model_id: str) -> Train
     return TrainedModel.from_files(lambda name: store.get(f"{prefix}/{name}"))
 
 
-def set_default(*, db: Session, project: Project, model_id: str) -> Project:
+def set_default(
+    *, db: Session, project: Project, model_id: str, actor: aliases.Actor | None = None
+) -> Project:
+    """Point ``production`` at ``model_id`` (the alias PUT, with this route's own error)."""
     model = db.get(Model, model_id)
     if model is None or model.project_id != project.id:
         raise InvalidInput(f"Model {model_id!r} does not belong to this project.", field="model_id")
-    project.default_model_id = model.id
-    db.commit()
+    aliases.point(
+        db=db, project=project, name=aliases.PRODUCTION, model_id=model.id,
+        actor=actor or aliases.Actor("unknown"), action="default-model",
+        reason="POST /default-model",
+    )  # fmt: skip
     return project
 
 
-def delete(*, db: Session, store: BlobStore, model: Model) -> None:
+def delete(
+    *, db: Session, store: BlobStore, model: Model, actor: aliases.Actor | None = None
+) -> None:
+    """Delete the model; an alias pointing to it goes back to its previous model that
+    still exists, or is cleared."""
     if model.method == backbones.METHOD:
         backbones.check_deletable(db=db, model_ids=[model.id], deleting_project=None)
-    project = db.get(Project, model.project_id)
-    if project is not None and project.default_model_id == model.id:
-        project.default_model_id = None
+    aliases.on_model_deleted(db=db, model=model, actor=actor or aliases.Actor("unknown"))
     prefix = model.artifact_prefix
     db.delete(model)
     db.commit()

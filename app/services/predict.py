@@ -12,13 +12,8 @@ from sqlalchemy.orm import Session
 
 from app.config import Settings
 from app.db.models import Model, Project, ProjectClass
-from app.errors import (
-    ImageTooLarge,
-    ImageUndecodable,
-    InvalidInput,
-    ProjectHasNoModel,
-    TooManyFiles,
-)
+from app.errors import ImageTooLarge, ImageUndecodable, InvalidInput, TooManyFiles
+from app.services import aliases
 from app.services.images import Rejection
 from app.storage import BlobStore
 from app.transfer.export import FORMATS as EXPORT_FORMATS
@@ -68,10 +63,8 @@ def check_file_count(*, settings: Settings, count: int) -> None:
 
 
 def default_model(*, db: Session, project: Project) -> Model:
-    model = db.get(Model, project.default_model_id) if project.default_model_id else None
-    if model is None:
-        raise ProjectHasNoModel(f"Project {project.id} has no trained model yet; train one first.")
-    return model
+    """The model of the project's ``production`` alias (:func:`aliases.resolve_for_predict`)."""
+    return aliases.resolve_for_predict(db=db, project=project, name=aliases.PRODUCTION)
 
 
 @dataclass

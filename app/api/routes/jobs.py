@@ -32,6 +32,7 @@ def create_job(
         backbone=body.backbone,
         params=body.params,
         enqueue=enqueue,
+        promote=body.promote,
     )
     response.headers["Location"] = f"/v1/jobs/{job.id}"
     return JobOut.model_validate(job)

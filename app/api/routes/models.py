@@ -9,6 +9,7 @@ from fastapi import APIRouter, Depends, File, Query, Response, UploadFile, statu
 from fastapi.responses import JSONResponse
 
 from app.api.deps import (
+    ActorDep,
     CursorQuery,
     LimitQuery,
     ProjectDep,
@@ -31,6 +32,7 @@ from app.api.schemas import (
     TaskPredictionOut,
 )
 from app.db.models import Model
+from app.services import aliases as aliases_service
 from app.services import models as service
 from app.services import predict as predict_service
 
@@ -76,25 +78,41 @@ def localize_options(
 LocalizeDep = Annotated[LocalizeOptions, Depends(localize_options)]
 
 
+def model_out(model: Model, names: dict[str, list[str]]) -> ModelOut:
+    """A model with the aliases pointing to it (``names``: :func:`aliases.names_by_model`)."""
+    out = ModelOut.model_validate(model)
+    out.aliases = names.get(model.id, [])
+    return out
+
+
 @router.get("/v1/projects/{project_id}/models")
 def list_models(
     project: ProjectDep, db: SessionDep, limit: LimitQuery = 50, cursor: CursorQuery = None
 ) -> Page[ModelOut]:
     items, next_cursor = service.list_(db=db, project=project, limit=limit, cursor=cursor)
-    return Page(items=[ModelOut.model_validate(m) for m in items], next_cursor=next_cursor)
+    names = aliases_service.names_by_model(db=db, project_id=project.id)
+    return Page(items=[model_out(m, names) for m in items], next_cursor=next_cursor)
 
 
 @router.get("/v1/models/{model_id}")
 def get_model(model_id: str, db: SessionDep, tenant: TenantDep) -> ModelOut:
-    return ModelOut.model_validate(service.get(db=db, tenant_id=tenant.id, model_id=model_id))
+    model = service.get(db=db, tenant_id=tenant.id, model_id=model_id)
+    return model_out(model, aliases_service.names_by_model(db=db, project_id=model.project_id))
 
 
 @router.delete("/v1/models/{model_id}", status_code=status.HTTP_204_NO_CONTENT)
 def delete_model(
-    model_id: str, db: SessionDep, tenant: TenantDep, store: StoreDep, settings: SettingsDep
+    model_id: str,
+    db: SessionDep,
+    tenant: TenantDep,
+    store: StoreDep,
+    settings: SettingsDep,
+    actor: ActorDep,
 ) -> Response:
+    """Delete the model. An alias pointing to it (`production`...) goes back to the model it
+    pointed to before that still exists, or is left empty."""
     model = service.get(db=db, tenant_id=tenant.id, model_id=model_id)
-    service.delete(db=db, store=store, model=model)
+    service.delete(db=db, store=store, model=model, actor=actor)
     predict_service.evict(settings=settings, model_id=model_id)
     return Response(status_code=status.HTTP_204_NO_CONTENT)
 
@@ -128,8 +146,13 @@ def export_model(
 
 
 @router.post("/v1/projects/{project_id}/default-model")
-def set_default_model(body: DefaultModelIn, project: ProjectDep, db: SessionDep) -> ProjectOut:
-    return project_out(db, service.set_default(db=db, project=project, model_id=body.model_id))
+def set_default_model(
+    body: DefaultModelIn, project: ProjectDep, db: SessionDep, actor: ActorDep
+) -> ProjectOut:
+    """Point the alias `production` (what the project's /predict serves) at the model; the
+    same as `PUT /v1/projects/{project_id}/aliases/production`."""
+    project = service.set_default(db=db, project=project, model_id=body.model_id, actor=actor)
+    return project_out(db, project)
 
 
 def _tasks_out(prediction: predict_service.Prediction) -> dict[str, TaskPredictionOut]:
@@ -152,6 +175,7 @@ def _predict(
     where: LocalizeOptions,
     db: SessionDep,
     reject_below: float | Literal["default"] | None = None,
+    alias: str | None = None,
 ) -> JSONResponse:
     predict_service.check_file_count(settings=settings, count=len(files))
     named = [(f.filename or f"file {i + 1}", f.file.read()) for i, f in enumerate(files)]
@@ -161,6 +185,8 @@ def _predict(
     )  # fmt: skip
     out = PredictOut(
         model_id=model.id,
+        version=model.version,
+        alias=alias,
         predictions=[
             PredictionOut(
                 filename=named[i][0],
@@ -231,6 +257,13 @@ def predict_with_project(
     where: LocalizeDep,
     top_k: TopK = 5,
     reject_below: RejectBelow = None,
+    alias: Annotated[
+        str,
+        Query(
+            description="The alias whose model answers (`GET /v1/projects/{project_id}/"
+            "aliases`); the response names it, with the model's id and version."
+        ),
+    ] = aliases_service.PRODUCTION,
 ) -> JSONResponse:
-    model = predict_service.default_model(db=db, project=project)
-    return _predict(model, files, top_k, settings, store, where, db, reject_below)
+    model = aliases_service.resolve_for_predict(db=db, project=project, name=alias)
+    return _predict(model, files, top_k, settings, store, where, db, reject_below, alias)

@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 from fastapi import APIRouter, Response, status
+from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from app.api.deps import (
@@ -20,7 +21,7 @@ from app.api.schemas import (
     ProjectOut,
     ProjectUpdate,
 )
-from app.db.models import Project
+from app.db.models import Model, Project
 from app.services import label_sets, quotas
 from app.services import projects as service
 
@@ -46,6 +47,11 @@ def project_out(db: Session, project: Project) -> ProjectOut:
         label_sets=label_sets_out(db, project),
         image_count=service.image_count(db=db, project_id=project.id),
         default_model_id=project.default_model_id,
+        default_model_version=db.scalar(
+            select(Model.version).where(Model.id == project.default_model_id)
+        )
+        if project.default_model_id
+        else None,
         created_at=project.created_at,
     )
 
