@@ -78,7 +78,7 @@ def finetune_run(
     )
     impl = get_method("finetune")
     m = impl.fit(data, impl.parse_params({"seed": seed, **params})).metrics
-    keep = ("accuracy", "chosen", "is_probe", "best_epoch")
+    keep = ("accuracy", "selected", "wise_alpha", "best_epoch")
     return {k: m[k] for k in keep if k in m} | {"probe": m["baseline"]["accuracy"]}
 
 
@@ -129,7 +129,7 @@ def main() -> None:
                                 X = np.zeros((len(samples), backbone.num_features), np.float32)
                                 X[rows] = extract_features(
                                     [samples[i] for i in rows], backbone=backbone,
-                                    load_bytes=lambda s: blobs[s.key], max_pixels=10**8,
+                                    load_bytes=lambda s, blobs=blobs: blobs[s.key], max_pixels=10**8,
                                     cache_dir=args.cache / "features",
                                 )  # fmt: skip
                             r = {"accuracy": frozen_accuracy(method, X, d, train)}

@@ -51,7 +51,7 @@ def inputs(meta: dict) -> np.ndarray:
     [
         ("linear_probe", {}),
         ("knn", {}),
-        ("finetune", {"trainable": "last_n_blocks", "n": 1, "epochs": 1}),
+        ("finetune", {"trainable": "last_n_blocks", "n": 1, "epochs": 1, "probe_candidate": False}),
         ("zero_shot", {}),  # a head over the backbone's own ImageNet classifier
     ],
 )

@@ -14,12 +14,15 @@ def test_finetune_job_records_history_and_baseline(api: Api) -> None:
     project = api.project()
     api.upload_labeled(project["id"], digit_images(5, [0, 1, 2]))
     job = api.train(project["id"], "finetune", params={"trainable": "head", "epochs": 2})
-    assert [r["epoch"] for r in job["history"]] == [1, 2]
-    assert {"train_loss", "val_accuracy", "seconds", "eta_seconds"} <= set(job["history"][0])
+    # epoch 0: the starting point (the probe head on the frozen backbone), measured only
+    assert [r["epoch"] for r in job["history"]] == [0, 1, 2]
+    assert {"train_loss", "val_accuracy", "seconds", "eta_seconds"} <= set(job["history"][1])
     model = api.client.get(f"/v1/models/{job['model_id']}").json()
     assert model["method"] == "finetune"
     assert model["metrics"]["baseline"]["name"] == "linear_probe"
     assert isinstance(model["metrics"]["negative_transfer"], bool)
+    assert model["metrics"]["selected"] in ("probe", "finetuned")
+    assert (model["metrics"]["wise_alpha"] == 0) == (model["metrics"]["selected"] == "probe")
 
 
 def test_bad_finetune_params_are_refused_at_creation(api: Api) -> None:

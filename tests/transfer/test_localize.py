@@ -83,7 +83,9 @@ def test_a_finetuned_model_localizes_with_its_own_backbone() -> None:
     ft = get_method("finetune")
     model = ft.fit(
         scene_data(scenes(12, split="train", seed=4)),
-        ft.parse_params({"trainable": "last_n_blocks", "n": 1, "epochs": 1}),
+        ft.parse_params(
+            {"trainable": "last_n_blocks", "n": 1, "epochs": 1, "probe_candidate": False}
+        ),
     )
     predictor = Predictor()
     cats = test_cats()[:2]

@@ -6,14 +6,36 @@ not wreck the features, and the backbone moves with a smaller learning rate
 (``lr * backbone_lr_mult``) than the head. ``trainable`` picks what moves: ``head``,
 ``last_n_blocks`` (with ``n``), ``all``, or block names (``stem``, ``blocks.3`` ...) —
 intermediate blocks alone ("flex-tuning") suit a changed input style such as photo ->
-line drawing. Frozen blocks stay bit-identical, BatchNorm statistics included.
+line drawing. Frozen blocks stay bit-identical, BatchNorm statistics included (their
+BatchNorm layers stay in eval mode while the rest trains).
 
 Loss: cross-entropy :math:`-\\log \\mathrm{softmax}(f_\\theta(x))_y` with AdamW and a cosine
-schedule; mixed precision (bf16) on CUDA; early stopping on a stratified validation split
-carved from the training images, keeping the best epoch's weights.
+schedule; mixed precision (bf16) on CUDA. The training images are split (stratified,
+``holdout_fraction``) into a training part :math:`T` and selection images :math:`S`.
+
+Never below its starting point. The start :math:`\\theta_0` is the pretrained backbone with
+the linear probe fitted on :math:`T` as its head; it is measured on :math:`S` as epoch 0,
+and an epoch must beat it there (accuracy, then cross-entropy) to be kept; early stopping
+keeps the best epoch :math:`\\theta_1` (patience ``patience``). Then WiSE-FT (Wortsman et
+al., 2022, "Robust fine-tuning of zero-shot models") mixes the two in weight space,
+
+.. math:: \\theta(\\alpha) = (1-\\alpha)\\,\\theta_0 + \\alpha\\,\\theta_1,
+   \\qquad \\alpha \\in \\{0\\} \\cup \\texttt{wise\\_alphas},
+
+every floating tensor (head, moving blocks, their BatchNorm statistics; frozen blocks are
+equal in both). The best :math:`\\alpha > 0` on :math:`S` (accuracy, then cross-entropy,
+ties to the smaller :math:`\\alpha`) replaces the probe (:math:`\\alpha = 0`) only when it
+wins a paired sign test on :math:`S`: with :math:`w` images it gets right and the probe
+not, and :math:`l` the reverse, :math:`z = (w - l)/\\sqrt{w + l} > ` ``min_gain_z`` (1 by
+default: with 10 selection images, one lucky image is not enough). Otherwise the model *is*
+the linear probe — the baseline below, fitted on all training images (:math:`T \\cup S`),
+on the untouched shared backbone (no backbone tensors are stored) — and its metrics say so:
+``selected: "probe"``, ``selected_epoch: 0``, ``wise_alpha: 0``; ``selection`` lists every
+candidate's selection accuracy and loss and the sign test. ``probe_candidate=False`` and
+``wise_alphas=[1]`` give plain early-stopped finetuning.
 
 Honesty: the model is measured on the ``test`` split, or else on a stratified holdout that
-neither training nor early stopping sees (``validation="holdout"``). Its ``baseline`` is
+neither training nor selection sees (``validation="holdout"``). Its ``baseline`` is
 the linear probe trained and measured on exactly the same split, and ``negative_transfer``
 says whether finetuning did worse than that probe. The default "none of the above"
 threshold ``reject_below`` is chosen on those same measured images by
@@ -31,7 +53,7 @@ from typing import Any, ClassVar, Literal
 import numpy as np
 import torch
 import torch.nn.functional as F
-from pydantic import Field
+from pydantic import Field, field_validator
 from sklearn.model_selection import train_test_split
 
 from app.transfer.artifacts import TrainedModel
@@ -65,7 +87,32 @@ class FinetuneParams(MethodParams):
     linear_probe_init: bool = Field(True, description="Start the head from the linear probe.")
     holdout_fraction: float = Field(0.2, gt=0, lt=0.6)
     max_grad_norm: float = Field(1.0, gt=0, description="Gradient-norm clipping.")
+    probe_candidate: bool = Field(
+        True,
+        description="The linear probe (the starting point) is a candidate of the selection: "
+        "it is the model unless a finetuned candidate beats it on the selection images.",
+    )
+    wise_alphas: list[float] = Field(
+        default_factory=lambda: [0.25, 0.5, 0.75, 1.0],
+        min_length=1,
+        description="WiSE-FT mixings tried, (1-a)*start + a*finetuned (1 = the finetuned "
+        "weights alone); the probe is a = 0.",
+    )
+    min_gain_z: float = Field(
+        1.0,
+        ge=0,
+        le=10,
+        description="A finetuned candidate replaces the probe only when its paired sign-test "
+        "z over the probe on the selection images exceeds this (0: any strict gain).",
+    )
     seed: int = 0
+
+    @field_validator("wise_alphas")
+    @classmethod
+    def _alphas_in_unit_interval(cls, v: list[float]) -> list[float]:
+        if any(not 0 < a <= 1 for a in v):
+            raise ValueError("every mixing must be in (0, 1]; the probe (0) is `probe_candidate`")
+        return sorted(set(v))
 
 
 def device_for_training() -> torch.device:
@@ -85,6 +132,66 @@ def _carve(
         return idx, idx[:0]
     rest, carved = train_test_split(idx, test_size=size, stratify=y[idx], random_state=seed)
     return np.sort(rest), np.sort(carved)
+
+
+def interpolate_states(
+    start: dict[str, torch.Tensor], end: dict[str, torch.Tensor], alpha: float
+) -> dict[str, torch.Tensor]:
+    """WiSE-FT weights :math:`\\theta(\\alpha) = (1-\\alpha)\\,\\theta_0 + \\alpha\\,\\theta_1`
+    over every floating tensor (BatchNorm statistics included); counters come from ``end``.
+    ``alpha`` 0 and 1 give ``start`` and ``end`` exactly."""
+    if alpha == 0:
+        return {k: v.clone() for k, v in start.items()}
+    if alpha == 1:
+        return {k: v.clone() for k, v in end.items()}
+    return {
+        k: torch.lerp(start[k], v, alpha) if v.is_floating_point() else v.clone()
+        for k, v in end.items()
+    }
+
+
+def paired_gain(y: np.ndarray, base: np.ndarray, other: np.ndarray) -> dict[str, float]:
+    """Sign test of ``other``'s predictions over ``base``'s on the same images: ``wins``
+    (other right, base wrong), ``losses`` (the reverse) and
+    :math:`z = (w - l) / \\sqrt{w + l}` (0 when they never disagree)."""
+    wins = int(((other == y) & (base != y)).sum())
+    losses = int(((other != y) & (base == y)).sum())
+    z = (wins - losses) / math.sqrt(wins + losses) if wins + losses else 0.0
+    return {"wins": wins, "losses": losses, "z": round(z, 4)}
+
+
+def choose_candidate(
+    y: np.ndarray,
+    candidates: dict[float, np.ndarray],
+    min_gain_z: float | None,
+) -> tuple[float, dict[str, Any]]:
+    """Pick a mixing ``alpha`` from ``candidates`` (alpha -> selection probabilities (N, C)).
+
+    The best finetuned candidate (``alpha > 0``) is the one of highest accuracy, then lowest
+    cross-entropy, ties going to the smaller alpha. When ``candidates`` holds the probe
+    (``alpha`` 0) and ``min_gain_z`` is given, that candidate must beat the probe by a
+    paired sign-test ``z > min_gain_z``; otherwise the probe (0) is chosen. Returns the
+    alpha and a report of every candidate.
+    """
+    rows = []
+    for alpha, probs in sorted(candidates.items()):
+        loss = float(-np.log(np.clip(probs[np.arange(len(y)), y], 1e-12, None)).mean())
+        acc = float((probs.argmax(1) == y).mean())
+        rows.append({"alpha": alpha, "val_accuracy": acc, "val_loss": round(loss, 5)})
+    report: dict[str, Any] = {"n": len(y), "candidates": rows}
+    finetuned = [r for r in rows if r["alpha"] > 0]
+    if not finetuned:
+        return 0.0, report
+    best = finetuned[0]
+    for r in finetuned[1:]:
+        if (r["val_accuracy"], -r["val_loss"]) > (best["val_accuracy"], -best["val_loss"]):
+            best = r
+    if 0.0 in candidates and min_gain_z is not None:
+        gain = paired_gain(y, candidates[0.0].argmax(1), candidates[best["alpha"]].argmax(1))
+        report["gain_over_probe"] = {"alpha": best["alpha"], **gain, "min_z": min_gain_z}
+        if not gain["z"] > min_gain_z:
+            return 0.0, report
+    return float(best["alpha"]), report
 
 
 class _Images(torch.utils.data.Dataset):  # type: ignore[type-arg]
@@ -189,9 +296,14 @@ def run_epochs(
     device: torch.device,
     progress: Progress,
     loss_fn: LossFn = cross_entropy,
+    evaluate_start: bool = False,
 ) -> tuple[list[dict[str, Any]], int]:
     """Train ``model`` (classifier already sized) under ``p``: AdamW with a cosine schedule,
     early stopping on validation accuracy (then loss), best epoch's weights restored.
+
+    With ``evaluate_start`` (and a validation split) the untrained model is measured first
+    as epoch 0 and is itself a candidate: an epoch must beat it to be kept, and when none
+    does the weights come back unchanged (best epoch 0).
 
     Returns the per-epoch history and the best epoch. Progress runs from 0.05 to 0.95.
     """
@@ -207,6 +319,13 @@ def run_epochs(
         0,
         0,
     )
+    if evaluate_start and val_loader is not None:
+        progress(0.05, "measuring the starting point")
+        val_probs, val_loss = _predict(model, val_loader, device)
+        val_acc = float((val_probs.argmax(1) == y_val).mean())
+        history.append({"epoch": 0, "val_accuracy": val_acc, "val_loss": val_loss})
+        best_key = (val_acc, -val_loss)
+        progress(0.05, "measured the starting point", history[-1])
     started = time.monotonic()
     for epoch in range(1, p.epochs + 1):
         epoch_start = time.monotonic()
@@ -296,13 +415,25 @@ class Finetune(Method):
             protocol = "holdout"
             pool, eval_idx = _carve(np.flatnonzero(~is_test), y, p.holdout_fraction, p.seed)
         train_idx, val_idx = _carve(pool, y, p.holdout_fraction, p.seed + 1)
+        select = len(val_idx) > 0
+        probe_candidate = p.probe_candidate and p.linear_probe_init and select
 
-        # The baseline, and the head's starting point: the linear probe on the same split.
+        # The baseline: the linear probe on the same split (all of ``pool``). The starting
+        # head is the probe of the training part alone, so that the selection images judge
+        # the start and the finetuned candidates alike, none of them having seen those.
         progress(0.0, "linear probe baseline")
         _, feats = frozen_features(data, samples)
         probe = LinearProbe().fit_head(feats[pool], y[pool], len(classes), LinearProbeParams())
+        start_head = (
+            LinearProbe().fit_head(
+                feats[train_idx], y[train_idx], len(classes), LinearProbeParams()
+            )
+            if select
+            else probe
+        )
         with torch.inference_mode():
-            probe_pred = probe(torch.from_numpy(feats[eval_idx])).argmax(-1).numpy()
+            probe_probs = probe(torch.from_numpy(feats[eval_idx])).softmax(-1).numpy()
+        probe_pred = probe_probs.argmax(1)
 
         device = device_for_training()
         backbone: Backbone = load_backbone(
@@ -312,9 +443,10 @@ class Finetune(Method):
         model.reset_classifier(len(classes))  # type: ignore[operator]
         if p.linear_probe_init:
             with torch.no_grad():
-                model.get_classifier().weight.copy_(probe.linear.weight)  # type: ignore[operator]
-                model.get_classifier().bias.copy_(probe.linear.bias)  # type: ignore[operator]
+                model.get_classifier().weight.copy_(start_head.linear.weight)  # type: ignore[operator]
+                model.get_classifier().bias.copy_(start_head.linear.bias)  # type: ignore[operator]
         model.to(device, memory_format=torch.channels_last)  # type: ignore[call-overload]
+        start_state = copy.deepcopy(model.state_dict())
 
         cfg = backbone.preprocessing
         pil = {i: decode_image(data.load_bytes(samples[i]), max_pixels=data.max_pixels, draft_size=cfg.side * 2)
@@ -328,14 +460,37 @@ class Finetune(Method):
             )
 
         train_loader = loader(train_idx, _train_transform(cfg, p.augment), shuffle=True)
-        val_loader = loader(val_idx, eval_transform(cfg), shuffle=False) if len(val_idx) else None
+        val_loader = loader(val_idx, eval_transform(cfg), shuffle=False) if select else None
         history, best_epoch = run_epochs(
-            model, train_loader, val_loader, y[val_idx], p, device, progress
-        )
+            model, train_loader, val_loader, y[val_idx], p, device, progress,
+            evaluate_start=probe_candidate,
+        )  # fmt: skip
+
+        # WiSE-FT: mixings of the start and the best epoch, the probe (alpha 0) among them.
+        alpha, selection = 1.0, None
+        if select:
+            progress(0.95, "choosing between the probe and the finetuned weights")
+            best_state = copy.deepcopy(model.state_dict())
+            alphas = ([0.0] if probe_candidate else []) + (p.wise_alphas if best_epoch else [])
+            if not p.linear_probe_init:  # a random start is no point to mix with
+                alphas = [1.0]
+            candidates = {}
+            for a in alphas:
+                model.load_state_dict(interpolate_states(start_state, best_state, a))
+                candidates[a], _ = _predict(model, val_loader, device)
+            alpha, selection = choose_candidate(
+                y[val_idx], candidates, p.min_gain_z if probe_candidate else None
+            )
+            model.load_state_dict(interpolate_states(start_state, best_state, alpha))
+        is_probe = alpha == 0
+
         progress(0.96, "evaluating")
-        eval_probs, _ = _predict(
-            model, loader(eval_idx, eval_transform(cfg), shuffle=False), device
-        )
+        if is_probe:  # the model is the baseline probe itself, on the frozen backbone
+            eval_probs = probe_probs
+        else:
+            eval_probs, _ = _predict(
+                model, loader(eval_idx, eval_transform(cfg), shuffle=False), device
+            )
         names = classes
         metrics = classification_metrics(y[eval_idx], eval_probs.argmax(1), names)
         baseline = classification_metrics(y[eval_idx], probe_pred, names)
@@ -350,10 +505,19 @@ class Finetune(Method):
         metrics["negative_transfer"] = metrics["accuracy"] < baseline["accuracy"]
         metrics["history"] = history
         metrics["best_epoch"] = best_epoch
+        metrics["selected"] = "probe" if is_probe else "finetuned"
+        metrics["selected_epoch"] = 0 if is_probe else best_epoch
+        metrics["wise_alpha"] = alpha
+        metrics["selection"] = selection
         metrics["device"] = device.type
 
-        state, head = split_classifier(model)
         progress(1.0, "done")
+        if is_probe:
+            return self.trained(
+                backbone, classes=classes, head=probe, metrics=metrics, params=p,
+                preprocessing=cfg,
+            )  # fmt: skip
+        state, head = split_classifier(model)
         return self.trained(
             backbone,
             classes=classes,
