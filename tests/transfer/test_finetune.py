@@ -74,6 +74,20 @@ def test_frozen_blocks_are_bit_identical_after_training(trainable: object) -> No
         assert len({module_of(k) for k in reference}) > len(moving_modules)  # some stayed frozen
 
 
+def test_bn_eval_keeps_every_batchnorm_statistic_while_the_blocks_train() -> None:
+    network = load_backbone("efficientnet_lite0").model
+    reference = {k: v.clone() for k, v in network.state_dict().items()}
+    params = {"trainable": "last_n_blocks", "n": 2, "epochs": 1, "probe_candidate": False,
+              "bn_eval": True}  # fmt: skip
+    state = FT.fit(digits_data(4), FT.parse_params(params)).backbone_state
+    assert state is not None
+    stats = [k for k in state if k.endswith(("running_mean", "running_var"))]
+    moving = [k for k in trainable_parameters(network, "last_n_blocks", 2) if k in state]
+    assert stats and moving
+    assert all(torch.equal(state[k], reference[k]) for k in stats)
+    assert any(not torch.equal(state[k], reference[k]) for k in moving)
+
+
 def test_intermediate_block_names_are_validated() -> None:
     with pytest.raises(InvalidParams, match="Unknown block"):
         FT.fit(digits_data(3), FT.parse_params({"trainable": ["blocks.99"], "epochs": 1}))

@@ -87,6 +87,11 @@ class FinetuneParams(MethodParams):
     linear_probe_init: bool = Field(True, description="Start the head from the linear probe.")
     holdout_fraction: float = Field(0.2, gt=0, lt=0.6)
     max_grad_norm: float = Field(1.0, gt=0, description="Gradient-norm clipping.")
+    bn_eval: bool = Field(
+        False,
+        description="Every BatchNorm layer keeps its pretrained statistics (eval mode), also "
+        "in blocks that train (their scale and shift still learn).",
+    )
     probe_candidate: bool = Field(
         True,
         description="The linear probe (the starting point) is a candidate of the selection: "
@@ -233,8 +238,13 @@ def setup_training(
     model: torch.nn.Module, p: FinetuneParams
 ) -> tuple[torch.optim.Optimizer, list[torch.nn.Parameter], list[torch.nn.Module]]:
     """Freeze what ``p.trainable`` leaves out; AdamW with the head at ``lr`` and the
-    backbone at ``lr * backbone_lr_mult``. Returns (optimizer, moving params, frozen norms)."""
+    backbone at ``lr * backbone_lr_mult``. Returns (optimizer, moving params, the norm
+    layers that stay in eval mode: frozen ones, or with ``p.bn_eval`` every BatchNorm)."""
     frozen_norms = freeze_except(model, trainable_parameters(model, p.trainable, p.n))
+    if p.bn_eval:
+        frozen_norms = [
+            m for m in model.modules() if isinstance(m, torch.nn.modules.batchnorm._BatchNorm)
+        ]
     head_params = {id(q) for q in model.get_classifier().parameters()}  # type: ignore[operator]
     moving = [q for q in model.parameters() if q.requires_grad]
     groups = [
