@@ -105,7 +105,9 @@ def cmd_train(args: argparse.Namespace) -> None:
 
 def cmd_predict(args: argparse.Namespace) -> None:
     with _client(args) as dc:
-        result = dc.predict(args.project, args.files, model_id=args.model, top_k=args.top_k)
+        result = dc.predict(
+            args.project, args.files, model_id=args.model, alias=args.alias, top_k=args.top_k
+        )
     table = Table("file", "label", "score", "runner-up")
     for p in result["predictions"]:
         runner = p["scores"][1] if len(p["scores"]) > 1 else None
@@ -162,6 +164,9 @@ def register(sub: Any) -> None:
     predict.add_argument("project")
     predict.add_argument("files", nargs="+")
     predict.add_argument("--model", help="a model id instead of the project's default model")
+    predict.add_argument(
+        "--alias", help="the project's alias to predict with (default: production)"
+    )
     predict.add_argument("--top-k", type=int, default=5)
     predict.set_defaults(func=cmd_predict)
 

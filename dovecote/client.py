@@ -295,21 +295,46 @@ class Client:
             "POST", f"/v1/projects/{project_id}/default-model", json={"model_id": model_id}
         )
 
+    # --- aliases (production is what the project's predict serves) -------------------
+
+    def aliases(self, project_id: str) -> list[Json]:
+        return self._json("GET", f"/v1/projects/{project_id}/aliases")  # type: ignore[no-any-return]
+
+    def set_alias(self, project_id: str, name: str, model_id: str) -> Json:
+        return self._json(  # type: ignore[no-any-return]
+            "PUT", f"/v1/projects/{project_id}/aliases/{name}", json={"model_id": model_id}
+        )
+
+    def delete_alias(self, project_id: str, name: str) -> None:
+        self._request("DELETE", f"/v1/projects/{project_id}/aliases/{name}")
+
+    def alias_history(self, project_id: str, name: str = "production") -> list[Json]:
+        return list(self._pages(f"/v1/projects/{project_id}/aliases/{name}/history"))
+
+    def rollback(self, project_id: str, name: str = "production") -> Json:
+        return self._json(  # type: ignore[no-any-return]
+            "POST", f"/v1/projects/{project_id}/aliases/{name}/rollback"
+        )
+
     def predict(
         self,
         project_id: str | None,
         files: Sequence[str | Path],
         *,
         model_id: str | None = None,
+        alias: str | None = None,
         top_k: int = 5,
         reject_below: float | str | None = None,
     ) -> Json:
-        """Predict with the project's default model (or ``model_id``). Files that are not
-        readable images come back in ``rejected`` (the server's 207); the rest answer."""
+        """Predict with the project's ``production`` model (or its ``alias``, or
+        ``model_id``). Files that are not readable images come back in ``rejected`` (the
+        server's 207); the rest answer."""
         path = (
             f"/v1/models/{model_id}/predict" if model_id else f"/v1/projects/{project_id}/predict"
         )
         params: Json = {"top_k": top_k}
+        if alias is not None:
+            params["alias"] = alias
         if reject_below is not None:
             params["reject_below"] = reject_below
         upload = [("files", (Path(f).name, Path(f).read_bytes())) for f in files]

@@ -277,17 +277,14 @@ def clear(*, db: Session, project: Project, name: str, actor: Actor) -> None:
 
 def _stack(db: Session, project: Project, name: str) -> list[str]:
     """The models alias ``name`` went through, replayed from its events, most recent last:
-    a move pushes, a rollback or the deletion of the current model pops, a DELETE of the
-    alias starts afresh."""
+    a move pushes, a rollback or the deletion of the current model pops. A DELETE of the
+    alias leaves the stack as it is, so a rollback undoes it."""
     stack: list[str] = []
     for e in db.scalars(
         select(AliasEvent)
         .where(AliasEvent.project_id == project.id, AliasEvent.alias == name)
         .order_by(AliasEvent.id)
     ):
-        if e.action == "delete":
-            stack.clear()
-            continue
         if e.action in ("rollback", "model-deleted") and stack and stack[-1] == e.from_model_id:
             stack.pop()
         if e.to_model_id is not None and (not stack or stack[-1] != e.to_model_id):
@@ -311,8 +308,11 @@ def _previous(db: Session, project: Project, name: str, leaving: str | None) -> 
 
 
 def rollback(*, db: Session, project: Project, name: str, actor: Actor) -> Model:
-    """Point alias ``name`` back at the model it pointed to before (that still exists)."""
-    current = get(db=db, project=project, name=name)
+    """Point alias ``name`` back at the model it pointed to before (that still exists);
+    after a DELETE of the alias, at the model it pointed to then."""
+    check_name(name)
+    current_id = pointer(db=db, project=project, name=name)
+    current = db.get(Model, current_id) if current_id else None
     target = _previous(db, project, name, current.id if current else None)
     if target is None:
         raise NothingToRollBack(

@@ -188,6 +188,12 @@ def test_aliases_put_get_delete_history_rollback(api: Api, acme: TestClient) -> 
     body = assert_problem(r, 409, "project_has_no_model")
     assert f"PUT /v1/projects/{pid}/aliases/production" in body["detail"]
     assert set(body["models"]) == {v1, v2}
+    # A rollback undoes a DELETE, also of an alias that is gone.
+    assert api.client.post(f"{base}/production/rollback").json()["model_id"] == v1
+    assert api.client.post(f"{base}/staging/rollback").json()["model_id"] == v2
+    assert predict(api, pid, alias="staging")["model_id"] == v2
+    assert api.client.delete(f"{base}/staging").status_code == 204
+    assert_problem(api.client.post(f"{base}/never-set/rollback"), 409, "nothing_to_roll_back")
 
     # Paginated history.
     page = api.client.get(f"{base}/production/history", params={"limit": 2}).json()

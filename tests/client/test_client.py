@@ -39,6 +39,15 @@ def test_client_end_to_end(
         assert [(r["filename"], r["code"]) for r in result["rejected"]] == [
             ("notes.txt", "image_undecodable")
         ]
+        assert (result["version"], result["alias"]) == (1, "production")
+
+        # Aliases: set, predict with, history, rollback.
+        assert dc.set_alias(project["id"], "staging", model["id"])["version"] == 1
+        assert dc.predict(project["id"], new_photos[:1], alias="staging")["alias"] == "staging"
+        assert [a["name"] for a in dc.aliases(project["id"])] == ["production", "staging"]
+        assert [e["action"] for e in dc.alias_history(project["id"], "staging")] == ["put"]
+        dc.delete_alias(project["id"], "staging")
+        assert dc.rollback(project["id"], "staging")["model_id"] == model["id"]
         path = dc.export(job["model_id"], tmp_path / "digits.onnx")
         assert "dovecote" in {p.key for p in onnx.load(str(path)).metadata_props}
 
