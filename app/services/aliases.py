@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from sqlalchemy import func, select, update
+from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from app.db.base import utcnow
@@ -263,7 +264,13 @@ def point(
     check_name(name)
     model = _model_of(db, project, model_id)
     _move(db, project, name, model, actor=actor, action=action, reason=reason)
-    db.commit()
+    try:
+        db.commit()
+    except IntegrityError:  # the alias was created concurrently: move it over that one
+        db.rollback()
+        model = _model_of(db, project, model_id)
+        _move(db, project, name, model, actor=actor, action=action, reason=reason)
+        db.commit()
     return model
 
 
