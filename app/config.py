@@ -43,6 +43,11 @@ class Settings(BaseSettings):
     max_image_pixels: int = Field(
         50_000_000, description="Images claiming more pixels are refused (decompression bombs)."
     )
+    max_pixels_per_request: int = Field(
+        400_000_000,
+        description="Pixels one upload or predict request may decode in all (about 33 "
+        "12-megapixel photos); the files past it are rejected, to send again.",
+    )
     max_zip_members: int = Field(10_000, description="Most members one zip upload may hold.")
     max_zip_uncompressed_bytes: int = Field(
         1024 * 1024 * 1024, description="Most bytes one zip upload may expand to."
@@ -65,6 +70,11 @@ class Settings(BaseSettings):
     )
     job_max_attempts: int = Field(
         2, description="Runs a job may start before the sweep fails it instead of requeueing."
+    )
+    job_max_minutes: float = Field(
+        180.0,
+        description="Wall-clock limit of one training run, every method included; past it the "
+        "job fails with `job_timed_out`.",
     )
     sweep_interval_seconds: float = Field(30.0, description="How often a worker runs the sweep.")
     predictor_max_backbones: int = Field(4, description="Backbones kept in the predictor cache.")

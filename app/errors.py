@@ -10,6 +10,16 @@ from __future__ import annotations
 from typing import Any, ClassVar
 
 PROBLEM_BASE = "https://dovecote.dev/problems/"
+#: Longest ``detail`` and echoed string an error carries: input is quoted, never mirrored.
+MAX_DETAIL, MAX_ECHO = 2000, 200
+
+
+def _clip(text: str, limit: int) -> str:
+    return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
+def _clip_echo(value: Any) -> Any:
+    return _clip(value, MAX_ECHO) if isinstance(value, str) else value
 
 
 class DovecoteError(Exception):
@@ -18,9 +28,10 @@ class DovecoteError(Exception):
     title: ClassVar[str] = "Bad request"
 
     def __init__(self, detail: str, **extra: Any) -> None:
+        detail = _clip(detail, MAX_DETAIL)
         super().__init__(detail)
         self.detail = detail
-        self.extra = extra
+        self.extra = {key: _clip_echo(value) for key, value in extra.items()}
 
     def problem(self) -> dict[str, Any]:
         """This error as an RFC 9457 problem document."""
@@ -288,6 +299,18 @@ class JobCancelled(DovecoteError):
     code = "job_cancelled"
     status = 409
     title = "Job cancelled"
+
+
+class JobTimedOut(DovecoteError):
+    code = "job_timed_out"
+    status = 422
+    title = "Training ran past its time limit"
+
+
+class DecodeBudgetExceeded(DovecoteError):
+    code = "decode_budget_exceeded"
+    status = 413
+    title = "Too many pixels to decode in one request"
 
 
 class TrainingFailed(DovecoteError):

@@ -10,13 +10,14 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 from collections.abc import Callable
 from typing import Any
 
 from app.config import Settings
 from app.db.models import Job, Project
 from app.db.session import session_scope
-from app.errors import DovecoteError, JobCancelled, NotFound, TrainingFailed
+from app.errors import DovecoteError, JobCancelled, JobTimedOut, NotFound, TrainingFailed
 from app.services import backbones as learned_backbones
 from app.services import jobs as jobs_service
 from app.services import models as models_service
@@ -48,9 +49,18 @@ class _Heartbeat(threading.Thread):
 
 
 def _progress_reporter(settings: Settings, job_id: str, token: str) -> Progress:
+    """Records progress; raises :class:`JobCancelled` once the job was cancelled and
+    :class:`JobTimedOut` once the run is past ``settings.job_max_minutes``."""
     last: dict[str, object] = {}
+    deadline = time.monotonic() + settings.job_max_minutes * 60
 
     def report(fraction: float, stage: str, record: dict[str, Any] | None = None) -> None:
+        if time.monotonic() > deadline:
+            raise JobTimedOut(
+                f"The run took longer than {settings.job_max_minutes:g} minutes "
+                "(DOVECOTE_JOB_MAX_MINUTES); lower the method's epochs or max_minutes, or use "
+                "fewer images."
+            )
         rounded = round(fraction, 3)
         if record is None and last.get("v") == (rounded, stage):
             return
@@ -113,13 +123,17 @@ def run_job(
         with session_scope(url) as db:
             jobs_service.fail(db=db, job_id=job_id, error=exc, token=token)
         return "failed"
-    except Exception as exc:
+    except Exception:
+        # The traceback goes to the server log only: exception texts can name server paths.
         log.exception("job %s failed", job_id)
         with session_scope(url) as db:
             jobs_service.fail(
                 db=db,
                 job_id=job_id,
-                error=TrainingFailed(f"{type(exc).__name__}: {exc}"),
+                error=TrainingFailed(
+                    f"Training stopped on an unexpected internal error; the server log has "
+                    f"the details under job {job_id}."
+                ),
                 token=token,
             )
         return "failed"

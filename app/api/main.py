@@ -10,6 +10,7 @@ from fastapi_offline import FastAPIOffline
 
 import app
 from app.api import problems
+from app.api.guards import EarlyAuth, InputGuard
 from app.api.limits import BodySizeLimit
 from app.api.ratelimit import TokenBuckets
 from app.api.routes import aliases, images, jobs, meta, models, projects, usage
@@ -51,5 +52,8 @@ def create_app(
         aliases.router,
     ):  # fmt: skip
         api.include_router(router)
+    # Outermost last: the key is checked first, then the body size, then its content.
+    api.add_middleware(InputGuard)
     api.add_middleware(BodySizeLimit, max_bytes=settings.max_upload_bytes)
+    api.add_middleware(EarlyAuth, settings=settings)
     return api

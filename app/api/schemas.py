@@ -64,7 +64,7 @@ class ProjectUpdate(BaseModel):
     model_config = ConfigDict(extra="forbid")
     name: str | None = Field(None, min_length=1, max_length=200)
     description: str | None = Field(None, max_length=5000)
-    classes: list[str | ClassSpec] | None = None
+    classes: list[str | ClassSpec] | None = Field(None, max_length=10_000)
 
     @field_validator("name", "description")
     @classmethod
@@ -192,7 +192,9 @@ class JobCreate(BaseModel):
     model_config = ConfigDict(extra="forbid")
     method: str = _method_field("linear_probe")
     backbone: str | None = Field(
-        None, description="Backbone name (`GET /v1/backbones`); omitted: the default one."
+        None,
+        max_length=200,
+        description="Backbone name (`GET /v1/backbones`); omitted: the default one.",
     )
     params: dict[str, Any] | None = Field(
         None, description="The method's params (`params_schema` in `GET /v1/methods`)."

@@ -33,7 +33,7 @@ from app.services import label_sets, projects, quotas
 from app.services.pagination import paginate
 from app.storage import BlobStore
 from app.transfer.data import DOMAINS, SPLITS
-from app.transfer.preprocess import check_image
+from app.transfer.preprocess import PixelBudget, check_image
 
 
 @dataclass
@@ -106,17 +106,27 @@ def _unzip(
         if not base or base.startswith(".") or info.filename.startswith("__MACOSX/"):
             continue
         shown = f"{filename}:{info.filename}"
+        if info.flag_bits & 0x1:
+            yield Rejection(shown, ArchiveInvalid(
+                f"{shown!r} is encrypted (password-protected); zip the images without a password."
+            ))  # fmt: skip
+            continue
         try:
             with archive.open(info) as member:
                 # Never trust the declared size: read at most one byte past it.
                 content = member.read(info.file_size + 1)
-        except (zipfile.BadZipFile, OSError, ValueError, NotImplementedError) as exc:
+        except (zipfile.BadZipFile, OSError, ValueError, NotImplementedError, RuntimeError) as exc:
             yield Rejection(shown, ArchiveInvalid(f"Cannot read {shown!r}: {exc}."))
             continue
         if len(content) > info.file_size:
             yield Rejection(shown, ArchiveTooLarge(f"{shown!r} is larger than its header says."))
             continue
         yield Candidate(base, content, _member_label(info.filename, default_label), shown)
+
+
+def _stored_filename(name: str) -> str:
+    """The name as stored: control characters (NUL included) dropped, 255 characters at most."""
+    return "".join(ch for ch in name if ch.isprintable())[:255] or "upload"
 
 
 def _check_choice(value: str, allowed: tuple[str, ...], what: str) -> str:
@@ -155,20 +165,23 @@ def ingest(
     written: list[str] = []
     rows: list[Image] = []
     known = projects.class_names_by_key(project)
+    budget = PixelBudget(settings.max_pixels_per_request)
     for cand in candidates:
+        # Cheap checks first: a duplicate (by sha256) is never decoded again.
+        sha = hashlib.sha256(cand.data).hexdigest()
         try:
             item_label = projects.clean_label(cand.label) if cand.label is not None else None
             if item_label is not None:
                 projects.refuse_similar(known, item_label)
+            if sha in existing:
+                result.duplicates += 1
+                continue
             info = check_image(
-                cand.data, filename=cand.filename, max_pixels=settings.max_image_pixels
-            )
+                cand.data, filename=cand.filename, max_pixels=settings.max_image_pixels,
+                budget=budget,
+            )  # fmt: skip
         except DovecoteError as exc:
             result.rejected.append(Rejection(cand.source or cand.filename, exc))
-            continue
-        sha = hashlib.sha256(cand.data).hexdigest()
-        if sha in existing:
-            result.duplicates += 1
             continue
         existing.add(sha)
         key = blob_key(project.id, sha)
@@ -178,7 +191,7 @@ def ingest(
         rows.append(
             Image(
                 project_id=project.id,
-                filename=cand.filename[:255],
+                filename=_stored_filename(cand.filename),
                 label=item_label,
                 domain=domain,
                 split=split,

@@ -14,6 +14,7 @@ from typing import Any
 from sqlalchemy import distinct, func, select
 from sqlalchemy.orm import Session
 
+from app import strict_json
 from app.db.models import Image, ImageLabel, LabelSet, Project
 from app.errors import DovecoteError, InvalidLabels, NotFound
 from app.services.projects import clean_label
@@ -39,7 +40,9 @@ def parse(raw: str | Mapping[str, Any] | None) -> Labels:
         return {}
     if isinstance(raw, str):
         try:
-            raw = json.loads(raw)
+            raw = strict_json.loads(raw)
+        except strict_json.UnsafeJson as exc:
+            raise InvalidLabels(f"`labels`: {exc}", field="labels") from None
         except json.JSONDecodeError as exc:
             raise InvalidLabels(f"`labels` is not valid JSON: {exc}.", field="labels") from None
     if not isinstance(raw, Mapping) or len(raw) > MAX_SETS:

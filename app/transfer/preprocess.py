@@ -16,7 +16,7 @@ from typing import Any
 import torch
 from PIL import Image, ImageOps, UnidentifiedImageError
 
-from app.errors import ImageTooLarge, ImageUndecodable
+from app.errors import DecodeBudgetExceeded, ImageTooLarge, ImageUndecodable
 
 #: Formats accepted for upload and prediction (GIF: the first frame).
 ALLOWED_FORMATS = {"JPEG", "PNG", "WEBP", "BMP", "GIF"}
@@ -60,12 +60,33 @@ def _open(data: bytes, *, max_pixels: int) -> Image.Image:
     return img
 
 
-def check_image(data: bytes, *, filename: str | None, max_pixels: int) -> ImageInfo:
+class PixelBudget:
+    """The pixels one request may still decode. A few kilobytes of lossless WebP can
+    claim 49 megapixels; this bounds the CPU a request costs, whatever its bytes."""
+
+    def __init__(self, limit: int) -> None:
+        self.limit = self.left = limit
+
+    def charge(self, width: int, height: int) -> None:
+        if width * height > self.left:
+            raise DecodeBudgetExceeded(
+                f"This request already decoded {self.limit - self.left} pixels; a {width}x"
+                f"{height} image would pass the limit of {self.limit} per request "
+                "(DOVECOTE_MAX_PIXELS_PER_REQUEST). Send it in another request.",
+                limit=self.limit,
+            )
+        self.left -= width * height
+
+
+def check_image(
+    data: bytes, *, filename: str | None, max_pixels: int, budget: PixelBudget | None = None
+) -> ImageInfo:
     """Fully decode ``data`` once to prove it is a whole, accepted image.
 
     Refuses non-images, truncated files, images whose pixel count exceeds ``max_pixels``
-    (decompression bombs: the header is read before any pixel is) and files whose name
-    claims another image format than the bytes hold (a GIF renamed ``.jpg``).
+    (decompression bombs: the header is read before any pixel is), images past the
+    request's ``budget`` and files whose name claims another image format than the bytes
+    hold (a GIF renamed ``.jpg``).
     """
     img = _open(data, max_pixels=max_pixels)
     claimed = _EXTENSIONS.get(_suffix(filename))
@@ -75,6 +96,8 @@ def check_image(data: bytes, *, filename: str | None, max_pixels: int) -> ImageI
             "rename it to match its content.",
             format=img.format,
         )
+    if budget is not None:
+        budget.charge(*img.size)
     try:
         img.load()
     except (OSError, ValueError, SyntaxError) as exc:

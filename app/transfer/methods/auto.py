@@ -31,7 +31,7 @@ from app.errors import (
 from app.transfer.artifacts import TrainedModel
 from app.transfer.data import Progress, TrainingData, no_progress, sub_progress
 from app.transfer.methods import get_method, register_method
-from app.transfer.methods.base import Method, MethodParams
+from app.transfer.methods.base import MAX_GRID, Method, MethodParams, Seed
 from app.transfer.methods.finetune import _carve
 
 
@@ -39,14 +39,17 @@ class AutoParams(MethodParams):
     candidates: list[str] = Field(
         default_factory=lambda: ["linear_probe", "knn", "finetune", "zero_shot"],
         min_length=1,
+        max_length=MAX_GRID,
         description="Methods to try, each with its default params unless given below.",
     )
     params: dict[str, dict[str, Any]] = Field(
-        default_factory=dict, description="Per-candidate params, e.g. {'finetune': {'epochs': 5}}."
+        default_factory=dict,
+        max_length=MAX_GRID,
+        description="Per-candidate params, e.g. {'finetune': {'epochs': 5}}.",
     )
     finetune_budget_minutes: float = Field(10.0, gt=0, le=24 * 60)
     selection_fraction: float = Field(0.25, gt=0, lt=0.6)
-    seed: int = 0
+    seed: Seed = 0
 
 
 @register_method

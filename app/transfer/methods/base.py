@@ -5,11 +5,11 @@ from __future__ import annotations
 from abc import ABC, abstractmethod
 from collections import OrderedDict
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import Annotated, Any, ClassVar
 
 import numpy as np
 import torch
-from pydantic import BaseModel, ConfigDict, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from app.errors import ClassTooSmall, InvalidParams, ProjectHasNoLabels
 from app.transfer.artifacts import TrainedModel
@@ -19,6 +19,11 @@ from app.transfer.evaluation import evaluate
 from app.transfer.features import extract_features, prepare_backbone
 from app.transfer.heads import Head
 from app.transfer.preprocess import Preprocessing
+
+#: A random seed: NumPy and torch take 0 <= seed < 2**32.
+Seed = Annotated[int, Field(ge=0, le=2**32 - 1, description="Random seed.")]
+#: The longest list or grid a param may hold: a job's cost stays bounded.
+MAX_GRID = 32
 
 
 class MethodParams(BaseModel):

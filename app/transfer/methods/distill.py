@@ -28,7 +28,7 @@ from __future__ import annotations
 
 import statistics
 import time
-from typing import Any, ClassVar, Literal
+from typing import Annotated, Any, ClassVar
 
 import numpy as np
 import torch
@@ -48,9 +48,10 @@ from app.transfer.data import Progress, Sample, TrainingData, no_progress
 from app.transfer.evaluation import classification_metrics
 from app.transfer.features import extract_features
 from app.transfer.methods import register_method
-from app.transfer.methods.base import Method, MethodParams, shared_backbone
+from app.transfer.methods.base import MAX_GRID, Method, MethodParams, shared_backbone
 from app.transfer.methods.finetune import (
     FinetuneParams,
+    Trainable,
     _carve,
     _Images,
     _predict,
@@ -66,18 +67,20 @@ LATENCY_RUNS = 5
 
 
 class DistillParams(FinetuneParams):
-    teacher_model_id: str | list[str] = Field(
+    teacher_model_id: str | Annotated[list[str], Field(min_length=1, max_length=MAX_GRID)] = Field(
         description="A model of this project, or a list of them (an ensemble: probabilities "
         "averaged); all must have the same classes."
     )
     student_backbone: str | None = Field(
-        None, description="Default: the registered backbone with the fewest parameters."
+        None,
+        max_length=200,
+        description="Default: the registered backbone with the fewest parameters.",
     )
     temperature: float = Field(4.0, gt=0, le=100, description="Softens both distributions.")
     alpha: float = Field(
         0.7, ge=0, le=1, description="Weight of the soft (teacher) term; 1 - alpha on labels."
     )
-    trainable: Literal["head", "last_n_blocks", "all"] | list[str] = "all"
+    trainable: Trainable = "all"
 
     @property
     def teacher_ids(self) -> list[str]:

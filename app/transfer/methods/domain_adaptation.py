@@ -41,7 +41,7 @@ from app.transfer.domain.reverse_validation import ReverseValidation, reverse_va
 from app.transfer.evaluation import classification_metrics
 from app.transfer.features import extract_features
 from app.transfer.methods import register_method
-from app.transfer.methods.base import Method, MethodParams, shared_backbone
+from app.transfer.methods.base import MAX_GRID, Method, MethodParams, Seed, shared_backbone
 from app.transfer.methods.finetune import _carve
 from app.transfer.preprocess import load_for_model
 
@@ -60,16 +60,16 @@ class DomainAdaptationParams(MethodParams):
     C: float = Field(
         0.1, gt=0, le=1e4, description="Inverse L2 strength of every linear classifier."
     )
-    coral_regularization: list[float] = Field(
-        default_factory=lambda: [0.1, 1.0], min_length=1,
+    coral_regularization: list[Annotated[float, Field(ge=0, le=1e4)]] = Field(
+        default_factory=lambda: [0.1, 1.0], min_length=1, max_length=MAX_GRID,
         description="CORAL: covariance ridge r (times the mean variance); grid for selection.",
     )  # fmt: skip
-    dann_tradeoff: list[float] = Field(
-        default_factory=lambda: [0.1, 1.0], min_length=1,
+    dann_tradeoff: list[Annotated[float, Field(ge=0, le=100)]] = Field(
+        default_factory=lambda: [0.1, 1.0], min_length=1, max_length=MAX_GRID,
         description="DANN: the adversarial weight λ (its schedule's end value); grid.",
     )  # fmt: skip
-    dann_epochs: list[int] = Field(
-        default_factory=lambda: [40], min_length=1,
+    dann_epochs: list[Annotated[int, Field(ge=1, le=1000)]] = Field(
+        default_factory=lambda: [40], min_length=1, max_length=MAX_GRID,
         description="DANN: passes over the larger domain; grid.",
     )  # fmt: skip
     dann_finetune_blocks: int = Field(
@@ -86,19 +86,19 @@ class DomainAdaptationParams(MethodParams):
         "class's most confident share (CBST), or all above a confidence threshold.",
     )
     self_training_share: list[Annotated[float, Field(gt=0, le=1)]] = Field(
-        default_factory=lambda: [0.15, 0.3], min_length=1,
+        default_factory=lambda: [0.15, 0.3], min_length=1, max_length=MAX_GRID,
         description="Self-training, class_balanced: share of the target pseudo-labeled by "
         "the last round (growing linearly over the rounds); grid.",
     )  # fmt: skip
-    self_training_threshold: list[float] = Field(
-        default_factory=lambda: [0.7, 0.9], min_length=1,
+    self_training_threshold: list[Annotated[float, Field(gt=0, le=1)]] = Field(
+        default_factory=lambda: [0.7, 0.9], min_length=1, max_length=MAX_GRID,
         description="Self-training, threshold: confidence a pseudo-label needs; grid.",
     )  # fmt: skip
     self_training_rounds: int = Field(3, ge=1, le=20)
     source_holdout_fraction: float = Field(
         0.2, gt=0, lt=0.6, description="Source images held out to score reverse validation."
     )
-    seed: int = 0
+    seed: Seed = 0
 
     def grid(self, algorithm: str) -> list[dict[str, Any]]:
         """The configurations of ``algorithm`` that reverse validation chooses among."""

@@ -48,7 +48,7 @@ import copy
 import math
 import time
 from collections.abc import Callable
-from typing import Any, ClassVar, Literal
+from typing import Annotated, Any, ClassVar, Literal
 
 import numpy as np
 import torch
@@ -68,13 +68,21 @@ from app.transfer.finetune_parts import (
 )
 from app.transfer.heads import LinearHead
 from app.transfer.methods import register_method
-from app.transfer.methods.base import Method, MethodParams, frozen_features
+from app.transfer.methods.base import MAX_GRID, Method, MethodParams, Seed, frozen_features
 from app.transfer.methods.linear_probe import LinearProbe, LinearProbeParams
 from app.transfer.preprocess import Preprocessing, decode_image, eval_transform
 
+#: What trains: a preset, or block names (``stem``, ``blocks.3``, ...).
+Trainable = (
+    Literal["head", "last_n_blocks", "all"]
+    | Annotated[
+        list[Annotated[str, Field(max_length=100)]], Field(min_length=1, max_length=MAX_GRID)
+    ]
+)
+
 
 class FinetuneParams(MethodParams):
-    trainable: Literal["head", "last_n_blocks", "all"] | list[str] = "last_n_blocks"
+    trainable: Trainable = "last_n_blocks"
     n: int = Field(2, ge=1, le=100, description="Blocks that train with `last_n_blocks`.")
     epochs: int = Field(15, ge=1, le=1000)
     lr: float = Field(1e-3, gt=0, le=1, description="Learning rate of the classifier.")
@@ -100,6 +108,7 @@ class FinetuneParams(MethodParams):
     wise_alphas: list[float] = Field(
         default_factory=lambda: [0.25, 0.5, 0.75, 1.0],
         min_length=1,
+        max_length=MAX_GRID,
         description="WiSE-FT mixings tried, (1-a)*start + a*finetuned (1 = the finetuned "
         "weights alone); the probe is a = 0.",
     )
@@ -110,7 +119,7 @@ class FinetuneParams(MethodParams):
         description="A finetuned candidate replaces the probe only when its paired sign-test "
         "z over the probe on the selection images exceeds this (0: any strict gain).",
     )
-    seed: int = 0
+    seed: Seed = 0
 
     @field_validator("wise_alphas")
     @classmethod

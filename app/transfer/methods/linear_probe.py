@@ -18,7 +18,7 @@ solution, an order of magnitude faster. The scaler is folded into the served hea
 from __future__ import annotations
 
 import warnings
-from typing import Any, ClassVar
+from typing import Annotated, Any, ClassVar
 
 import numpy as np
 import torch
@@ -29,13 +29,14 @@ from sklearn.model_selection import StratifiedKFold
 
 from app.transfer.heads import Head, LinearHead
 from app.transfer.methods import register_method
-from app.transfer.methods.base import FeatureMethod, MethodParams
+from app.transfer.methods.base import MAX_GRID, FeatureMethod, MethodParams
 
 
 class LinearProbeParams(MethodParams):
-    Cs: list[float] = Field(
+    Cs: list[Annotated[float, Field(gt=0, le=1e6)]] = Field(
         default_factory=lambda: [0.001, 0.01, 0.1, 1.0],
         min_length=1,
+        max_length=MAX_GRID,
         description="Candidate inverse regularisation strengths, chosen by inner CV.",
     )
     max_iter: int = Field(300, ge=10, le=10_000)

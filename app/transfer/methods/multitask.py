@@ -41,7 +41,7 @@ from app.transfer.evaluation import (
 )
 from app.transfer.heads import MultiTaskHead, TaskSpec
 from app.transfer.methods import get_method, register_method
-from app.transfer.methods.base import Method, MethodParams, frozen_features
+from app.transfer.methods.base import MAX_GRID, Method, MethodParams, frozen_features
 
 PRIMARY = "label"  # the task of the images' own label
 THRESHOLD = 0.5  # a tag is predicted when sigma(z) >= 0.5
@@ -51,6 +51,7 @@ class MultiTaskParams(MethodParams):
     tasks: list[str] | None = Field(
         None,
         min_length=1,
+        max_length=MAX_GRID,
         description="Label sets learnt beside the images' `label` (default: all the project has).",
     )
     hidden: int = Field(256, ge=8, le=4096, description="Width H of the shared layer.")

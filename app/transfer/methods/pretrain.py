@@ -19,7 +19,7 @@ a backbone of the tenant under the model's id.
 from __future__ import annotations
 
 import hashlib
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Literal
 
 import numpy as np
 import torch
@@ -30,7 +30,7 @@ from app.errors import TooFewImages
 from app.transfer.artifacts import TrainedModel
 from app.transfer.data import Progress, TrainingData, no_progress
 from app.transfer.methods import register_method
-from app.transfer.methods.base import Method, MethodParams
+from app.transfer.methods.base import Method, MethodParams, Seed
 from app.transfer.methods.finetune import (
     FinetuneParams,
     device_for_training,
@@ -42,8 +42,16 @@ from app.transfer.preprocess import Preprocessing, decode_image, eval_transform
 ROTATIONS = ("rot0", "rot90", "rot180", "rot270")
 
 
+#: timm architectures a tenant may pretrain: small convolutional networks a worker can
+#: train in minutes. Never a free string: timm also resolves ``hf-hub:`` and ``local-dir:``.
+Architecture = Literal[
+    "resnet10t", "resnet14t", "resnet18", "resnet26", "resnet34", "mobilenetv2_100",
+    "mobilenetv3_small_100", "mobilenetv3_large_100", "efficientnet_b0", "convnext_atto",
+]  # fmt: skip
+
+
 class PretrainParams(MethodParams):
-    architecture: str = Field(
+    architecture: Architecture = Field(
         "resnet10t", description="timm architecture, built from random weights."
     )
     input_size: int = Field(32, ge=16, le=512, description="Square input side in pixels.")
@@ -62,7 +70,7 @@ class PretrainParams(MethodParams):
     )
     patience: int = Field(5, ge=1, le=1000)
     max_minutes: float = Field(30.0, gt=0, le=24 * 60)
-    seed: int = 0
+    seed: Seed = 0
 
 
 class _Rotations(torch.utils.data.Dataset):  # type: ignore[type-arg]
