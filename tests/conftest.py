@@ -3,6 +3,7 @@ from __future__ import annotations
 import os
 import secrets
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -101,6 +102,13 @@ def api(settings: Settings) -> Iterator[Api]:
 
 @pytest.fixture
 def postgres_redis(tmp_path: Path) -> Iterator[dict[str, str]]:
+    with fresh_postgres_redis() as urls:
+        yield urls
+
+
+@contextmanager
+def fresh_postgres_redis() -> Iterator[dict[str, str]]:
+    """A new PostgreSQL database and an emptied Redis db, dropped and flushed afterwards."""
     import redis
 
     name = f"dovecote_it_{secrets.token_hex(4)}"

@@ -47,6 +47,7 @@ def create_app(
         else None
     )
     problems.install(api)
+    problems.document_errors(api)
     for router in (
         meta.router, projects.router, images.router, jobs.router, models.router, usage.router,
         aliases.router,

@@ -11,6 +11,7 @@ from fastapi.responses import JSONResponse
 from fastapi.routing import APIRoute
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from app.api.schemas import Problem
 from app.errors import PROBLEM_BASE, DovecoteError
 
 log = logging.getLogger(__name__)
@@ -49,6 +50,59 @@ def _json_not_declared(request: Request) -> bool:
     if any(isinstance(p.field_info, params.Form) for p in route.dependant.body_params):
         return False  # multipart / form routes (File is a Form)
     return "json" not in request.headers.get("content-type", "").lower()
+
+
+#: Problem codes raised outside :class:`DovecoteError` (routing, validation, middleware).
+_EXTRA_CODES = {
+    401: ["unauthorized"],
+    404: ["not_found"],
+    413: ["upload_too_large"],
+    422: ["validation_error", "invalid_characters"],
+}
+
+
+def _codes_by_status() -> dict[int, list[str]]:
+    out: dict[int, set[str]] = {s: set(c) for s, c in _EXTRA_CODES.items()}
+    pending: list[type[DovecoteError]] = [DovecoteError]
+    while pending:
+        cls = pending.pop()
+        pending.extend(cls.__subclasses__())
+        if 400 <= cls.status < 500 and cls.code != "error":
+            out.setdefault(cls.status, set()).add(cls.code)
+    return {s: sorted(c) for s, c in sorted(out.items())}
+
+
+def document_errors(app: FastAPI) -> None:
+    """Document the problem answers of every operation in the OpenAPI schema.
+
+    Each ``/v1`` operation lists every 4xx status the API answers, each with the shared
+    ``Problem`` schema as ``application/problem+json`` and the ``code`` values it can carry
+    (FastAPI's own 422 schema, which the API never sends, is replaced)."""
+    generate = app.openapi
+
+    def openapi() -> dict[str, Any]:
+        if app.openapi_schema is not None:
+            return app.openapi_schema
+        schema = generate()
+        schema.setdefault("components", {}).setdefault("schemas", {})["Problem"] = (
+            Problem.model_json_schema(ref_template="#/components/schemas/{model}")
+        )
+        errors = {
+            str(status): {
+                "description": "A problem document; `code` is one of: "
+                + ", ".join(f"`{c}`" for c in codes)
+                + ".",
+                "content": {PROBLEM_JSON: {"schema": {"$ref": "#/components/schemas/Problem"}}},
+            }
+            for status, codes in _codes_by_status().items()
+        }
+        for path, operations in schema["paths"].items():
+            wanted = errors if path.startswith("/v1/") else {"401": errors["401"]}
+            for operation in operations.values():
+                operation["responses"].update(wanted)
+        return schema
+
+    app.openapi = openapi  # type: ignore[method-assign]
 
 
 _HTTP_CODES = {

@@ -452,3 +452,14 @@ class UsageOut(BaseModel):
     images: QuotaOut
     stored_bytes: QuotaOut = Field(description="Bytes of stored images.")
     rate_limit: RateLimitOut | None = Field(description="Per API key; null when off.")
+
+
+class Problem(BaseModel):
+    """An RFC 9457 problem document: every error answer of the API."""
+
+    model_config = ConfigDict(extra="allow")
+    type: str = Field(description="A URI naming the problem kind (ends with `code`).")
+    title: str
+    status: int = Field(description="The HTTP status.")
+    detail: str = Field(description="What went wrong, and how to fix it.")
+    code: str = Field(description="Machine-readable problem code.")
