@@ -12,7 +12,13 @@ from sqlalchemy.orm import Session
 
 from app.config import Settings
 from app.db.models import Model, Project, ProjectClass
-from app.errors import ImageTooLarge, ImageUndecodable, InvalidInput, TooManyFiles
+from app.errors import (
+    DecodeBudgetExceeded,
+    ImageTooLarge,
+    ImageUndecodable,
+    InvalidInput,
+    TooManyFiles,
+)
 from app.services import aliases
 from app.services.images import Rejection
 from app.storage import BlobStore
@@ -20,6 +26,7 @@ from app.transfer.export import FORMATS as EXPORT_FORMATS
 from app.transfer.export import ExportFormat
 from app.transfer.localize import DEFAULT_THRESHOLD, Localization
 from app.transfer.predictor import Prediction, Predictor
+from app.transfer.preprocess import PixelBudget, image_size
 
 MAX_TOP_K = 100
 __all__ = [
@@ -107,17 +114,27 @@ def predict(
         )  # fmt: skip
 
     result = PredictResult()
-    size = settings.predict_batch_size
-    for start in range(0, len(files), size):
-        chunk = files[start : start + size]
+    # Headers first (no pixel decoded): the request's pixels stay within its budget.
+    budget = PixelBudget(settings.max_pixels_per_request)
+    admitted: list[tuple[int, str, bytes]] = []
+    for i, (name, data) in enumerate(files):
         try:
-            predicted = run([data for _, data in chunk])
+            budget.charge(*image_size(data, max_pixels=settings.max_image_pixels))
+        except (ImageUndecodable, ImageTooLarge, DecodeBudgetExceeded) as exc:
+            result.rejected.append(Rejection(name, exc))
+        else:
+            admitted.append((i, name, data))
+    size = settings.predict_batch_size
+    for start in range(0, len(admitted), size):
+        chunk = admitted[start : start + size]
+        try:
+            predicted = run([data for _, _, data in chunk])
         except (ImageUndecodable, ImageTooLarge):
             pass
         else:
-            result.predicted.extend(enumerate(predicted, start))
+            result.predicted.extend(zip([i for i, _, _ in chunk], predicted, strict=True))
             continue
-        for i, (name, data) in enumerate(chunk, start):
+        for i, name, data in chunk:
             try:
                 result.predicted.append((i, run([data])[0]))
             except (ImageUndecodable, ImageTooLarge) as exc:

@@ -78,6 +78,11 @@ class PixelBudget:
         self.left -= width * height
 
 
+def image_size(data: bytes, *, max_pixels: int) -> tuple[int, int]:
+    """``(width, height)`` from the header alone (no pixel decoded); refuses as :func:`check_image`."""
+    return _open(data, max_pixels=max_pixels).size  # type: ignore[no-any-return]
+
+
 def check_image(
     data: bytes, *, filename: str | None, max_pixels: int, budget: PixelBudget | None = None
 ) -> ImageInfo:

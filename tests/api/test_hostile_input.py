@@ -266,3 +266,22 @@ def test_every_job_has_a_time_limit(tmp_path: Path) -> None:
         job = api.client.get(f"/v1/jobs/{r.json()['id']}").json()
         assert job["status"] == "failed"
         assert job["error"]["code"] == "job_timed_out"
+
+
+def test_predict_decodes_within_the_request_budget(tmp_path: Path) -> None:
+    from tests.api.helpers import digit
+
+    settings = make_settings(tmp_path, max_pixels_per_request=5_000)
+    migrate(settings)
+    api = Api(settings)
+    with api.client:
+        project = api.project()
+        api.upload_labeled(project["id"], [(str(d), digit(d, i)) for d in (0, 1) for i in range(3)])
+        model_id = api.train(project["id"], "knn")["model_id"]
+        files = [("a.png", png(20, size=(64, 64))), ("b.png", png(21, size=(64, 64)))]
+        r = api.client.post(f"/v1/models/{model_id}/predict", files=[("files", f) for f in files])
+        assert r.status_code == 207, r.text
+        assert len(r.json()["predictions"]) == 1
+        assert [(x["filename"], x["code"]) for x in r.json()["rejected"]] == [
+            ("b.png", "decode_budget_exceeded")
+        ]
