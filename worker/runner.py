@@ -14,6 +14,8 @@ import time
 from collections.abc import Callable
 from typing import Any
 
+from sqlalchemy import select
+
 from app.config import Settings
 from app.db.models import Job, Project
 from app.db.session import session_scope
@@ -78,19 +80,29 @@ def _progress_reporter(settings: Settings, job_id: str, token: str) -> Progress:
 def run_job(
     job_id: str, *, settings: Settings, enqueue: Callable[[str], None] | None = None
 ) -> str:
-    """Run job ``job_id`` once; returns its final status. Safe to call twice."""
+    """Run one job, woken by the queue message of ``job_id``; returns the final status of
+    the job it ran. Safe to call twice.
+
+    The job run is the fairest queued one (:func:`app.services.jobs.claim_next`), not
+    necessarily ``job_id``: a tenant's long queue does not keep another tenant's job waiting
+    behind all of it. With nothing queued, it returns ``job_id``'s status (``missing`` when
+    it is gone)."""
     learned_backbones.install(settings)
     url = settings.resolved_database_url
     with session_scope(url) as db:
-        token = jobs_service.claim(
+        claimed = jobs_service.claim_next(
             db=db, job_id=job_id, stale_after=settings.job_stale_after_seconds
         )
+        if claimed is None:
+            status = db.scalar(select(Job.status).where(Job.id == job_id)) or "missing"
+            log.info("woken by job %s (%s): nothing queued to run", job_id, status)
+            return status
+        if claimed[0] != job_id:
+            log.info("woken by job %s, running job %s (fair share)", job_id, claimed[0])
+        job_id, token = claimed
         job = db.get(Job, job_id)
-        if job is None:
+        if job is None:  # its project was deleted meanwhile
             return "missing"
-        if token is None:
-            log.info("job %s not claimable (status %s); skipping", job_id, job.status)
-            return job.status
         method_name, raw_params = job.method, job.params
         project = db.get(Project, job.project_id)
         assert project is not None  # jobs are deleted with their project

@@ -12,7 +12,7 @@ from collections.abc import Callable
 from datetime import timedelta
 from typing import Any
 
-from sqlalchemy import or_, select, update
+from sqlalchemy import func, or_, select, update
 from sqlalchemy.orm import Session
 
 from app.config import Settings
@@ -144,6 +144,79 @@ def claim(*, db: Session, job_id: str, stale_after: float) -> str | None:
     ).rowcount
     db.commit()
     return token if claimed else None
+
+
+#: Picks a worker tries while other workers keep taking its pick first (SQLite). Each lost
+#: race means another worker claimed a job, so this bound is only a guard against a bug.
+CLAIM_ATTEMPTS = 100
+
+
+def next_fair(*, db: Session) -> str | None:
+    """The queued job that should run next: the tenant with the fewest running jobs first,
+    among equals the one whose last job started longest ago (never: first), and within a
+    tenant the oldest job. One worker thus alternates between tenants that have work
+    queued, whatever the order their jobs were queued in.
+
+    On PostgreSQL the row is locked ``FOR UPDATE SKIP LOCKED`` until the caller commits, so
+    workers picking at once get different jobs; on SQLite (one writer) the conditional
+    update of :func:`claim` settles who gets it."""
+    running = (
+        select(Project.tenant_id.label("tenant_id"), func.count().label("n"))
+        .select_from(Job)
+        .join(Project, Job.project_id == Project.id)
+        .where(Job.status == "running")
+        .group_by(Project.tenant_id)
+        .subquery("running")
+    )
+    last_start = (
+        select(Project.tenant_id.label("tenant_id"), func.max(Job.started_at).label("at"))
+        .select_from(Job)
+        .join(Project, Job.project_id == Project.id)
+        .where(Job.started_at.is_not(None))
+        .group_by(Project.tenant_id)
+        .subquery("last_start")
+    )
+    stmt = (
+        select(Job.id)
+        .join(Project, Job.project_id == Project.id)
+        .outerjoin(running, running.c.tenant_id == Project.tenant_id)
+        .outerjoin(last_start, last_start.c.tenant_id == Project.tenant_id)
+        .where(Job.status == "queued", Job.cancel_requested.is_(False))
+        .order_by(
+            func.coalesce(running.c.n, 0),
+            last_start.c.at.asc().nulls_first(),
+            Job.created_at,
+            Job.id,
+        )
+        .limit(1)
+    )
+    if db.get_bind().dialect.name == "postgresql":
+        stmt = stmt.with_for_update(skip_locked=True, of=Job)
+    return db.scalar(stmt)
+
+
+def claim_next(*, db: Session, job_id: str, stale_after: float) -> tuple[str, str] | None:
+    """Take the job a worker should run now, woken by the queue message of ``job_id``.
+
+    A message only wakes a worker: it runs ``job_id`` itself only when that job's run was
+    orphaned (``running`` with a stale heartbeat: a redelivery after a worker died);
+    otherwise the fairest queued job (:func:`next_fair`), whichever tenant queued it. Every
+    job is enqueued once, so there are always at least as many messages as queued jobs and
+    each one runs. Returns ``(job id, run token)``, or None when nothing is queued."""
+    if db.scalar(select(Job.status).where(Job.id == job_id)) == "running":
+        token = claim(db=db, job_id=job_id, stale_after=stale_after)
+        if token is not None:
+            return job_id, token
+    for _ in range(CLAIM_ATTEMPTS):
+        picked = next_fair(db=db)
+        if picked is None:
+            db.commit()
+            return None
+        token = claim(db=db, job_id=picked, stale_after=stale_after)
+        if token is not None:
+            return picked, token
+    log.warning("gave up claiming a queued job after %d lost races", CLAIM_ATTEMPTS)
+    return None
 
 
 def heartbeat(
