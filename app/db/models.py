@@ -175,6 +175,9 @@ class Job(Base):
     attempts: Mapped[int] = mapped_column(Integer, default=0)
     run_token: Mapped[str | None] = mapped_column(String(40))
     heartbeat_at: Mapped[datetime | None] = mapped_column(Timestamp)
+    #: When the queue message of this (queued) job was last sent; the sweep resends it
+    #: when the broker may have lost it (a Redis restart without persistence).
+    enqueued_at: Mapped[datetime | None] = mapped_column(Timestamp, default=utcnow)
     created_at: Mapped[datetime] = mapped_column(Timestamp, default=utcnow)
     started_at: Mapped[datetime | None] = mapped_column(Timestamp)
     finished_at: Mapped[datetime | None] = mapped_column(Timestamp)

@@ -9,7 +9,7 @@ from __future__ import annotations
 import logging
 import secrets
 from collections.abc import Callable
-from datetime import timedelta
+from datetime import datetime, timedelta
 from typing import Any
 
 from sqlalchemy import func, or_, select, update
@@ -74,7 +74,7 @@ def create(
         enqueue(job.id)
     except Exception as exc:
         log.exception("could not enqueue job %s", job.id)
-        error = QueueUnavailable(f"The job could not be queued: {exc}.")
+        error = QueueUnavailable("The job could not be queued: the broker is unreachable; retry.")
         fail(db=db, job_id=job.id, error=error)
         raise error from exc
     return job
@@ -282,7 +282,11 @@ class WorkerLost(DovecoteError):
 
 
 def sweep(*, db: Session, settings: Settings, enqueue: Callable[[str], None]) -> dict[str, int]:
-    """Requeue (or, past ``job_max_attempts``, fail) running jobs whose heartbeat went silent."""
+    """Requeue (or, past ``job_max_attempts``, fail) running jobs whose heartbeat went silent,
+    and resend the message of jobs queued for longer than ``job_stale_after_seconds`` since
+    their last one: a broker that lost its messages (Redis restarted without persistence)
+    then still runs every job. An extra message is harmless: it wakes a worker that claims
+    the fairest queued job, or nothing."""
     cutoff = utcnow() - timedelta(seconds=settings.job_stale_after_seconds)
     stale = list(db.scalars(select(Job).where(Job.status == "running", Job.heartbeat_at < cutoff)))
     counts = {"requeued": 0, "failed": 0}
@@ -301,10 +305,33 @@ def sweep(*, db: Session, settings: Settings, enqueue: Callable[[str], None]) ->
         requeued = db.execute(
             update(Job)
             .where(Job.id == job.id, Job.run_token == job.run_token, Job.status == "running")
-            .values(status="queued", stage="requeued after worker loss", run_token=None)
+            .values(
+                status="queued",
+                stage="requeued after worker loss",
+                run_token=None,
+                enqueued_at=utcnow(),
+            )
         ).rowcount
         db.commit()
         if requeued:
             enqueue(job.id)
             counts["requeued"] += 1
+    counts["resent"] = _resend_waiting(db=db, cutoff=cutoff, enqueue=enqueue)
     return counts
+
+
+def _resend_waiting(*, db: Session, cutoff: datetime, enqueue: Callable[[str], None]) -> int:
+    waiting = list(
+        db.scalars(
+            select(Job.id).where(
+                Job.status == "queued",
+                Job.cancel_requested.is_(False),
+                or_(Job.enqueued_at.is_(None), Job.enqueued_at < cutoff),
+            )
+        )
+    )
+    for job_id in waiting:
+        db.execute(update(Job).where(Job.id == job_id).values(enqueued_at=utcnow()))
+        db.commit()
+        enqueue(job_id)
+    return len(waiting)
