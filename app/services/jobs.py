@@ -201,8 +201,8 @@ def claim_next(*, db: Session, job_id: str, stale_after: float) -> tuple[str, st
     A message only wakes a worker: it runs ``job_id`` itself only when that job's run was
     orphaned (``running`` with a stale heartbeat: a redelivery after a worker died);
     otherwise the fairest queued job (:func:`next_fair`), whichever tenant queued it. Every
-    job is enqueued once, so there are always at least as many messages as queued jobs and
-    each one runs. Returns ``(job id, run token)``, or None when nothing is queued."""
+    job is enqueued at least once, so there are always at least as many messages as queued
+    jobs and each one runs. Returns ``(job id, run token)``, or None when nothing is queued."""
     if db.scalar(select(Job.status).where(Job.id == job_id)) == "running":
         token = claim(db=db, job_id=job_id, stale_after=stale_after)
         if token is not None:
