@@ -31,6 +31,12 @@ class Settings(BaseSettings):
         None,
         description="Celery broker; default kombu's `sqla+sqlite:///<data_dir>/broker.sqlite`.",
     )
+    broker_poll_seconds: float = Field(
+        0.1,
+        gt=0,
+        description="How often a worker polls the embedded SQL broker for a new job (kombu's "
+        "default is 1 s); Redis delivers at once and ignores it.",
+    )
     storage_url: str | None = Field(
         None, description="Blob store; default `file://<data_dir>/blobs`."
     )

@@ -18,11 +18,11 @@ from worker.runner import run_job
 
 log = logging.getLogger(__name__)
 settings = get_settings()
-celery = make_celery(settings.resolved_broker_url)
+celery = make_celery(settings.resolved_broker_url, settings.broker_poll_seconds)
 
 
 def _enqueue(job_id: str) -> None:
-    enqueue_training(settings.resolved_broker_url, job_id)
+    enqueue_training(settings.resolved_broker_url, job_id, settings.broker_poll_seconds)
 
 
 @celery.task(name=TRAIN_TASK, acks_late=True, reject_on_worker_lost=True)

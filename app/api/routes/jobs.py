@@ -22,7 +22,9 @@ def create_job(
     response: Response,
 ) -> JobOut:
     enqueue = getattr(request.app.state, "enqueue", None) or (
-        lambda job_id: enqueue_training(settings.resolved_broker_url, job_id)
+        lambda job_id: enqueue_training(
+            settings.resolved_broker_url, job_id, settings.broker_poll_seconds
+        )
     )
     job = service.create(
         db=db,
