@@ -15,7 +15,7 @@ import pytest
 
 from app.api.main import create_app
 from app.config import Settings
-from tests.api.helpers import assert_problem, png
+from tests.api.helpers import assert_problem, digit, png
 from tests.conftest import Api, make_settings, migrate
 
 
@@ -35,6 +35,22 @@ def _projects(api: Api) -> list[dict]:
     r = api.client.get("/v1/projects")
     assert r.status_code == 200, r.text
     return r.json()["items"]
+
+
+def _limited_api(tmp_path: Path, **overrides: object) -> Api:
+    settings = make_settings(tmp_path, **overrides)
+    migrate(settings)
+    return Api(settings)
+
+
+def _knn_job(api: Api) -> dict:
+    """Train ``knn`` on a small project of two digit classes; the job as it ended."""
+    project = api.project()
+    api.upload_labeled(project["id"], [(str(d), digit(d, i)) for d in (0, 1) for i in range(3)])
+    r = api.client.post(f"/v1/projects/{project['id']}/jobs", json={"method": "knn"})
+    assert r.status_code == 202, r.text
+    api.run_queued()
+    return api.client.get(f"/v1/jobs/{r.json()['id']}").json()
 
 
 def _jobs(api: Api, project_id: str) -> list[dict]:
@@ -213,9 +229,7 @@ def test_a_wrong_key_is_refused_before_the_body_is_read(settings: Settings) -> N
 
 
 def test_duplicates_are_not_decoded_and_decoding_is_budgeted(tmp_path: Path) -> None:
-    settings = make_settings(tmp_path, max_pixels_per_request=5_000)
-    migrate(settings)
-    api = Api(settings)
+    api = _limited_api(tmp_path, max_pixels_per_request=5_000)
     with api.client:
         project = api.project()
         same = png(4, size=(64, 64))  # 4 096 pixels: the budget holds one decode
@@ -234,50 +248,29 @@ def test_an_unexpected_training_error_does_not_leak_its_text(
     api: Api, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     from app.transfer.methods.knn import KNN
-    from tests.api.helpers import digit
 
     def explode(*args: object, **kwargs: object) -> None:
         raise RuntimeError("cannot open /srv/secret/weights.bin")
 
     monkeypatch.setattr(KNN, "fit", explode)
-    project = api.project()
-    api.upload_labeled(project["id"], [(str(d), digit(d, i)) for d in (0, 1) for i in range(3)])
-    r = api.client.post(f"/v1/projects/{project['id']}/jobs", json={"method": "knn"})
-    assert r.status_code == 202, r.text
-    api.run_queued()
-    job = api.client.get(f"/v1/jobs/{r.json()['id']}").json()
+    job = _knn_job(api)
     assert job["status"] == "failed"
     assert job["error"]["code"] == "training_failed"
     assert "/srv" not in json.dumps(job) and "RuntimeError" not in json.dumps(job)
 
 
 def test_every_job_has_a_time_limit(tmp_path: Path) -> None:
-    from tests.api.helpers import digit
-
-    settings = make_settings(tmp_path, job_max_minutes=1e-6)
-    migrate(settings)
-    api = Api(settings)
+    api = _limited_api(tmp_path, job_max_minutes=1e-6)
     with api.client:
-        project = api.project()
-        api.upload_labeled(project["id"], [(str(d), digit(d, i)) for d in (0, 1) for i in range(3)])
-        r = api.client.post(f"/v1/projects/{project['id']}/jobs", json={"method": "knn"})
-        assert r.status_code == 202, r.text
-        api.run_queued()
-        job = api.client.get(f"/v1/jobs/{r.json()['id']}").json()
+        job = _knn_job(api)
         assert job["status"] == "failed"
         assert job["error"]["code"] == "job_timed_out"
 
 
 def test_predict_decodes_within_the_request_budget(tmp_path: Path) -> None:
-    from tests.api.helpers import digit
-
-    settings = make_settings(tmp_path, max_pixels_per_request=5_000)
-    migrate(settings)
-    api = Api(settings)
+    api = _limited_api(tmp_path, max_pixels_per_request=5_000)
     with api.client:
-        project = api.project()
-        api.upload_labeled(project["id"], [(str(d), digit(d, i)) for d in (0, 1) for i in range(3)])
-        model_id = api.train(project["id"], "knn")["model_id"]
+        model_id = _knn_job(api)["model_id"]
         files = [("a.png", png(20, size=(64, 64))), ("b.png", png(21, size=(64, 64)))]
         r = api.client.post(f"/v1/models/{model_id}/predict", files=[("files", f) for f in files])
         assert r.status_code == 207, r.text

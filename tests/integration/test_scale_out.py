@@ -7,9 +7,7 @@ from __future__ import annotations
 
 import os
 import shutil
-import signal
 import socket
-import subprocess
 import sys
 import time
 from collections.abc import Iterator
@@ -24,6 +22,7 @@ from app.db.session import session_scope
 from app.services import tenants
 from tests.conftest import fresh_postgres_redis, migrate
 from tests.factories import digit_images
+from tests.integration.processes import Process
 
 pytestmark = pytest.mark.integration
 
@@ -36,30 +35,6 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return int(s.getsockname()[1])
-
-
-class Process:
-    """A child process in its own session, logged to a file, stopped with its group."""
-
-    def __init__(self, args: list[str], env: dict[str, str], log: Path) -> None:
-        self.log = log.open("ab")
-        self.proc = subprocess.Popen(
-            args, env=env, stdout=self.log, stderr=subprocess.STDOUT, start_new_session=True
-        )
-
-    def kill(self) -> None:
-        if self.proc.poll() is None:
-            os.killpg(self.proc.pid, signal.SIGKILL)
-        self.proc.wait(timeout=30)
-
-    def stop(self) -> None:
-        if self.proc.poll() is None:
-            os.killpg(self.proc.pid, signal.SIGTERM)
-            try:
-                self.proc.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                self.kill()
-        self.log.close()
 
 
 def redis_server(port: int, log: Path) -> Process:

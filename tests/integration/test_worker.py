@@ -7,8 +7,6 @@ Backends: the embedded default (SQLite database + kombu's SQLite broker) and pro
 from __future__ import annotations
 
 import os
-import signal
-import subprocess
 import sys
 import time
 from collections.abc import Iterator
@@ -21,6 +19,7 @@ from app.api.main import create_app
 from app.config import Settings
 from tests.conftest import API_KEY, make_settings, migrate
 from tests.factories import digit_images
+from tests.integration.processes import Process
 
 pytestmark = pytest.mark.integration
 
@@ -39,7 +38,7 @@ def backend(request: pytest.FixtureRequest, tmp_path: Path) -> Settings:
     return settings
 
 
-class WorkerProcess:
+class WorkerProcess(Process):
     def __init__(self, settings: Settings, log: Path) -> None:
         env = dict(os.environ)
         env.update(
@@ -53,28 +52,9 @@ class WorkerProcess:
                 "DOVECOTE_FEATURE_BATCH_SIZE": "8",
             }
         )
-        self.log = log.open("ab")
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "app.cli", "worker", "--loglevel", "INFO"],
-            env=env,
-            stdout=self.log,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
+        super().__init__(
+            [sys.executable, "-m", "app.cli", "worker", "--loglevel", "INFO"], env, log
         )
-
-    def kill(self) -> None:
-        if self.proc.poll() is None:
-            os.killpg(self.proc.pid, signal.SIGKILL)
-        self.proc.wait(timeout=30)
-
-    def stop(self) -> None:
-        if self.proc.poll() is None:
-            os.killpg(self.proc.pid, signal.SIGTERM)
-            try:
-                self.proc.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                self.kill()
-        self.log.close()
 
 
 @pytest.fixture
