@@ -14,6 +14,8 @@ from app.config import get_settings
 from app.db.session import session_scope
 from app.queue import TRAIN_TASK, enqueue_training, make_celery
 from app.services import jobs as jobs_service
+from app.services import predictions as predictions_service
+from app.storage import open_store
 from worker.runner import run_job
 
 log = logging.getLogger(__name__)
@@ -31,8 +33,12 @@ def train(job_id: str) -> str:
 
 
 def sweep_once() -> dict[str, int]:
+    """Recover orphaned jobs; delete stored predictions past their project's retention."""
     with session_scope(settings.resolved_database_url) as db:
-        return jobs_service.sweep(db=db, settings=settings, enqueue=_enqueue)
+        counts = jobs_service.sweep(db=db, settings=settings, enqueue=_enqueue)
+        store = open_store(settings.resolved_storage_url)
+        counts.update(predictions_service.sweep_expired(db=db, store=store))
+        return counts
 
 
 _stop_sweeping = threading.Event()

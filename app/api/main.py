@@ -13,7 +13,7 @@ from app.api import problems
 from app.api.guards import EarlyAuth, InputGuard
 from app.api.limits import BodySizeLimit
 from app.api.ratelimit import TokenBuckets
-from app.api.routes import aliases, images, jobs, meta, models, projects, usage
+from app.api.routes import aliases, images, jobs, meta, models, predictions, projects, usage
 from app.config import Settings, get_settings
 from app.services import backbones as learned_backbones
 
@@ -50,7 +50,7 @@ def create_app(
     problems.document_errors(api)
     for router in (
         meta.router, projects.router, images.router, jobs.router, models.router, usage.router,
-        aliases.router,
+        aliases.router, predictions.router,
     ):  # fmt: skip
         api.include_router(router)
     # Outermost last: the key is checked first, then the body size, then its content.

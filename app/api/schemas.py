@@ -55,6 +55,14 @@ class ProjectCreate(BaseModel):
     name: str = Field(min_length=1, max_length=200)
     description: str = Field("", max_length=5000)
     classes: list[str | ClassSpec] = Field(default_factory=list, max_length=10_000)
+    store_predictions: bool = Field(
+        False,
+        description="Keep every predict's images and answers (`GET /v1/projects/{project_id}/"
+        "predictions`), for feedback and suggestions.",
+    )
+    prediction_retention_days: int = Field(
+        30, ge=1, le=3650, description="Stored predictions older than this are deleted."
+    )
 
     def class_dicts(self) -> list[dict[str, Any]]:
         return [{"name": c} if isinstance(c, str) else c.model_dump() for c in self.classes]
@@ -65,8 +73,14 @@ class ProjectUpdate(BaseModel):
     name: str | None = Field(None, min_length=1, max_length=200)
     description: str | None = Field(None, max_length=5000)
     classes: list[str | ClassSpec] | None = Field(None, max_length=10_000)
+    store_predictions: bool | None = Field(
+        None, description="Keep every predict's images and answers. Omitted: unchanged."
+    )
+    prediction_retention_days: int | None = Field(
+        None, ge=1, le=3650, description="Days stored predictions are kept. Omitted: unchanged."
+    )
 
-    @field_validator("name", "description")
+    @field_validator("name", "description", "store_predictions", "prediction_retention_days")
     @classmethod
     def _not_null(cls, value: str | None) -> str:
         # Omitted means "unchanged"; an explicit null is not a name or a description.
@@ -101,6 +115,14 @@ class ProjectOut(BaseModel):
     image_count: int
     default_model_id: str | None = Field(description="The model of the alias `production`.")
     default_model_version: int | None = None
+    store_predictions: bool = Field(
+        False,
+        description="Keep every predict's images and answers (`GET /v1/projects/{project_id}/"
+        "predictions`), for feedback and suggestions.",
+    )
+    prediction_retention_days: int = Field(
+        30, ge=1, le=3650, description="Stored predictions older than this are deleted."
+    )
     created_at: UTCDatetime
 
 
@@ -288,6 +310,14 @@ class Metrics(BaseModel):
     negative_transfer: bool | None = Field(None, description="The model scored below its baseline.")
 
 
+class FeedbackCounts(BaseModel):
+    """Feedback on the model's stored predictions: its live accuracy is
+    `confirmed / (confirmed + corrected)`."""
+
+    confirmed: int = 0
+    corrected: int = 0
+
+
 class ModelOut(BaseModel):
     model_config = ConfigDict(from_attributes=True)
     id: str
@@ -303,6 +333,10 @@ class ModelOut(BaseModel):
     )
     promotion: PromotionOut | None = Field(
         None, description="Whether its job made it `production`, and why."
+    )
+    feedback: FeedbackCounts = Field(
+        default_factory=FeedbackCounts,
+        description="Feedback on its stored predictions (`POST /v1/predictions/{id}/feedback`).",
     )
     created_at: UTCDatetime
 
@@ -394,6 +428,11 @@ class PredictionOut(BaseModel):
         description="Multi-task models: the prediction for each of the project's other "
         "label sets, by set name; null for single-task models.",
     )
+    prediction_id: str | None = Field(
+        None,
+        description="The stored prediction's id when the project has `store_predictions` "
+        "(for `POST /v1/predictions/{prediction_id}/feedback`); null otherwise.",
+    )
 
 
 class PredictOut(BaseModel):
@@ -409,6 +448,71 @@ class PredictOut(BaseModel):
         default_factory=list,
         description="Files that are not readable images (the answer is then a 207).",
     )
+
+
+class StoredPredictionOut(BaseModel):
+    """A predict answer kept by a project with `store_predictions`."""
+
+    model_config = ConfigDict(from_attributes=True)
+    id: str
+    project_id: str
+    model_id: str
+    model_version: int
+    filename: str
+    sha256: str = Field(description="The image's SHA-256 (one stored copy per project).")
+    width: int
+    height: int
+    label: str | None = Field(description='The answer; null for "none of the above".')
+    top_label: str = Field(description="The best class, even when the answer was rejected.")
+    score: float
+    scores: list[Score]
+    rejected: bool = Field(description='The answer was "none of the above" (`reject_below`).')
+    feedback: Literal["confirmed", "corrected"] | None = Field(description="null: no feedback yet.")
+    feedback_label: str | None
+    image_id: str | None = Field(description="The training image feedback made of it.")
+    created_at: UTCDatetime
+    feedback_at: UTCDatetime | None
+
+
+class FeedbackIn(BaseModel):
+    """The right label, or `{"correct": true}`: the model's label was right."""
+
+    model_config = ConfigDict(extra="forbid")
+    label: str | None = Field(None, min_length=1, max_length=100)
+    correct: bool | None = None
+
+
+class FeedbackOut(BaseModel):
+    prediction: StoredPredictionOut
+    image: ImageOut = Field(description="The project's labeled image it became.")
+
+
+class SuggestionOut(BaseModel):
+    """An unlabeled image worth labeling, with the model's guess (pre-labeling)."""
+
+    source: Literal["image", "prediction"] = Field(
+        description="An image uploaded without a label, or a stored prediction without feedback."
+    )
+    image_id: str | None = Field(description="With `source: image`: label it with PATCH.")
+    prediction_id: str | None = Field(
+        description="With `source: prediction`: label it with POST .../feedback."
+    )
+    sha256: str
+    filename: str
+    suggested_label: str = Field(description="The model's best class.")
+    score: float = Field(description="Its probability.")
+    margin: float = Field(description="Best minus second-best probability.")
+    rejected: bool = Field(description="Below the model's `reject_below` threshold.")
+    priority: float = Field(
+        description="Uncertainty times novelty when it was picked (items are in pick order)."
+    )
+
+
+class SuggestionsOut(BaseModel):
+    model_id: str
+    version: int
+    items: list[SuggestionOut]
+    pool_size: int = Field(description="Unlabeled images and predictions considered.")
 
 
 # --- catalogue --------------------------------------------------------------------------

@@ -16,6 +16,7 @@ from sqlalchemy import (
     String,
     Text,
     UniqueConstraint,
+    false,
 )
 from sqlalchemy.orm import Mapped, mapped_column, relationship
 
@@ -58,6 +59,10 @@ class Project(Base):
     default_model_id: Mapped[str | None] = mapped_column(String(40))
     # The version number its last model took (models are v1, v2, ...; never reused).
     last_model_version: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
+    # Opt-in: each predict stores its images and answers (:class:`StoredPrediction`),
+    # deleted by the worker's sweep ``prediction_retention_days`` after they were made.
+    store_predictions: Mapped[bool] = mapped_column(Boolean, default=False, server_default=false())
+    prediction_retention_days: Mapped[int] = mapped_column(Integer, default=30, server_default="30")
     created_at: Mapped[datetime] = mapped_column(Timestamp, default=utcnow)
 
     classes: Mapped[list[ProjectClass]] = relationship(
@@ -241,4 +246,38 @@ class AliasEvent(Base):
     tenant_id: Mapped[str | None] = mapped_column(String(40))
     api_key_id: Mapped[str | None] = mapped_column(String(40))
     actor: Mapped[str] = mapped_column(String(200))
+    created_at: Mapped[datetime] = mapped_column(Timestamp, default=utcnow)
+
+
+class StoredPrediction(Base):
+    """One image a predict answered, kept when its project has ``store_predictions``: the
+    bytes are the blob of an upload with the same sha256 (``images/<project>/<sha256>``)."""
+
+    __tablename__ = "stored_predictions"
+    __table_args__ = (
+        Index("ix_stored_predictions_project_id_created_at", "project_id", "created_at"),
+        Index("ix_stored_predictions_project_id_sha256", "project_id", "sha256"),
+    )
+
+    id: Mapped[str] = mapped_column(String(40), primary_key=True, default=lambda: new_id("prd"))
+    project_id: Mapped[str] = mapped_column(ForeignKey("projects.id", ondelete="CASCADE"))
+    # No foreign key: a prediction outlives the model that made it.
+    model_id: Mapped[str] = mapped_column(String(40), index=True)
+    model_version: Mapped[int] = mapped_column(Integer)
+    filename: Mapped[str] = mapped_column(String(255))
+    sha256: Mapped[str] = mapped_column(String(64))
+    format: Mapped[str] = mapped_column(String(8))
+    width: Mapped[int] = mapped_column(Integer)
+    height: Mapped[int] = mapped_column(Integer)
+    size_bytes: Mapped[int] = mapped_column(Integer)
+    label: Mapped[str | None] = mapped_column(String(100))  # null: rejected
+    top_label: Mapped[str] = mapped_column(String(100))  # the best class, even when rejected
+    score: Mapped[float] = mapped_column(Float)
+    scores: Mapped[list[dict[str, Any]]] = mapped_column(JSON, default=list)
+    rejected: Mapped[bool] = mapped_column(Boolean, default=False)
+    # Feedback: ``confirmed`` | ``corrected`` (null: none yet), the label given, the image.
+    feedback: Mapped[str | None] = mapped_column(String(16))
+    feedback_label: Mapped[str | None] = mapped_column(String(100))
+    image_id: Mapped[str | None] = mapped_column(String(40))
+    feedback_at: Mapped[datetime | None] = mapped_column(Timestamp)
     created_at: Mapped[datetime] = mapped_column(Timestamp, default=utcnow)

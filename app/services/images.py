@@ -20,7 +20,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from app.config import Settings
-from app.db.models import Image, Project
+from app.db.models import Image, Project, StoredPrediction
 from app.errors import (
     ArchiveInvalid,
     ArchiveTooLarge,
@@ -278,10 +278,17 @@ def update(*, db: Session, project: Project, image: Image, changes: dict[str, An
 
 
 def delete(*, db: Session, store: BlobStore, image: Image) -> None:
-    key = blob_key(image.project_id, image.sha256)
+    """The row, then its blob unless a stored prediction of the project still names it."""
+    project_id, sha = image.project_id, image.sha256
     db.delete(image)
     db.commit()
-    store.delete(key)
+    kept = db.scalar(
+        select(StoredPrediction.id)
+        .where(StoredPrediction.project_id == project_id, StoredPrediction.sha256 == sha)
+        .limit(1)
+    )
+    if kept is None:
+        store.delete(blob_key(project_id, sha))
 
 
 def content(*, store: BlobStore, image: Image) -> bytes:

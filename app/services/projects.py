@@ -93,8 +93,15 @@ def create(
     name: str,
     description: str = "",
     classes: list[Any] = (),  # type: ignore[assignment]
+    store_predictions: bool = False,
+    prediction_retention_days: int = 30,
 ) -> Project:
-    project = Project(tenant_id=tenant_id, name=name, description=description)
+    """``store_predictions``: keep each predict's images and answers (see
+    :mod:`app.services.predictions`) for ``prediction_retention_days``."""
+    project = Project(
+        tenant_id=tenant_id, name=name, description=description,
+        store_predictions=store_predictions, prediction_retention_days=prediction_retention_days,
+    )  # fmt: skip
     _apply_classes(project, list(classes))
     db.add(project)
     db.commit()
@@ -108,6 +115,9 @@ def update(*, db: Session, project: Project, changes: dict[str, Any]) -> Project
         project.description = changes["description"]
     if changes.get("classes") is not None:
         _apply_classes(project, changes["classes"])
+    for key in ("store_predictions", "prediction_retention_days"):
+        if changes.get(key) is not None:
+            setattr(project, key, changes[key])
     db.commit()
     return project
 

@@ -14,13 +14,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Generic, Literal, TypeVar
 
+import numpy as np
 import torch
 
 from app.errors import NoRejectDefault
 from app.transfer.artifacts import TrainedModel
 from app.transfer.backbones import Backbone, load_backbone
+from app.transfer.data import Sample
 from app.transfer.export import ExportFormat, export_model
-from app.transfer.features import embed_tensors, prepare_backbone
+from app.transfer.features import FeatureCache, embed_tensors, extract_features, prepare_backbone
 from app.transfer.finetune_parts import classifier_param_names
 from app.transfer.heads import Head
 from app.transfer.localize import DEFAULT_THRESHOLD, Localization, localize
@@ -214,6 +216,40 @@ class Predictor:
             for i, loc in zip(chunk, found, strict=True):
                 out[i] = loc
         return out
+
+    def pool_scores(
+        self,
+        model_key: str,
+        read: Callable[[str], bytes],
+        samples: Sequence[Sample],
+        load_bytes: Callable[[Sample], bytes],
+        *,
+        cache_dir: Path | None,
+        labeled_keys: Sequence[str] = (),
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """For active learning: features ``(N, D)`` and class probabilities ``(N, C)`` of
+        ``samples``, and the cached features ``(M, D)`` of ``labeled_keys`` (those not
+        cached are skipped, never computed). Features come from the feature cache
+        (``cache_dir``, keyed by sha256 like training's); only uncached images take a
+        backbone pass (and are cached). A finetuned backbone's features are not cached."""
+        model = self.load(model_key, read)
+        backbone = self._backbone_for(model_key, model)
+        frozen = model.backbone_state is None
+        feats = extract_features(
+            samples, backbone=backbone, load_bytes=load_bytes, max_pixels=self.max_pixels,
+            batch_size=self.batch_size, cache_dir=cache_dir if frozen else None,
+        )  # fmt: skip
+        with torch.inference_mode():
+            probs = model.head(torch.from_numpy(feats)).float().numpy()
+        labeled: list[np.ndarray] = []
+        if frozen and cache_dir is not None:
+            cache = FeatureCache(cache_dir, backbone.cache_key)
+            for key in labeled_keys:
+                vector = cache.get(key)
+                if vector is not None and vector.shape == (backbone.num_features,):
+                    labeled.append(vector)
+        labeled_arr = np.stack(labeled) if labeled else np.zeros((0, feats.shape[1]), np.float32)
+        return feats, probs, labeled_arr
 
     def load(self, model_key: str, read: Callable[[str], bytes]) -> TrainedModel:
         return self.models.get_or_load(model_key, lambda: TrainedModel.from_files(read))

@@ -22,6 +22,7 @@ from app.api.routes.projects import project_out
 from app.api.schemas import (
     BoxOut,
     DefaultModelIn,
+    FeedbackCounts,
     ModelOut,
     Page,
     PredictionOut,
@@ -35,6 +36,7 @@ from app.db.models import Model
 from app.services import aliases as aliases_service
 from app.services import models as service
 from app.services import predict as predict_service
+from app.services import predictions as predictions_service
 
 router = APIRouter(tags=["models"])
 
@@ -78,10 +80,15 @@ def localize_options(
 LocalizeDep = Annotated[LocalizeOptions, Depends(localize_options)]
 
 
-def model_out(model: Model, names: dict[str, list[str]]) -> ModelOut:
-    """A model with the aliases pointing to it (``names``: :func:`aliases.names_by_model`)."""
+def model_out(
+    model: Model, names: dict[str, list[str]], feedback: dict[str, dict[str, int]] | None = None
+) -> ModelOut:
+    """A model with the aliases pointing to it (``names``: :func:`aliases.names_by_model`)
+    and its feedback counts (:func:`predictions.feedback_counts`)."""
     out = ModelOut.model_validate(model)
     out.aliases = names.get(model.id, [])
+    if feedback and model.id in feedback:
+        out.feedback = FeedbackCounts(**feedback[model.id])
     return out
 
 
@@ -91,13 +98,18 @@ def list_models(
 ) -> Page[ModelOut]:
     items, next_cursor = service.list_(db=db, project=project, limit=limit, cursor=cursor)
     names = aliases_service.names_by_model(db=db, project_id=project.id)
-    return Page(items=[model_out(m, names) for m in items], next_cursor=next_cursor)
+    feedback = predictions_service.feedback_counts(db=db, model_ids=[m.id for m in items])
+    return Page(items=[model_out(m, names, feedback) for m in items], next_cursor=next_cursor)
 
 
 @router.get("/v1/models/{model_id}")
 def get_model(model_id: str, db: SessionDep, tenant: TenantDep) -> ModelOut:
     model = service.get(db=db, tenant_id=tenant.id, model_id=model_id)
-    return model_out(model, aliases_service.names_by_model(db=db, project_id=model.project_id))
+    return model_out(
+        model,
+        aliases_service.names_by_model(db=db, project_id=model.project_id),
+        predictions_service.feedback_counts(db=db, model_ids=[model.id]),
+    )
 
 
 @router.delete("/v1/models/{model_id}", status_code=status.HTTP_204_NO_CONTENT)
@@ -183,6 +195,9 @@ def _predict(
         settings=settings, store=store, model=model, files=named, top_k=top_k,
         reject_below=reject_below, negative=predict_service.negative_classes(db=db, model=model),
     )  # fmt: skip
+    stored = predictions_service.record(
+        db=db, store=store, model=model, files=named, predicted=result.predicted
+    )
     out = PredictOut(
         model_id=model.id,
         version=model.version,
@@ -195,6 +210,7 @@ def _predict(
                 scores=[Score(label=label, score=score) for label, score in r.scores],
                 negative=r.negative,
                 tasks=_tasks_out(r) or None,
+                prediction_id=stored.get(i),
             )
             for i, r in result.predicted
         ],

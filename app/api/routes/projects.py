@@ -52,6 +52,8 @@ def project_out(db: Session, project: Project) -> ProjectOut:
         )
         if project.default_model_id
         else None,
+        store_predictions=bool(project.store_predictions),
+        prediction_retention_days=project.prediction_retention_days,
         created_at=project.created_at,
     )
 
@@ -74,6 +76,8 @@ def create_project(
         name=body.name,
         description=body.description,
         classes=body.class_dicts(),
+        store_predictions=body.store_predictions,
+        prediction_retention_days=body.prediction_retention_days,
     )
     return project_out(db, project)
 
