@@ -37,7 +37,11 @@ def sweep_once() -> dict[str, int]:
     with session_scope(settings.resolved_database_url) as db:
         counts = jobs_service.sweep(db=db, settings=settings, enqueue=_enqueue)
         store = open_store(settings.resolved_storage_url)
-        counts.update(predictions_service.sweep_expired(db=db, store=store))
+        try:
+            counts.update(predictions_service.sweep_expired(db=db, store=store))
+        except Exception:
+            db.rollback()
+            log.exception("stored-prediction retention sweep failed")
         return counts
 
 

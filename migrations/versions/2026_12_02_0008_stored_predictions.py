@@ -1,7 +1,7 @@
 """stored predictions and their feedback; per-project opt-in and retention
 
-Revision ID: 0007_predictions
-Revises: 0006_versions
+Revision ID: 0008_predictions
+Revises: 0007_enqueued_at
 Create Date: 2026-12-02 00:00:00.000000
 """
 
@@ -12,8 +12,8 @@ from collections.abc import Sequence
 import sqlalchemy as sa
 from alembic import op
 
-revision: str = "0007_predictions"
-down_revision: str | None = "0006_versions"
+revision: str = "0008_predictions"
+down_revision: str | None = "0007_enqueued_at"
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
 
