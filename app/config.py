@@ -91,6 +91,12 @@ class Settings(BaseSettings):
     predict_batch_size: int = Field(
         16, ge=1, description="Images decoded and run through the backbone at once by predict."
     )
+    inference_max_images: int = Field(
+        32,
+        ge=0,
+        description="Images in inference at once in one API process, over all requests (0: "
+        "no limit); the others wait. Bounds the API's memory under concurrent predicts.",
+    )
     tenant_max_active_jobs: int = Field(
         4, description="Queued plus running jobs a tenant may have (0: no limit); more is a 429."
     )

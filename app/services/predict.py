@@ -54,6 +54,7 @@ def get_predictor(settings: Settings) -> Predictor:
         allow_hub=settings.allow_hub,
         max_pixels=settings.max_image_pixels,
         batch_size=settings.predict_batch_size,
+        max_images_in_flight=settings.inference_max_images,
     )
 
 

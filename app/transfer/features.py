@@ -119,6 +119,9 @@ def _compile(backbone: Backbone) -> _Compiled | None:
         options = ort.SessionOptions()
         options.intra_op_num_threads = torch.get_num_threads()
         options.inter_op_num_threads = 1
+        # No arena: it keeps the peak of every concurrent batch for the process's life
+        # (the API grew by GBs under concurrent predicts); freed buffers go back to malloc.
+        options.enable_cpu_mem_arena = False
         session = ort.InferenceSession(graph, options, providers=["CPUExecutionProvider"])
         diff = float(np.abs(session.run(None, {"x": example.numpy()})[0] - want).max())
     except Exception:

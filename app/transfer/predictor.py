@@ -8,8 +8,9 @@ whole, under the model's key.
 from __future__ import annotations
 
 import threading
-from collections import OrderedDict
-from collections.abc import Callable, Collection, Hashable, Sequence
+from collections import OrderedDict, deque
+from collections.abc import Callable, Collection, Hashable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Generic, Literal, TypeVar
@@ -66,6 +67,47 @@ class LRUCache(Generic[K, V]):
     def discard(self, key: K) -> None:
         with self._lock:
             self._data.pop(key, None)
+
+
+class ImageBudget:
+    """At most ``limit`` images in inference at once, over every thread (0: no limit).
+
+    Each concurrent batch holds its decoded tensors and the backbone's activations: past a
+    core or two, more batches at once buy no throughput, only memory and latency. A batch
+    takes as many units as it has images (at most ``limit``, so any batch can run) and the
+    others wait their turn, first come first served."""
+
+    def __init__(self, limit: int) -> None:
+        if limit < 0:
+            raise ValueError("limit must be 0 (no limit) or more")
+        self.limit = limit
+        self.in_flight = 0
+        self.peak = 0
+        self._cond = threading.Condition()
+        self._waiting: deque[object] = deque()  # first come, first served
+
+    @contextmanager
+    def hold(self, images: int) -> Iterator[None]:
+        if not self.limit:
+            yield
+            return
+        n = max(1, min(images, self.limit))
+        ticket = object()
+        with self._cond:
+            self._waiting.append(ticket)
+            self._cond.wait_for(
+                lambda: self._waiting[0] is ticket and self.in_flight + n <= self.limit
+            )
+            self._waiting.popleft()
+            self.in_flight += n
+            self.peak = max(self.peak, self.in_flight)
+            self._cond.notify_all()  # the next in line may fit too
+        try:
+            yield
+        finally:
+            with self._cond:
+                self.in_flight -= n
+                self._cond.notify_all()
 
 
 def model_backbone(
@@ -149,10 +191,12 @@ class Predictor:
         allow_hub: bool = False,
         max_pixels: int = 50_000_000,
         batch_size: int = 16,
+        max_images_in_flight: int = 0,
     ) -> None:
         if batch_size < 1:
             raise ValueError("batch_size must be at least 1")
         self.batch_size = batch_size
+        self.budget = ImageBudget(max_images_in_flight)
         self.backbones: LRUCache[tuple[str, str], Backbone] = LRUCache(max_backbones)
         self.models: LRUCache[str, TrainedModel] = LRUCache(max_heads)
         self.weights_dir = weights_dir
@@ -205,14 +249,16 @@ class Predictor:
         out: list[Localization | None] = [None] * len(images)
         for start in self._chunks(len(wanted)):
             chunk = wanted[start : start + self.batch_size]
-            found = localize(
-                self._backbone_for(model_key, model),
-                model.head,
-                self._batch(model, [images[i] for i in chunk]),
-                model.classes,
-                [model.classes.index(labels[i]) for i in chunk],
-                threshold=threshold,
-            )
+            backbone = self._backbone_for(model_key, model)
+            with self.budget.hold(len(chunk)):
+                found = localize(
+                    backbone,
+                    model.head,
+                    self._batch(model, [images[i] for i in chunk]),
+                    model.classes,
+                    [model.classes.index(labels[i]) for i in chunk],
+                    threshold=threshold,
+                )
             for i, loc in zip(chunk, found, strict=True):
                 out[i] = loc
         return out
@@ -272,14 +318,19 @@ class Predictor:
         A top score below ``reject_below`` (``"default"``: the model's own threshold, chosen
         on validation data at training) answers ``label=None``; a label in ``negative``
         is flagged as a negative class. Images are decoded and embedded ``batch_size`` at a
-        time."""
+        time, within the predictor's :class:`ImageBudget`."""
         model = self.load(model_key, read)
         threshold = reject_threshold(model, reject_below)
         backbone = self._backbone_for(model_key, model)
         out: list[Prediction] = []
         for start in self._chunks(len(images)):
-            batch = self._batch(model, images[start : start + self.batch_size])
-            out.extend(self._predict_batch(model, backbone, batch, top_k, threshold, negative))
+            chunk = images[start : start + self.batch_size]
+            with self.budget.hold(len(chunk)):
+                batch = self._batch(model, chunk)
+                out.extend(
+                    self._predict_batch(model, backbone, batch, top_k, threshold, negative)
+                )
+                del batch
         return out
 
     @staticmethod
