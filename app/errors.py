@@ -317,3 +317,10 @@ class TrainingFailed(DovecoteError):
     code = "training_failed"
     status = 500
     title = "Training failed"
+
+
+class AuditTooLarge(InvalidInput):
+    """A project with more images than a synchronous audit reads: ``limit`` names it."""
+
+    code = "audit_too_large"
+    title = "Too many images to audit in one request"

@@ -567,3 +567,46 @@ class Problem(BaseModel):
     status: int = Field(description="The HTTP status.")
     detail: str = Field(description="What went wrong, and how to fix it.")
     code: str = Field(description="Machine-readable problem code.")
+
+
+# --- dataset audit ----------------------------------------------------------------------
+
+AuditKind = Literal[
+    "exact_duplicate",
+    "near_duplicate",
+    "leakage",
+    "mislabel",
+    "class_balance",
+    "outlier",
+    "image_quality",
+]
+
+
+class AuditFinding(BaseModel):
+    kind: AuditKind
+    image_ids: list[str]
+    explanation: str = Field(description="One line: what was found and what to do.")
+    suggested_label: str | None = Field(None, description="For `mislabel`: the likely label.")
+    score: float | None = Field(
+        None,
+        description="Strength: similarity (duplicates, leakage), probability margin "
+        "(mislabel), robust z-score (outlier), ratio (imbalance).",
+    )
+
+
+class AuditBalance(BaseModel):
+    train_counts: dict[str, int] = Field(description="Labeled images per class outside `test`.")
+    test_counts: dict[str, int]
+    imbalance_ratio: float | None
+    note: str = Field(description="What the validation can and cannot say with these counts.")
+
+
+class AuditOut(BaseModel):
+    project_id: str
+    backbone: str
+    image_count: int
+    digest: str = Field(description="Of the audited image set: changes when images change.")
+    summary: dict[str, int] = Field(description="Findings per kind.")
+    truncated: dict[str, int] = Field(description="Findings per kind left out of `findings`.")
+    balance: AuditBalance
+    findings: list[AuditFinding]

@@ -140,6 +140,7 @@ def delete(*, db: Session, store: BlobStore, project: Project) -> None:
     db.commit()
     store.delete_prefix(f"images/{project_id}")
     store.delete_prefix(f"models/{project_id}")  # every model artifact of the project
+    store.delete_prefix(f"audits/{project_id}/")
 
 
 def class_image_counts(*, db: Session, project_id: str) -> dict[str, int]:

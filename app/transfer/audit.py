@@ -133,6 +133,8 @@ def _unit(features: np.ndarray) -> np.ndarray:
     """Centered (minus the mean feature) and L2-normalised rows: post-ReLU backbone
     features are all non-negative, so raw cosines crowd near 1; centering spreads them."""
     X = np.asarray(features, dtype=np.float64)
+    if not len(X):
+        return X
     X = X - X.mean(axis=0, keepdims=True)
     return X / np.maximum(np.linalg.norm(X, axis=1, keepdims=True), 1e-12)
 

@@ -1,6 +1,8 @@
 from __future__ import annotations
 
-from fastapi import APIRouter, Response, status
+from typing import Annotated
+
+from fastapi import APIRouter, Query, Response, status
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
@@ -14,6 +16,7 @@ from app.api.deps import (
     TenantDep,
 )
 from app.api.schemas import (
+    AuditOut,
     ClassOut,
     LabelSetOut,
     Page,
@@ -22,7 +25,7 @@ from app.api.schemas import (
     ProjectUpdate,
 )
 from app.db.models import Model, Project
-from app.services import label_sets, quotas
+from app.services import audit, label_sets, quotas
 from app.services import projects as service
 
 router = APIRouter(prefix="/v1/projects", tags=["projects"])
@@ -122,3 +125,20 @@ def delete_label_set(name: str, project: ProjectDep, db: SessionDep) -> Response
     their heads for it."""
     label_sets.delete(db=db, project=project, name=name)
     return Response(status_code=status.HTTP_204_NO_CONTENT)
+
+
+@router.get("/{project_id}/audit", tags=["audit"])
+def audit_project(
+    project: ProjectDep,
+    db: SessionDep,
+    settings: SettingsDep,
+    store: StoreDep,
+    backbone: Annotated[str | None, Query(max_length=200)] = None,
+) -> AuditOut:
+    """Dataset audit: cross-label duplicates, near-duplicates and train/test leakage, likely
+    mislabels (confident learning) with a suggested label, class balance, outliers and
+    image quality. Computed in the request (at most 2000 images, else `audit_too_large`)
+    on the backbone's cached features, and cached until the project's images change."""
+    return AuditOut.model_validate(
+        audit.run(db=db, settings=settings, store=store, project=project, backbone=backbone)
+    )
