@@ -11,6 +11,7 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 from dovecote import cli as user_cli
@@ -86,8 +87,11 @@ def cmd_worker(args: argparse.Namespace) -> None:
         _stop_with_parent(args.stop_with_parent)
     _apply_data_dir(args.data_dir)
     _configure_torch()
+    import worker.celery_app
     from worker.celery_app import celery
 
+    if args.ready_file:
+        worker.celery_app.ready_file = Path(args.ready_file)
     celery.worker_main(
         [
             "worker",
@@ -119,6 +123,15 @@ def _stop_worker(worker: subprocess.Popen[bytes]) -> None:
             worker.wait()
 
 
+def _worker_ready(
+    worker: subprocess.Popen[bytes] | None, ready_file: Path | None
+) -> Callable[[], bool] | None:
+    """``/readyz``'s check of the worker ``serve`` started: running, and said it is ready."""
+    if worker is None or ready_file is None:
+        return None
+    return lambda: worker.poll() is None and ready_file.exists()
+
+
 def cmd_serve(args: argparse.Namespace) -> None:
     """API plus one worker process, everything embedded under the data directory.
 
@@ -130,6 +143,7 @@ def cmd_serve(args: argparse.Namespace) -> None:
         signal.signal(signum, _exit_on_signal)
     _apply_data_dir(args.data_dir)
     worker = None
+    ready_file: Path | None = None
     try:
         migrate()
         _configure_torch()
@@ -140,19 +154,25 @@ def cmd_serve(args: argparse.Namespace) -> None:
 
         settings = get_settings()
         if not args.no_worker:
+            # The worker writes it once connected and warm: /readyz waits for it.
+            ready_file = settings.data_dir / f"worker-{os.getpid()}.ready"
+            ready_file.unlink(missing_ok=True)
             worker = subprocess.Popen(
                 [sys.executable, "-m", "app.cli", "worker", "--data-dir", str(settings.data_dir),
-                 "--stop-with-parent", str(os.getpid())]
+                 "--stop-with-parent", str(os.getpid()), "--ready-file", str(ready_file)]
             )  # fmt: skip
         print(
             f"Dovecote on http://{args.host}:{args.port}  (docs: /docs, data: {settings.data_dir})"
         )
         if not settings.api_key:
             print("warning: DOVECOTE_API_KEY is not set; create keys with `dovecote keys create`")
-        uvicorn.run(create_app(settings), host=args.host, port=args.port, log_level="info")
+        app = create_app(settings, worker_ready=_worker_ready(worker, ready_file))
+        uvicorn.run(app, host=args.host, port=args.port, log_level="info")
     finally:
         if worker is not None:
             _stop_worker(worker)
+        if ready_file is not None:
+            ready_file.unlink(missing_ok=True)
 
 
 def cmd_keys_create(args: argparse.Namespace) -> None:
@@ -219,6 +239,7 @@ def build_parser() -> argparse.ArgumentParser:
     work = with_data_dir(sub.add_parser("worker", help="run a training worker"))
     work.add_argument("--loglevel", default="INFO")
     work.add_argument("--stop-with-parent", type=int, metavar="PID", help=argparse.SUPPRESS)
+    work.add_argument("--ready-file", metavar="PATH", help=argparse.SUPPRESS)
     work.set_defaults(func=cmd_worker)
 
     with_data_dir(sub.add_parser("migrate", help="upgrade the database")).set_defaults(

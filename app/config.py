@@ -97,6 +97,11 @@ class Settings(BaseSettings):
         description="Images in inference at once in one API process, over all requests (0: "
         "no limit); the others wait. Bounds the API's memory under concurrent predicts.",
     )
+    prewarm: bool = Field(
+        True,
+        description="Load the default backbone and build its inference session when a "
+        "process starts (`/readyz` answers 503 until then); off, the first use pays for it.",
+    )
     tenant_max_active_jobs: int = Field(
         4, description="Queued plus running jobs a tenant may have (0: no limit); more is a 429."
     )

@@ -6,7 +6,9 @@ Run it with ``dovecote worker`` (solo pool: no fork after torch is initialised).
 from __future__ import annotations
 
 import logging
+import os
 import threading
+from pathlib import Path
 
 from celery.signals import worker_ready, worker_shutdown
 
@@ -16,6 +18,9 @@ from app.queue import TRAIN_TASK, enqueue_training, make_celery
 from app.services import jobs as jobs_service
 from app.services import predictions as predictions_service
 from app.storage import open_store
+from app.transfer.backbones import DEFAULT_BACKBONE
+from app.transfer.features import graph_dir_in
+from app.transfer.methods.base import shared_backbone
 from worker.runner import run_job
 
 log = logging.getLogger(__name__)
@@ -63,6 +68,27 @@ def _sweep_forever() -> None:
 @worker_ready.connect
 def _start_sweeper(**_: object) -> None:
     threading.Thread(target=_sweep_forever, name="recovery-sweep", daemon=True).start()
+
+
+#: Set by ``dovecote worker --ready-file`` (``dovecote serve``): written, with this process's
+#: id, once the worker is connected to the broker and warm; ``/readyz`` waits for it.
+ready_file: Path | None = None
+
+
+@worker_ready.connect
+def _prewarm_and_report(**_: object) -> None:
+    """Load the default backbone before the first job needs it (its inference graph from
+    the shared cache when the API exported it already), then say the worker is ready."""
+    if settings.prewarm:
+        try:
+            shared_backbone(
+                DEFAULT_BACKBONE, settings.weights_dir, settings.allow_hub,
+                graph_dir=graph_dir_in(settings.feature_cache_dir),
+            )  # fmt: skip
+        except Exception:
+            log.warning("could not prewarm the default backbone", exc_info=True)
+    if ready_file is not None:
+        ready_file.write_text(str(os.getpid()))
 
 
 @worker_shutdown.connect

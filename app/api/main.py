@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import logging
+import threading
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
 from fastapi.routing import APIRoute
@@ -16,6 +19,9 @@ from app.api.ratelimit import TokenBuckets
 from app.api.routes import aliases, images, jobs, meta, models, predictions, projects, usage
 from app.config import Settings, get_settings
 from app.services import backbones as learned_backbones
+from app.services import predict as predict_service
+
+log = logging.getLogger(__name__)
 
 
 def _operation_id(route: APIRoute) -> str:
@@ -23,12 +29,40 @@ def _operation_id(route: APIRoute) -> str:
     return route.name
 
 
+def _prewarm(settings: Settings, warm: threading.Event) -> None:
+    try:
+        predict_service.prewarm(settings=settings)
+    except Exception:  # the first predict on it will load it (and say what is wrong)
+        log.warning("could not prewarm the default backbone", exc_info=True)
+    finally:
+        warm.set()
+
+
 def create_app(
-    settings: Settings | None = None, *, enqueue: Callable[[str], None] | None = None
+    settings: Settings | None = None,
+    *,
+    enqueue: Callable[[str], None] | None = None,
+    worker_ready: Callable[[], bool] | None = None,
 ) -> FastAPI:
-    """Build the API. ``enqueue`` replaces the Celery sender (used by in-process tests)."""
+    """Build the API. ``enqueue`` replaces the Celery sender (used by in-process tests);
+    ``worker_ready`` (``dovecote serve``) tells ``/readyz`` whether its worker is up.
+
+    With ``DOVECOTE_PREWARM`` the default backbone is loaded at start, on a thread (so
+    ``/healthz`` answers meanwhile); ``/readyz`` says ready once it is done."""
     settings = settings or get_settings()
     learned_backbones.install(settings)
+    warm = threading.Event()
+    if not settings.prewarm:
+        warm.set()
+
+    @asynccontextmanager
+    async def lifespan(_: FastAPI) -> AsyncIterator[None]:
+        if not warm.is_set():
+            threading.Thread(
+                target=_prewarm, args=(settings, warm), name="prewarm", daemon=True
+            ).start()
+        yield
+
     # Swagger UI and ReDoc served from the package's own copies of their assets, never a CDN:
     # the docs must work on a machine without internet.
     api = FastAPIOffline(
@@ -38,9 +72,12 @@ def create_app(
         "<key>` (**Authorize** above); keys are made with `dovecote keys create --tenant NAME`.",
         generate_unique_id_function=_operation_id,
         swagger_ui_parameters={"persistAuthorization": True, "displayRequestDuration": True},
+        lifespan=lifespan,
     )
     api.state.settings = settings
     api.state.enqueue = enqueue
+    api.state.warm = warm
+    api.state.worker_ready = worker_ready
     api.state.rate_buckets = (
         TokenBuckets(settings.tenant_rate_limit, settings.tenant_rate_burst)
         if settings.tenant_rate_limit > 0

@@ -22,8 +22,10 @@ from app.errors import (
 from app.services import aliases
 from app.services.images import Rejection
 from app.storage import BlobStore
+from app.transfer.backbones import DEFAULT_BACKBONE
 from app.transfer.export import FORMATS as EXPORT_FORMATS
 from app.transfer.export import ExportFormat
+from app.transfer.features import graph_dir_in
 from app.transfer.localize import DEFAULT_THRESHOLD, Localization
 from app.transfer.predictor import Prediction, Predictor
 from app.transfer.preprocess import PixelBudget, image_size
@@ -42,6 +44,7 @@ __all__ = [
     "localize",
     "negative_classes",
     "predict",
+    "prewarm",
 ]
 
 
@@ -55,7 +58,13 @@ def get_predictor(settings: Settings) -> Predictor:
         max_pixels=settings.max_image_pixels,
         batch_size=settings.predict_batch_size,
         max_images_in_flight=settings.inference_max_images,
+        graph_dir=graph_dir_in(settings.feature_cache_dir),
     )
+
+
+def prewarm(*, settings: Settings) -> None:
+    """Load the default backbone into the predictor and build its inference session."""
+    get_predictor(settings).prewarm(DEFAULT_BACKBONE)
 
 
 def check_file_count(*, settings: Settings, count: int) -> None:

@@ -21,6 +21,8 @@ from torch import nn
 from app.transfer.artifacts import TrainedModel
 from app.transfer.backbones import Backbone
 
+OPSET = 17  # ONNX opset of every exported graph
+
 ExportFormat = Literal["onnx", "torchscript"]
 FORMATS: dict[str, tuple[str, str]] = {  # format -> (file suffix, media type)
     "onnx": (".onnx", "application/onnx"),
@@ -95,7 +97,7 @@ def to_onnx(
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", DeprecationWarning)
             torch.onnx.export(
-                module, (example,), buf, dynamo=False, opset_version=17,
+                module, (example,), buf, dynamo=False, opset_version=OPSET,
                 input_names=[input_name], output_names=[output_name],
                 dynamic_axes={input_name: {0: "batch"}, output_name: {0: "batch"}},
             )  # fmt: skip

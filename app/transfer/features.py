@@ -7,6 +7,7 @@ retraining after adding 10 images computes features for those 10 only.
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import os
 import tempfile
@@ -24,7 +25,7 @@ from torch import nn
 
 from app.transfer.backbones import Backbone
 from app.transfer.data import Progress, Sample, no_progress
-from app.transfer.export import to_onnx
+from app.transfer.export import OPSET, to_onnx
 from app.transfer.preprocess import load_for_model
 
 log = logging.getLogger(__name__)
@@ -94,35 +95,96 @@ def _weights_version(model: nn.Module) -> int:
     return sum(t._version for t in (*model.parameters(), *model.buffers()))
 
 
-def _compile(backbone: Backbone) -> _Compiled | None:
+#: Bump when what :class:`_Embed` exports changes: cached graphs of older formats are ignored.
+GRAPH_FORMAT = 1
+#: Where under a feature-cache folder the exported inference graphs live.
+GRAPH_SUBDIR = "onnx"
+
+
+def graph_dir_in(feature_cache_dir: Path | None) -> Path | None:
+    """The inference-graph cache that goes with a feature cache folder."""
+    return feature_cache_dir / GRAPH_SUBDIR if feature_cache_dir is not None else None
+
+
+def graph_key(backbone: Backbone, shape: tuple[int, ...]) -> str:
+    """What an exported graph depends on: the network (name, class), a digest of its actual
+    weights (so a finetuned copy never reuses its base's graph), the input shape and the
+    export settings (opset, exporter, torch version, :data:`GRAPH_FORMAT`)."""
+    digest = hashlib.sha256()
+    for name, tensor in backbone.model.state_dict().items():
+        digest.update(name.encode())
+        digest.update(tensor.detach().cpu().contiguous().numpy().tobytes())
+    settings = (backbone.name, type(backbone.model).__name__, shape, OPSET, "torchscript",
+                torch.__version__, GRAPH_FORMAT)  # fmt: skip
+    extra = hashlib.sha256(repr(settings).encode()).hexdigest()[:16]
+    return f"{backbone.name}-{digest.hexdigest()[:24]}-{extra}"
+
+
+def _read_graph(path: Path) -> bytes | None:
+    try:
+        return path.read_bytes()
+    except OSError:
+        return None
+
+
+def _write_graph(path: Path, graph: bytes) -> None:
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".tmp")
+        with os.fdopen(fd, "wb") as f:
+            f.write(graph)
+        os.replace(tmp, path)  # readers never see half a graph; concurrent writers agree
+    except OSError:
+        log.warning("cannot cache the inference graph at %s", path, exc_info=True)
+
+
+def _session(graph: bytes) -> Any:
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = torch.get_num_threads()
+    options.inter_op_num_threads = 1
+    # No arena: it keeps the peak of every concurrent batch for the process's life
+    # (the API grew by GBs under concurrent predicts); freed buffers go back to malloc.
+    options.enable_cpu_mem_arena = False
+    return ort.InferenceSession(graph, options, providers=["CPUExecutionProvider"])
+
+
+def _compile(backbone: Backbone, graph_dir: Path | None = None) -> _Compiled | None:
     """Export ``embed`` to ONNX and open it in ONNX Runtime; None (eager is used) if
     anything is off.
 
     ONNX Runtime's CPU kernels (BatchNorm folded into the convolutions, fused
     activations, no Python per layer, GIL released) run efficientnet-lite ~1.8x faster
-    than the eager model on a 2-core CPU, for ~0.6 s of export (bench/README.md). The
-    session is checked against eager on a fixed random batch and refused beyond
-    ``_TOLERANCE``. CPU only: a backbone on an accelerator stays eager.
+    than the eager model on a 2-core CPU, for ~0.6 s of export (bench/README.md). With
+    ``graph_dir`` the exported graph is kept there under :func:`graph_key` and reused by
+    every process that prepares the same weights. The session is checked against eager on
+    a fixed random batch and refused beyond ``_TOLERANCE`` (a cached graph that fails is
+    exported again). CPU only: a backbone on an accelerator stays eager.
     """
     model = backbone.model
     if model.training or any(p.device.type != "cpu" for p in model.parameters()):
         return None
     shape = tuple(backbone.preprocessing.input_size)
     example = torch.randn((2, *shape), generator=torch.Generator().manual_seed(0))
+    path = graph_dir / f"{graph_key(backbone, shape)}.onnx" if graph_dir is not None else None
     try:
-        import onnxruntime as ort
-
+        with torch.no_grad():
+            want = backbone.embed(example).float().numpy()
+        cached = _read_graph(path) if path is not None else None
+        if cached is not None:
+            try:
+                session = _session(cached)
+                diff = float(np.abs(session.run(None, {"x": example.numpy()})[0] - want).max())
+                if diff <= _TOLERANCE:
+                    return _Compiled(session, shape, _weights_version(model))
+            except Exception:
+                pass
+            log.warning("cached inference graph %s is unusable; exporting again", path)
         with torch.no_grad(), warnings.catch_warnings():
             warnings.simplefilter("ignore")  # TracerWarnings of "same" padding: shapes are fixed
             graph = to_onnx(_Embed(backbone).eval(), example, input_name="x", output_name="f")
-            want = backbone.embed(example).float().numpy()
-        options = ort.SessionOptions()
-        options.intra_op_num_threads = torch.get_num_threads()
-        options.inter_op_num_threads = 1
-        # No arena: it keeps the peak of every concurrent batch for the process's life
-        # (the API grew by GBs under concurrent predicts); freed buffers go back to malloc.
-        options.enable_cpu_mem_arena = False
-        session = ort.InferenceSession(graph, options, providers=["CPUExecutionProvider"])
+        session = _session(graph)
         diff = float(np.abs(session.run(None, {"x": example.numpy()})[0] - want).max())
     except Exception:
         log.warning("cannot compile backbone %s; using eager mode", backbone.name, exc_info=True)
@@ -130,6 +192,8 @@ def _compile(backbone: Backbone) -> _Compiled | None:
     if not diff <= _TOLERANCE:
         log.warning("compiled %s differs by %.2g; using eager mode", backbone.name, diff)
         return None
+    if path is not None:
+        _write_graph(path, graph)
     return _Compiled(session, shape, _weights_version(model))
 
 
@@ -155,15 +219,15 @@ def embed_tensors(backbone: Backbone, batch: torch.Tensor) -> np.ndarray:
     return out.float().numpy()
 
 
-def prepare_backbone(backbone: Backbone) -> Backbone:
+def prepare_backbone(backbone: Backbone, graph_dir: Path | None = None) -> Backbone:
     """Put a backbone into its fastest inference form: channels-last eager, plus an ONNX
-    Runtime session for :func:`embed_tensors`.
+    Runtime session for :func:`embed_tensors` (its graph cached in ``graph_dir``).
 
     Call it after the weights are final (finetuned state loaded); a later in-place change
     of the weights is detected and :func:`embed_tensors` falls back to eager.
     """
     backbone.model.to(memory_format=torch.channels_last)  # type: ignore[call-overload]
-    compiled = _compile(backbone)
+    compiled = _compile(backbone, graph_dir)
     if compiled is not None:
         _compiled[backbone.model] = compiled
     return backbone

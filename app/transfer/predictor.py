@@ -111,7 +111,12 @@ class ImageBudget:
 
 
 def model_backbone(
-    model: TrainedModel, model_key: str, *, weights_dir: Path | None, allow_hub: bool
+    model: TrainedModel,
+    model_key: str,
+    *,
+    weights_dir: Path | None,
+    allow_hub: bool,
+    graph_dir: Path | None = None,
 ) -> Backbone:
     """The network ``model`` runs on, ready for inference: its registry backbone, with the
     model's own finetuned tensors loaded when it has them."""
@@ -124,7 +129,7 @@ def model_backbone(
             raise ValueError(f"finetuned backbone of {model_key} does not fit {model.backbone}")
     elif backbone.weights_digest != model.backbone_digest:
         raise RuntimeError(f"backbone {model.backbone} weights changed since the model was trained")
-    return prepare_backbone(backbone)
+    return prepare_backbone(backbone, graph_dir)
 
 
 def reject_threshold(
@@ -192,11 +197,13 @@ class Predictor:
         max_pixels: int = 50_000_000,
         batch_size: int = 16,
         max_images_in_flight: int = 0,
+        graph_dir: Path | None = None,
     ) -> None:
         if batch_size < 1:
             raise ValueError("batch_size must be at least 1")
         self.batch_size = batch_size
         self.budget = ImageBudget(max_images_in_flight)
+        self.graph_dir = graph_dir
         self.backbones: LRUCache[tuple[str, str], Backbone] = LRUCache(max_backbones)
         self.models: LRUCache[str, TrainedModel] = LRUCache(max_heads)
         self.weights_dir = weights_dir
@@ -211,9 +218,22 @@ class Predictor:
         return self.backbones.get_or_load(
             key,
             lambda: model_backbone(
-                model, model_key, weights_dir=self.weights_dir, allow_hub=self.allow_hub
+                model, model_key, weights_dir=self.weights_dir, allow_hub=self.allow_hub,
+                graph_dir=self.graph_dir,
             ),
+        )  # fmt: skip
+
+    def prewarm(self, name: str) -> Backbone:
+        """Load registry backbone ``name`` and build its inference session now (the graph
+        from ``graph_dir`` when another process exported it), and run one image through
+        it: the first predict of a model on it then pays for neither."""
+        backbone = prepare_backbone(
+            load_backbone(name, weights_dir=self.weights_dir, allow_hub=self.allow_hub),
+            self.graph_dir,
         )
+        backbone = self.backbones.get_or_load((name, backbone.weights_digest), lambda: backbone)
+        embed_tensors(backbone, torch.zeros((1, *backbone.preprocessing.input_size)))
+        return backbone
 
     def export(self, model_key: str, read: Callable[[str], bytes], fmt: ExportFormat) -> bytes:
         """The model as one ONNX or TorchScript file (see :mod:`app.transfer.export`)."""
@@ -327,9 +347,7 @@ class Predictor:
             chunk = images[start : start + self.batch_size]
             with self.budget.hold(len(chunk)):
                 batch = self._batch(model, chunk)
-                out.extend(
-                    self._predict_batch(model, backbone, batch, top_k, threshold, negative)
-                )
+                out.extend(self._predict_batch(model, backbone, batch, top_k, threshold, negative))
                 del batch
         return out
 

@@ -122,3 +122,21 @@ def test_sigkilled_server_takes_its_worker_along(
     os.kill(proc.pid, signal.SIGKILL)
     proc.wait(timeout=10)
     _wait(lambda: not _alive(worker), 15, f"worker {worker} outlived the server", log)
+
+
+def test_ready_means_the_worker_is_up_and_both_share_one_inference_graph(
+    serve: tuple[subprocess.Popen[bytes], str, Path], tmp_path: Path
+) -> None:
+    """/readyz says ready only once the prewarmed API's worker has connected (and warmed);
+    API and worker built their sessions from one cached graph; a dead worker is not ready."""
+    proc, url, log = serve
+    worker = _worker_of(proc, log)
+    _wait(lambda: _ready(url), 120, "serve did not become ready", log)
+    ready_file = tmp_path / "data" / f"worker-{proc.pid}.ready"
+    assert ready_file.read_text() == str(worker)
+    graphs = list((tmp_path / "data" / "feature-cache" / "onnx").glob("*.onnx"))
+    assert len(graphs) == 1, graphs
+    os.kill(worker, signal.SIGKILL)
+    _wait(lambda: not _ready(url), 10, "serve stayed ready without its worker", log)
+    r = httpx.get(f"{url}/readyz", timeout=5)
+    assert r.status_code == 503 and "worker" in r.json()["detail"]

@@ -16,7 +16,7 @@ from app.transfer.artifacts import TrainedModel
 from app.transfer.backbones import Backbone, load_backbone
 from app.transfer.data import LabeledSet, Progress, Sample, TrainingData, no_progress, sub_progress
 from app.transfer.evaluation import evaluate
-from app.transfer.features import extract_features, prepare_backbone
+from app.transfer.features import extract_features, graph_dir_in, prepare_backbone
 from app.transfer.heads import Head
 from app.transfer.preprocess import Preprocessing
 
@@ -125,10 +125,15 @@ _SHARED_MAX = 2
 
 
 def shared_backbone(
-    name: str, weights_dir: Path | None, allow_hub: bool, progress: Progress = no_progress
+    name: str,
+    weights_dir: Path | None,
+    allow_hub: bool,
+    progress: Progress = no_progress,
+    graph_dir: Path | None = None,
 ) -> Backbone:
     """A frozen backbone shared by every frozen-feature job in this process (the last two
-    used). Loading one reports its two slow steps as stages, so a first job is not silent."""
+    used). Loading one reports its two slow steps as stages, so a first job is not silent.
+    ``graph_dir``: where its exported inference graph is cached (see ``prepare_backbone``)."""
     key = (name, weights_dir, allow_hub)
     if key in _SHARED:
         _SHARED.move_to_end(key)
@@ -136,7 +141,7 @@ def shared_backbone(
     progress(0.0, f"loading backbone {name}: reading its weights")
     backbone = load_backbone(name, weights_dir=weights_dir, allow_hub=allow_hub)
     progress(0.5, f"loading backbone {name}: preparing its inference graph")
-    _SHARED[key] = backbone = prepare_backbone(backbone)
+    _SHARED[key] = backbone = prepare_backbone(backbone, graph_dir)
     while len(_SHARED) > _SHARED_MAX:
         _SHARED.popitem(last=False)
     progress(1.0, f"loading backbone {name}: ready")
@@ -150,8 +155,9 @@ def frozen_features(
     Loading the backbone, when this process has not yet, takes the first quarter."""
     loading = (data.backbone, data.weights_dir, data.allow_hub) not in _SHARED
     backbone = shared_backbone(
-        data.backbone, data.weights_dir, data.allow_hub, sub_progress(progress, 0.0, 0.25)
-    )
+        data.backbone, data.weights_dir, data.allow_hub, sub_progress(progress, 0.0, 0.25),
+        graph_dir=graph_dir_in(data.feature_cache_dir),
+    )  # fmt: skip
     if loading:
         progress = sub_progress(progress, 0.25, 1.0)
     progress(0.0, "extracting features")

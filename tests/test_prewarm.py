@@ -1,0 +1,102 @@
+"""Prewarm and honest readiness: ``/readyz`` waits for the default backbone (and, under
+``dovecote serve``, the worker); the exported inference graph is cached on disk and reused."""
+
+from __future__ import annotations
+
+import threading
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from fastapi.testclient import TestClient
+
+from app.api.main import create_app
+from app.services import predict as predict_service
+from app.transfer import features
+from app.transfer.backbones import DEFAULT_BACKBONE, load_backbone
+from app.transfer.features import graph_dir_in, prepare_backbone
+from app.transfer.predictor import Predictor
+from tests.conftest import make_settings, migrate
+
+
+def _wait_ready(client: TestClient, timeout: float = 120) -> None:
+    deadline = time.monotonic() + timeout
+    while client.get("/readyz").status_code != 200:
+        assert time.monotonic() < deadline, client.get("/readyz").json()
+        time.sleep(0.05)
+
+
+def test_readyz_waits_for_the_prewarm_and_the_worker(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    settings = make_settings(tmp_path, prewarm=True)
+    migrate(settings)
+    release = threading.Event()
+    monkeypatch.setattr(predict_service, "prewarm", lambda *, settings: release.wait(30))
+    worker_up = [False]
+    with TestClient(create_app(settings, worker_ready=lambda: worker_up[0])) as client:
+        r = client.get("/readyz")
+        assert r.status_code == 503 and "default backbone" in r.json()["detail"]
+        assert client.get("/healthz").status_code == 200
+        release.set()
+        deadline = time.monotonic() + 10
+        while "backbone" in client.get("/readyz").json().get("detail", ""):
+            assert time.monotonic() < deadline
+            time.sleep(0.02)
+        r = client.get("/readyz")
+        assert r.status_code == 503 and "worker" in r.json()["detail"]
+        worker_up[0] = True
+        assert client.get("/readyz").json() == {"status": "ok"}
+
+
+def test_a_failed_prewarm_does_not_hold_readiness_forever(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    settings = make_settings(tmp_path, prewarm=True)
+    migrate(settings)
+
+    def broken(*, settings: object) -> None:
+        raise RuntimeError("no weights")
+
+    monkeypatch.setattr(predict_service, "prewarm", broken)
+    with TestClient(create_app(settings)) as client:
+        _wait_ready(client, timeout=10)
+
+
+def test_prewarm_loads_the_default_backbone_and_caches_its_graph(tmp_path: Path) -> None:
+    settings = make_settings(tmp_path, prewarm=True)
+    migrate(settings)
+    with TestClient(create_app(settings)) as client:
+        _wait_ready(client)
+    predictor = predict_service.get_predictor(settings)
+    assert len(predictor.backbones) == 1
+    graphs = list(graph_dir_in(settings.feature_cache_dir).glob("*.onnx"))  # type: ignore[union-attr]
+    assert len(graphs) == 1 and graphs[0].name.startswith(DEFAULT_BACKBONE)
+    [backbone] = predictor.backbones._data.values()
+    assert backbone.model in features._compiled
+
+
+def test_the_cached_graph_is_reused_and_keyed_by_the_weights(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    graph_dir = tmp_path / "onnx"
+    Predictor(graph_dir=graph_dir).prewarm(DEFAULT_BACKBONE)
+    [graph] = graph_dir.glob("*.onnx")
+    written = graph.stat().st_mtime_ns
+
+    def no_export(*args: object, **kwargs: object) -> bytes:
+        raise AssertionError("exported again")
+
+    monkeypatch.setattr(features, "to_onnx", no_export)
+    backbone = Predictor(graph_dir=graph_dir).prewarm(DEFAULT_BACKBONE)  # another process
+    assert backbone.model in features._compiled
+    assert graph.stat().st_mtime_ns == written
+
+    # Other weights (a finetuned copy) have another key: never the base's graph.
+    other = load_backbone(DEFAULT_BACKBONE)
+    with torch.no_grad():
+        next(other.model.parameters()).add_(0.01)
+    monkeypatch.undo()
+    prepare_backbone(other, graph_dir)
+    assert len(list(graph_dir.glob("*.onnx"))) == 2
