@@ -5,6 +5,7 @@ One class, one place: the API, the worker and the CLI all read their settings he
 
 from __future__ import annotations
 
+import os
 from functools import lru_cache
 from pathlib import Path
 from typing import Literal
@@ -36,6 +37,14 @@ class Settings(BaseSettings):
         gt=0,
         description="How often a worker polls the embedded SQL broker for a new job (kombu's "
         "default is 1 s); Redis delivers at once and ignores it.",
+    )
+    shared_cache_dir: Path | None = Field(
+        default_factory=lambda: (
+            Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "dovecote"
+        ),
+        description="Caches shared by every data directory of this installation (ImageNet's "
+        "class-name embeddings for zero-shot); default `$XDG_CACHE_HOME/dovecote` or "
+        "`~/.cache/dovecote`. Unwritable: the data directory's cache is used.",
     )
     storage_url: str | None = Field(
         None, description="Blob store; default `file://<data_dir>/blobs`."

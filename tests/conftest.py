@@ -30,6 +30,7 @@ def make_settings(tmp_path: Path, **overrides: object) -> Settings:
         "job_stale_after_seconds": 5.0,
         "sweep_interval_seconds": 1.0,
         "feature_batch_size": 16,
+        "shared_cache_dir": tmp_path / "shared-cache",
         "prewarm": False,  # fast in-process apps; tests/test_prewarm.py turns it on
     }
     values.update(overrides)

@@ -50,6 +50,7 @@ def load(*, db: Session, settings: Settings, project: Project, backbone: str) ->
         classes=classes,
         backbone=backbone,
         feature_cache_dir=settings.feature_cache_dir,
+        shared_cache_dir=settings.shared_cache_dir,
         weights_dir=settings.weights_dir,
         allow_hub=settings.allow_hub,
         batch_size=settings.feature_batch_size,

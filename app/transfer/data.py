@@ -101,6 +101,7 @@ class TrainingData:
     classes: list[ClassInfo] = field(default_factory=list)
     backbone: str = "efficientnet_lite0"
     feature_cache_dir: Path | None = None
+    shared_cache_dir: Path | None = None  # the installation's, shared by every data dir
     weights_dir: Path | None = None
     allow_hub: bool = False
     batch_size: int = 32
@@ -108,6 +109,11 @@ class TrainingData:
     seed: int = 0
     load_model: Callable[[str], TrainedModel] | None = None
     label_sets: Mapping[str, bool] = field(default_factory=dict)
+
+    @property
+    def text_cache_dirs(self) -> list[Path]:
+        """Where prepared text embeddings are looked for, the installation's cache first."""
+        return [d for d in (self.shared_cache_dir, self.feature_cache_dir) if d is not None]
 
     @classmethod
     def from_arrays(

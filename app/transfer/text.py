@@ -123,20 +123,25 @@ def imagenet_embeddings(
     location: str,
     templates: tuple[str, ...],
     definitions: bool,
-    cache_dir: Path | None = None,
+    cache_dir: Path | Sequence[Path] | None = None,
     progress: Progress = no_progress,
 ) -> np.ndarray:
     """Vectors of the 1000 ImageNet classes, ``(1000, 384)``, read-only; cached per process
     and, with ``cache_dir``, on disk (``<cache_dir>/text/<sha256>.npy``).
 
+    ``cache_dir`` may be several folders, first the installation's shared cache, then the
+    data directory's: the vectors are read from the first that has them and, computed,
+    written to the first that can be written, so they are prepared once per installation.
     A class's text is its lemmas (``"tabby, tabby cat"``) or, with ``definitions``, its
     first lemma and WordNet gloss."""
     key = hashlib.sha256(repr((location, templates, definitions)).encode()).hexdigest()
-    path = cache_dir / "text" / f"{key}.npy" if cache_dir is not None else None
+    dirs = [cache_dir] if isinstance(cache_dir, Path) else list(cache_dir or ())
+    paths = [d / "text" / f"{key}.npy" for d in dirs]
+    found = next((path for path in paths if path.is_file()), None)
     if key in _imagenet_cache:
         vectors = _imagenet_cache[key]
-    elif path is not None and path.is_file():
-        vectors = np.load(path, allow_pickle=False)
+    elif found is not None:
+        vectors = np.load(found, allow_pickle=False)
     else:
         texts = [
             f"{lemmas[0]}: {definition}" if definitions else ", ".join(lemmas)
@@ -147,12 +152,16 @@ def imagenet_embeddings(
         vectors = embed_prompted(
             encoder, texts, templates, progress, "embedding ImageNet's 1000 class names (once)"
         )
-        if path is not None:
-            path.parent.mkdir(parents=True, exist_ok=True)
-            tmp = path.with_suffix(f".{os.getpid()}.tmp")
-            with open(tmp, "wb") as f:
-                np.save(f, vectors, allow_pickle=False)
-            os.replace(tmp, path)
+        for path in paths:
+            try:
+                path.parent.mkdir(parents=True, exist_ok=True)
+                tmp = path.with_suffix(f".{os.getpid()}.tmp")
+                with open(tmp, "wb") as f:
+                    np.save(f, vectors, allow_pickle=False)
+                os.replace(tmp, path)
+                break
+            except OSError:  # a read-only shared cache: the next folder
+                continue
     vectors.setflags(write=False)
     if len(_imagenet_cache) >= 8:  # bounded: templates are per-job params
         _imagenet_cache.pop(next(iter(_imagenet_cache)))

@@ -210,7 +210,7 @@ class ZeroShotGeneralized(SeenClassesMethod):
         """Plain ConSE over all classes: its ImageNet part and class-name vectors are reused."""
         location = resolve_text_encoder(weights_dir=data.weights_dir, allow_hub=data.allow_hub)
         codes = class_codes(cs.infos, p, sentence_encoder(location))
-        return conse_head(backbone, codes, p, location, data.feature_cache_dir)
+        return conse_head(backbone, codes, p, location, data.text_cache_dirs)
 
     def fit_head(self, X: np.ndarray, y: np.ndarray, p: Any, context: Any) -> Head:
         params, base = p, context

@@ -27,6 +27,7 @@ the mapping); with none, ``metrics.validation`` is ``"none"`` and no accuracy is
 from __future__ import annotations
 
 import re
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar, Literal
@@ -161,7 +162,7 @@ def conse_head(
     codes: np.ndarray,
     p: ZeroShotParams,
     location: str,
-    cache: Path | None,
+    cache: Path | Sequence[Path] | None,
     progress: Progress = no_progress,
 ) -> ConSEHead:
     weight, bias = imagenet_classifier(backbone)
@@ -363,7 +364,7 @@ def conse_heads(
         progress(0.05, "embedding class names")
         codes = class_codes(cs.infos, p, encoder)
         heads["conse"] = conse_head(
-            backbone, codes, p, location, data.feature_cache_dir,
+            backbone, codes, p, location, data.text_cache_dirs,
             sub_progress(progress, 0.1, 1.0),
         )  # fmt: skip
     if p.mapping in ("auto", "imagenet_sum"):
