@@ -301,10 +301,17 @@ class Predictor:
         model = self.load(model_key, read)
         backbone = self._backbone_for(model_key, model)
         frozen = model.backbone_state is None
-        feats = extract_features(
-            samples, backbone=backbone, load_bytes=load_bytes, max_pixels=self.max_pixels,
-            batch_size=self.batch_size, cache_dir=cache_dir if frozen else None,
-        )  # fmt: skip
+        parts = [np.zeros((0, backbone.num_features), np.float32)]
+        for start in self._chunks(len(samples)):
+            chunk = samples[start : start + self.batch_size]
+            # Within the predictor's ImageBudget, like predict (cached rows cost no pass).
+            with self.budget.hold(len(chunk)):
+                part = extract_features(
+                    chunk, backbone=backbone, load_bytes=load_bytes, max_pixels=self.max_pixels,
+                    batch_size=self.batch_size, cache_dir=cache_dir if frozen else None,
+                )  # fmt: skip
+                parts.append(part)
+        feats = np.concatenate(parts)
         with torch.inference_mode():
             probs = model.head(torch.from_numpy(feats)).float().numpy()
         labeled: list[np.ndarray] = []
