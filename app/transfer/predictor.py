@@ -7,7 +7,9 @@ whole, under the model's key.
 
 from __future__ import annotations
 
+import hashlib
 import threading
+import weakref
 from collections import OrderedDict, deque
 from collections.abc import Callable, Collection, Hashable, Iterator, Sequence
 from contextlib import contextmanager
@@ -17,6 +19,7 @@ from typing import Generic, Literal, TypeVar
 
 import numpy as np
 import torch
+from torch import nn
 
 from app.errors import NoRejectDefault
 from app.transfer.artifacts import TrainedModel
@@ -108,6 +111,44 @@ class ImageBudget:
             with self._cond:
                 self.in_flight -= n
                 self._cond.notify_all()
+
+
+#: Head buffers at least this large are kept once per process when several models carry the
+#: same bytes: every zero-shot model holds the backbone's ImageNet classifier (5 MB for
+#: efficientnet_lite0) and ImageNet's class-text vectors (1.5 MB), identical across models.
+SHARE_MIN_BYTES = 256 * 1024
+
+
+class SharedTensors:
+    """Identical large tensors of different models, held once (weakly: a tensor goes when
+    the last model using it is evicted). Serving only: shared tensors are never written."""
+
+    def __init__(self, min_bytes: int = SHARE_MIN_BYTES) -> None:
+        self.min_bytes = min_bytes
+        self._lock = threading.Lock()
+        self._tensors: weakref.WeakValueDictionary[tuple[str, str, tuple[int, ...]], torch.Tensor]
+        self._tensors = weakref.WeakValueDictionary()
+
+    def __len__(self) -> int:
+        return len(self._tensors)
+
+    def share(self, tensor: torch.Tensor) -> torch.Tensor:
+        if tensor.numel() * tensor.element_size() < self.min_bytes or tensor.requires_grad:
+            return tensor
+        flat = tensor.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy()
+        key = (hashlib.sha256(flat).hexdigest(), str(tensor.dtype), tuple(tensor.shape))
+        with self._lock:
+            kept = self._tensors.get(key)
+            if kept is None or kept.device != tensor.device:
+                self._tensors[key] = kept = tensor
+        return kept
+
+    def share_buffers(self, module: nn.Module) -> None:
+        """Point ``module``'s large buffers at the copies other models already hold."""
+        for sub in module.modules():
+            for name, buf in list(sub._buffers.items()):
+                if buf is not None:
+                    sub._buffers[name] = self.share(buf)
 
 
 def model_backbone(
@@ -206,6 +247,7 @@ class Predictor:
         self.graph_dir = graph_dir
         self.backbones: LRUCache[tuple[str, str], Backbone] = LRUCache(max_backbones)
         self.models: LRUCache[str, TrainedModel] = LRUCache(max_heads)
+        self.shared = SharedTensors()
         self.weights_dir = weights_dir
         self.allow_hub = allow_hub
         self.max_pixels = max_pixels
@@ -325,7 +367,12 @@ class Predictor:
         return feats, probs, labeled_arr
 
     def load(self, model_key: str, read: Callable[[str], bytes]) -> TrainedModel:
-        return self.models.get_or_load(model_key, lambda: TrainedModel.from_files(read))
+        return self.models.get_or_load(model_key, lambda: self._read_model(read))
+
+    def _read_model(self, read: Callable[[str], bytes]) -> TrainedModel:
+        model = TrainedModel.from_files(read)
+        self.shared.share_buffers(model.head)
+        return model
 
     def evict(self, model_key: str) -> None:
         self.models.discard(model_key)
