@@ -17,11 +17,10 @@ import torch
 import torch.nn.functional as F
 
 from app.transfer.backbones import load_backbone
-from app.transfer.finetune_parts import trainable_parameters
-from app.transfer.methods.finetune import (
-    FinetuneParams,
+from app.transfer.finetune_parts import set_train_mode, trainable_parameters
+from app.transfer.training import (
+    TrainingParams,
     device_for_training,
-    set_train_mode,
     setup_training,
     train_epoch,
 )
@@ -43,7 +42,7 @@ def dovecote(trainable: str, data: list, device: torch.device) -> float:
     model.reset_classifier(5)
     model.to(device, memory_format=torch.channels_last)
     optimizer, moving, frozen_norms = setup_training(
-        model, FinetuneParams(trainable=trainable, n=2)
+        model, TrainingParams(trainable=trainable, n=2)
     )
     set_train_mode(model, frozen_norms)
     train_epoch(model, data[:1], optimizer, None, device, moving, 1.0)  # warm-up

@@ -15,7 +15,7 @@ from typing import Any
 
 import numpy as np
 from sklearn.metrics import accuracy_score, confusion_matrix, precision_recall_fscore_support
-from sklearn.model_selection import StratifiedKFold
+from sklearn.model_selection import StratifiedKFold, train_test_split
 
 #: ``fit_predict(X_train, y_train, X_eval) -> probabilities (n_eval, n_classes)``
 FitPredict = Callable[[np.ndarray, np.ndarray, np.ndarray], np.ndarray]
@@ -162,3 +162,19 @@ def evaluate(
     baseline, _ = measured(majority_fit_predict(len(classes)))
     metrics["baseline"] = {"name": "majority_class", **baseline}
     return metrics
+
+
+def stratified_holdout(
+    idx: np.ndarray, y: np.ndarray, fraction: float, seed: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """Stratified ``(rest, carved)`` split of ``idx`` (labels ``y[idx]``), ``fraction`` of it
+    carved (at least one image per class); carved is empty if a class is too small."""
+    counts = np.bincount(y[idx])
+    if len(idx) == 0 or counts[counts > 0].min() < 2:
+        return idx, idx[:0]
+    n_classes = int((counts > 0).sum())
+    size = max(n_classes, round(fraction * len(idx)))
+    if len(idx) - size < n_classes:
+        return idx, idx[:0]
+    rest, carved = train_test_split(idx, test_size=size, stratify=y[idx], random_state=seed)
+    return np.sort(rest), np.sort(carved)

@@ -11,12 +11,9 @@ from app.transfer import Predictor, TrainedModel, get_method
 from app.transfer.backbones import load_backbone
 from app.transfer.finetune_parts import trainable_parameters
 from app.transfer.methods.base import frozen_features
-from app.transfer.methods.finetune import (
-    FinetuneParams,
-    choose_candidate,
-    interpolate_states,
-)
+from app.transfer.methods.finetune import FinetuneParams, choose_candidate
 from app.transfer.methods.linear_probe import LinearProbe, LinearProbeParams
+from app.transfer.training import interpolate_states
 from tests.factories import digit_images
 from tests.transfer.test_methods import digits_data
 

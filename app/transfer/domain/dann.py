@@ -37,7 +37,7 @@ from torch import nn
 from app.transfer.domain.base import Adapted, Task
 from app.transfer.finetune_parts import set_train_mode
 from app.transfer.heads import MLPHead
-from app.transfer.methods.finetune import FinetuneParams, device_for_training, setup_training
+from app.transfer.training import TrainingParams, device_for_training, setup_training
 
 
 class GradientReverse(torch.autograd.Function):
@@ -92,7 +92,7 @@ def dann(task: Task, config: dict[str, Any], seed: int, tick: Callable[[], None]
         network.to(device)
         optimizer, _, frozen_norms = setup_training(
             network,
-            FinetuneParams(
+            TrainingParams(
                 trainable="last_n_blocks", n=config["finetune_blocks"], lr=lr,
                 backbone_lr_mult=config["backbone_lr_mult"], weight_decay=config["weight_decay"],
             ),

@@ -30,9 +30,9 @@ from app.errors import (
 )
 from app.transfer.artifacts import TrainedModel
 from app.transfer.data import Progress, TrainingData, no_progress, sub_progress
+from app.transfer.evaluation import stratified_holdout
 from app.transfer.methods import get_method, register_method
 from app.transfer.methods.base import MAX_GRID, Method, MethodParams, Seed
-from app.transfer.methods.finetune import _carve
 
 
 class AutoParams(MethodParams):
@@ -100,7 +100,7 @@ class Auto(Method):
             return self._names_only(data, p, exc, progress)
         labeled = data.labeled_set()
         pool = np.flatnonzero(~labeled.is_test)
-        _, held = _carve(pool, labeled.y, p.selection_fraction, p.seed)
+        _, held = stratified_holdout(pool, labeled.y, p.selection_fraction, p.seed)
         held_keys = {labeled.samples[i].key for i in held.tolist()}
         # Candidates see the selection holdout as their "test" split and the real test split not at all.
         selection = dataclasses.replace(

@@ -45,28 +45,27 @@ from app.transfer.backbones import (
     smallest_available,
 )
 from app.transfer.data import Progress, Sample, TrainingData, no_progress
-from app.transfer.evaluation import classification_metrics
+from app.transfer.evaluation import classification_metrics, stratified_holdout
 from app.transfer.features import extract_features
 from app.transfer.methods import register_method
 from app.transfer.methods.base import MAX_GRID, Method, MethodParams, shared_backbone
-from app.transfer.methods.finetune import (
-    FinetuneParams,
-    Trainable,
-    _carve,
-    _Images,
-    _predict,
-    _train_transform,
-    device_for_training,
-    run_epochs,
-    split_classifier,
-)
 from app.transfer.predictor import Predictor, model_backbone
 from app.transfer.preprocess import decode_image, eval_transform
+from app.transfer.training import (
+    ImageDataset,
+    Trainable,
+    TrainingParams,
+    device_for_training,
+    predict,
+    run_epochs,
+    split_classifier,
+    train_transform,
+)
 
 LATENCY_RUNS = 5
 
 
-class DistillParams(FinetuneParams):
+class DistillParams(TrainingParams, MethodParams):
     teacher_model_id: str | Annotated[list[str], Field(min_length=1, max_length=MAX_GRID)] = Field(
         description="A model of this project, or a list of them (an ensemble: probabilities "
         "averaged); all must have the same classes."
@@ -225,8 +224,8 @@ class Distill(Method):
             eval_idx, pool = np.flatnonzero(is_test), labeled_idx[~is_test[labeled_idx]]
         else:
             protocol = "holdout"
-            pool, eval_idx = _carve(labeled_idx, y, p.holdout_fraction, p.seed)
-        train_idx, val_idx = _carve(pool, y, p.holdout_fraction, p.seed + 1)
+            pool, eval_idx = stratified_holdout(labeled_idx, y, p.holdout_fraction, p.seed)
+        train_idx, val_idx = stratified_holdout(pool, y, p.holdout_fraction, p.seed + 1)
         train_idx = np.concatenate([train_idx, np.flatnonzero(y < 0)])
 
         progress(0.01, "teacher outputs")
@@ -275,12 +274,12 @@ class Distill(Method):
             return distillation_loss(logits, hard, soft, p.temperature, p.alpha)
 
         def labels_loader(idx: np.ndarray) -> Any:  # (image, label): what evaluation reads
-            ds = _Images([pil[i] for i in idx.tolist()], y[idx], eval_transform(cfg))
+            ds = ImageDataset([pil[i] for i in idx.tolist()], y[idx], eval_transform(cfg))
             return torch.utils.data.DataLoader(ds, batch_size=p.batch_size)
 
         train_loader = torch.utils.data.DataLoader(
             _Targets([pil[i] for i in train_idx.tolist()], y[train_idx],
-                     teacher_scores[train_idx], _train_transform(cfg, p.augment)),
+                     teacher_scores[train_idx], train_transform(cfg, p.augment)),
             batch_size=p.batch_size, shuffle=True,
             generator=torch.Generator().manual_seed(p.seed),
         )  # fmt: skip
@@ -290,7 +289,7 @@ class Distill(Method):
         )
 
         progress(0.96, "evaluating")
-        student_probs, _ = _predict(model, labels_loader(eval_idx), device)
+        student_probs, _ = predict(model, labels_loader(eval_idx), device)
         y_eval = y[eval_idx]
         student_pred, teacher_pred = student_probs.argmax(1), probs[eval_idx].argmax(1)
         split_info = {

@@ -38,11 +38,10 @@ from app.transfer.domain import ALGORITHMS, Adapted, Pool, Task
 from app.transfer.domain.base import accuracy, source_only
 from app.transfer.domain.gap import proxy_a_distance
 from app.transfer.domain.reverse_validation import ReverseValidation, reverse_validate
-from app.transfer.evaluation import classification_metrics
+from app.transfer.evaluation import classification_metrics, stratified_holdout
 from app.transfer.features import extract_features
 from app.transfer.methods import register_method
 from app.transfer.methods.base import MAX_GRID, Method, MethodParams, Seed, shared_backbone
-from app.transfer.methods.finetune import _carve
 from app.transfer.preprocess import load_for_model
 
 #: A gap at least this large (proxy A-distance, of 2) ...
@@ -325,7 +324,7 @@ class _Selection:
 def _select(pb: _Problem, p: DomainAdaptationParams, progress: Progress) -> _Selection:
     """Reverse-validate every configuration of every algorithm on one source holdout."""
     task = pb.task
-    s_train, s_hold = _carve(task.source, task.y, p.source_holdout_fraction, p.seed)
+    s_train, s_hold = stratified_holdout(task.source, task.y, p.source_holdout_fraction, p.seed)
     no_holdout = not len(s_hold)
     if no_holdout:
         s_train, s_hold = task.source, task.source

@@ -46,60 +46,33 @@ from __future__ import annotations
 
 import copy
 import math
-import time
-from collections.abc import Callable
-from typing import Annotated, Any, ClassVar, Literal
+from typing import Any, ClassVar
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from pydantic import Field, field_validator
-from sklearn.model_selection import train_test_split
 
 from app.transfer.artifacts import TrainedModel
 from app.transfer.backbones import Backbone, load_backbone, require_trainable
 from app.transfer.data import Progress, TrainingData, no_progress
-from app.transfer.evaluation import classification_metrics, reject_threshold
-from app.transfer.finetune_parts import (
-    classifier_param_names,
-    freeze_except,
-    set_train_mode,
-    trainable_parameters,
-)
-from app.transfer.heads import LinearHead
+from app.transfer.evaluation import classification_metrics, reject_threshold, stratified_holdout
 from app.transfer.methods import register_method
-from app.transfer.methods.base import MAX_GRID, Method, MethodParams, Seed, frozen_features
+from app.transfer.methods.base import MAX_GRID, Method, MethodParams, frozen_features
 from app.transfer.methods.linear_probe import LinearProbe, LinearProbeParams
-from app.transfer.preprocess import Preprocessing, decode_image, eval_transform
-
-#: What trains: a preset, or block names (``stem``, ``blocks.3``, ...).
-Trainable = (
-    Literal["head", "last_n_blocks", "all"]
-    | Annotated[
-        list[Annotated[str, Field(max_length=100)]], Field(min_length=1, max_length=MAX_GRID)
-    ]
+from app.transfer.preprocess import decode_image, eval_transform
+from app.transfer.training import (
+    ImageDataset,
+    TrainingParams,
+    device_for_training,
+    interpolate_states,
+    predict,
+    run_epochs,
+    split_classifier,
+    train_transform,
 )
 
 
-class FinetuneParams(MethodParams):
-    trainable: Trainable = "last_n_blocks"
-    n: int = Field(2, ge=1, le=100, description="Blocks that train with `last_n_blocks`.")
-    epochs: int = Field(15, ge=1, le=1000)
-    lr: float = Field(1e-3, gt=0, le=1, description="Learning rate of the classifier.")
-    backbone_lr_mult: float = Field(0.1, ge=0, le=10, description="Backbone lr = lr * this.")
-    weight_decay: float = Field(1e-4, ge=0, le=1)
-    batch_size: int = Field(16, ge=1, le=1024)
-    augment: bool = Field(True, description="random-resized-crop, flip, colour jitter (timm)")
-    max_minutes: float = Field(30.0, gt=0, le=24 * 60)
-    patience: int = Field(5, ge=1, le=1000, description="Epochs without improvement to stop.")
-    linear_probe_init: bool = Field(True, description="Start the head from the linear probe.")
-    holdout_fraction: float = Field(0.2, gt=0, lt=0.6)
-    max_grad_norm: float = Field(1.0, gt=0, description="Gradient-norm clipping.")
-    bn_eval: bool = Field(
-        False,
-        description="Every BatchNorm layer keeps its pretrained statistics (eval mode), also "
-        "in blocks that train (their scale and shift still learn).",
-    )
+class FinetuneParams(TrainingParams, MethodParams):
     probe_candidate: bool = Field(
         True,
         description="The linear probe (the starting point) is a candidate of the selection: "
@@ -119,7 +92,6 @@ class FinetuneParams(MethodParams):
         description="A finetuned candidate replaces the probe only when its paired sign-test "
         "z over the probe on the selection images exceeds this (0: any strict gain).",
     )
-    seed: Seed = 0
 
     @field_validator("wise_alphas")
     @classmethod
@@ -127,41 +99,6 @@ class FinetuneParams(MethodParams):
         if any(not 0 < a <= 1 for a in v):
             raise ValueError("every mixing must be in (0, 1]; the probe (0) is `probe_candidate`")
         return sorted(set(v))
-
-
-def device_for_training() -> torch.device:
-    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-
-
-def _carve(
-    idx: np.ndarray, y: np.ndarray, fraction: float, seed: int
-) -> tuple[np.ndarray, np.ndarray]:
-    """Stratified ``(rest, carved)`` split of ``idx``; carved is empty if a class is too small."""
-    counts = np.bincount(y[idx])
-    if len(idx) == 0 or counts[counts > 0].min() < 2:
-        return idx, idx[:0]
-    n_classes = int((counts > 0).sum())
-    size = max(n_classes, round(fraction * len(idx)))
-    if len(idx) - size < n_classes:
-        return idx, idx[:0]
-    rest, carved = train_test_split(idx, test_size=size, stratify=y[idx], random_state=seed)
-    return np.sort(rest), np.sort(carved)
-
-
-def interpolate_states(
-    start: dict[str, torch.Tensor], end: dict[str, torch.Tensor], alpha: float
-) -> dict[str, torch.Tensor]:
-    """WiSE-FT weights :math:`\\theta(\\alpha) = (1-\\alpha)\\,\\theta_0 + \\alpha\\,\\theta_1`
-    over every floating tensor (BatchNorm statistics included); counters come from ``end``.
-    ``alpha`` 0 and 1 give ``start`` and ``end`` exactly."""
-    if alpha == 0:
-        return {k: v.clone() for k, v in start.items()}
-    if alpha == 1:
-        return {k: v.clone() for k, v in end.items()}
-    return {
-        k: torch.lerp(start[k], v, alpha) if v.is_floating_point() else v.clone()
-        for k, v in end.items()
-    }
 
 
 def paired_gain(y: np.ndarray, base: np.ndarray, other: np.ndarray) -> dict[str, float]:
@@ -208,197 +145,6 @@ def choose_candidate(
     return float(best["alpha"]), report
 
 
-class _Images(torch.utils.data.Dataset):  # type: ignore[type-arg]
-    def __init__(self, images: list[Any], labels: np.ndarray, transform: Any) -> None:
-        self.images, self.labels, self.transform = images, labels, transform
-
-    def __len__(self) -> int:
-        return len(self.images)
-
-    def __getitem__(self, i: int) -> tuple[torch.Tensor, int]:
-        return self.transform(self.images[i]), int(self.labels[i])
-
-
-def _train_transform(cfg: Preprocessing, augment: bool) -> Any:
-    from timm.data import create_transform
-
-    if not augment:
-        return eval_transform(cfg)
-    return create_transform(
-        input_size=cfg.input_size, is_training=True, scale=(0.6, 1.0), hflip=0.5,
-        color_jitter=0.2, interpolation=cfg.interpolation, mean=cfg.mean, std=cfg.std,
-    )  # fmt: skip
-
-
-@torch.no_grad()
-def _predict(model: torch.nn.Module, loader: Any, device: torch.device) -> tuple[np.ndarray, float]:
-    """Probabilities and mean cross-entropy over ``loader``."""
-    model.eval()
-    probs, losses = [], []
-    for x, y in loader:
-        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"):
-            logits = model(x.to(device, memory_format=torch.channels_last)).float()
-        losses.append(F.cross_entropy(logits, y.to(device), reduction="sum").item())
-        probs.append(logits.softmax(-1).cpu().numpy())
-    return np.concatenate(probs), sum(losses) / max(1, len(loader.dataset))
-
-
-def setup_training(
-    model: torch.nn.Module, p: FinetuneParams
-) -> tuple[torch.optim.Optimizer, list[torch.nn.Parameter], list[torch.nn.Module]]:
-    """Freeze what ``p.trainable`` leaves out; AdamW with the head at ``lr`` and the
-    backbone at ``lr * backbone_lr_mult``. Returns (optimizer, moving params, the norm
-    layers that stay in eval mode: frozen ones, or with ``p.bn_eval`` every BatchNorm)."""
-    frozen_norms = freeze_except(model, trainable_parameters(model, p.trainable, p.n))
-    if p.bn_eval:
-        frozen_norms = [
-            m for m in model.modules() if isinstance(m, torch.nn.modules.batchnorm._BatchNorm)
-        ]
-    head_params = {id(q) for q in model.get_classifier().parameters()}  # type: ignore[operator]
-    moving = [q for q in model.parameters() if q.requires_grad]
-    groups = [
-        {"params": [q for q in moving if id(q) in head_params], "lr": p.lr},
-        {
-            "params": [q for q in moving if id(q) not in head_params],
-            "lr": p.lr * p.backbone_lr_mult,
-        },
-    ]
-    optimizer = torch.optim.AdamW([g for g in groups if g["params"]], weight_decay=p.weight_decay)
-    return optimizer, moving, frozen_norms
-
-
-#: ``loss_fn(logits (B, C), targets of the batch as the loader yields them) -> scalar``
-LossFn = Callable[[torch.Tensor, Any], torch.Tensor]
-
-
-def cross_entropy(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-    return F.cross_entropy(logits, target.to(logits.device))
-
-
-def train_epoch(
-    model: torch.nn.Module,
-    loader: Any,
-    optimizer: torch.optim.Optimizer,
-    scheduler: Any,
-    device: torch.device,
-    moving: list[torch.nn.Parameter],
-    max_grad_norm: float,
-    on_batch: Callable[[int], None] = lambda step: None,
-    loss_fn: LossFn = cross_entropy,
-) -> float:
-    """One pass over ``loader`` (model already in train mode); returns the mean loss.
-
-    bf16 autocast on CUDA, channels-last inputs, gradient-norm clipping over ``moving``.
-    """
-    total, seen = 0.0, 0
-    for step, (x, t) in enumerate(loader):
-        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"):
-            logits = model(x.to(device, memory_format=torch.channels_last)).float()
-            loss = loss_fn(logits, t)
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(moving, max_grad_norm)
-        optimizer.step()
-        if scheduler is not None:
-            scheduler.step()
-        total, seen = total + loss.item() * len(x), seen + len(x)
-        on_batch(step)
-    return total / max(1, seen)
-
-
-def run_epochs(
-    model: torch.nn.Module,
-    train_loader: Any,
-    val_loader: Any | None,
-    y_val: np.ndarray,
-    p: FinetuneParams,
-    device: torch.device,
-    progress: Progress,
-    loss_fn: LossFn = cross_entropy,
-    evaluate_start: bool = False,
-) -> tuple[list[dict[str, Any]], int]:
-    """Train ``model`` (classifier already sized) under ``p``: AdamW with a cosine schedule,
-    early stopping on validation accuracy (then loss), best epoch's weights restored.
-
-    With ``evaluate_start`` (and a validation split) the untrained model is measured first
-    as epoch 0 and is itself a candidate: an epoch must beat it to be kept, and when none
-    does the weights come back unchanged (best epoch 0).
-
-    Returns the per-epoch history and the best epoch. Progress runs from 0.05 to 0.95.
-    """
-    optimizer, moving, frozen_norms = setup_training(model, p)
-    steps = p.epochs * len(train_loader)
-    scheduler = torch.optim.lr_scheduler.LambdaLR(
-        optimizer, lambda step: 0.5 * (1 + math.cos(math.pi * min(step, steps) / max(1, steps)))
-    )
-    history: list[dict[str, Any]] = []
-    best_state, best_key, best_epoch, since_best = (
-        copy.deepcopy(model.state_dict()),
-        (-1.0, 0.0),
-        0,
-        0,
-    )
-    if evaluate_start and val_loader is not None:
-        progress(0.05, "measuring the starting point")
-        val_probs, val_loss = _predict(model, val_loader, device)
-        val_acc = float((val_probs.argmax(1) == y_val).mean())
-        history.append({"epoch": 0, "val_accuracy": val_acc, "val_loss": val_loss})
-        best_key = (val_acc, -val_loss)
-        progress(0.05, "measured the starting point", history[-1])
-    started = time.monotonic()
-    for epoch in range(1, p.epochs + 1):
-        epoch_start = time.monotonic()
-        set_train_mode(model, frozen_norms)
-        train_loss = train_epoch(
-            model, train_loader, optimizer, scheduler, device, moving, p.max_grad_norm,
-            on_batch=lambda step, epoch=epoch: progress(
-                0.05 + 0.9 * (epoch - 1 + (step + 1) / len(train_loader)) / p.epochs,
-                f"epoch {epoch}/{p.epochs}",
-            ),  # cancellation takes effect within one batch
-            loss_fn=loss_fn,
-        )  # fmt: skip
-        record: dict[str, Any] = {"epoch": epoch, "train_loss": train_loss}
-        if val_loader is not None:
-            val_probs, val_loss = _predict(model, val_loader, device)
-            val_acc = float((val_probs.argmax(1) == y_val).mean())
-            record.update(val_accuracy=val_acc, val_loss=val_loss)
-            key = (val_acc, -val_loss)
-        else:
-            key = (float(epoch), 0.0)  # no validation split: keep the last epoch
-        elapsed = time.monotonic() - started
-        record.update(
-            seconds=round(time.monotonic() - epoch_start, 3),
-            eta_seconds=round(elapsed / epoch * (p.epochs - epoch), 1),
-        )
-        history.append(record)
-        if key > best_key:
-            best_key, best_state, best_epoch, since_best = (
-                key,
-                copy.deepcopy(model.state_dict()),
-                epoch,
-                0,
-            )
-        else:
-            since_best += 1
-        progress(0.05 + 0.9 * epoch / p.epochs, f"epoch {epoch}/{p.epochs}", record)
-        if since_best >= p.patience or elapsed > p.max_minutes * 60:
-            break
-    model.load_state_dict(best_state)
-    return history, best_epoch
-
-
-def split_classifier(model: torch.nn.Module) -> tuple[dict[str, torch.Tensor], LinearHead]:
-    """A trained timm network as (backbone tensors without the classifier, its head)."""
-    model.cpu()
-    classifier = model.get_classifier()  # type: ignore[operator]
-    skip = classifier_param_names(model)
-    state = {
-        k: v.detach().clone().contiguous() for k, v in model.state_dict().items() if k not in skip
-    }
-    head = LinearHead(classifier.weight.detach().clone(), classifier.bias.detach().clone())
-    return state, head
-
-
 @register_method
 class Finetune(Method):
     name = "finetune"
@@ -432,8 +178,10 @@ class Finetune(Method):
             )
         else:
             protocol = "holdout"
-            pool, eval_idx = _carve(np.flatnonzero(~is_test), y, p.holdout_fraction, p.seed)
-        train_idx, val_idx = _carve(pool, y, p.holdout_fraction, p.seed + 1)
+            pool, eval_idx = stratified_holdout(
+                np.flatnonzero(~is_test), y, p.holdout_fraction, p.seed
+            )
+        train_idx, val_idx = stratified_holdout(pool, y, p.holdout_fraction, p.seed + 1)
         select = len(val_idx) > 0
         probe_candidate = p.probe_candidate and p.linear_probe_init and select
 
@@ -472,13 +220,13 @@ class Finetune(Method):
                for i in np.concatenate([train_idx, val_idx, eval_idx]).tolist()}  # fmt: skip
 
         def loader(idx: np.ndarray, transform: Any, shuffle: bool) -> Any:
-            ds = _Images([pil[i] for i in idx.tolist()], y[idx], transform)
+            ds = ImageDataset([pil[i] for i in idx.tolist()], y[idx], transform)
             g = torch.Generator().manual_seed(p.seed)
             return torch.utils.data.DataLoader(
                 ds, batch_size=p.batch_size, shuffle=shuffle, generator=g
             )
 
-        train_loader = loader(train_idx, _train_transform(cfg, p.augment), shuffle=True)
+        train_loader = loader(train_idx, train_transform(cfg, p.augment), shuffle=True)
         val_loader = loader(val_idx, eval_transform(cfg), shuffle=False) if select else None
         history, best_epoch = run_epochs(
             model, train_loader, val_loader, y[val_idx], p, device, progress,
@@ -496,7 +244,7 @@ class Finetune(Method):
             candidates = {}
             for a in alphas:
                 model.load_state_dict(interpolate_states(start_state, best_state, a))
-                candidates[a], _ = _predict(model, val_loader, device)
+                candidates[a], _ = predict(model, val_loader, device)
             alpha, selection = choose_candidate(
                 y[val_idx], candidates, p.min_gain_z if probe_candidate else None
             )
@@ -507,7 +255,7 @@ class Finetune(Method):
         if is_probe:  # the model is the baseline probe itself, on the frozen backbone
             eval_probs = probe_probs
         else:
-            eval_probs, _ = _predict(
+            eval_probs, _ = predict(
                 model, loader(eval_idx, eval_transform(cfg), shuffle=False), device
             )
         names = classes

@@ -31,13 +31,13 @@ from app.transfer.artifacts import TrainedModel
 from app.transfer.data import Progress, TrainingData, no_progress
 from app.transfer.methods import register_method
 from app.transfer.methods.base import Method, MethodParams, Seed
-from app.transfer.methods.finetune import (
-    FinetuneParams,
+from app.transfer.preprocess import Preprocessing, decode_image, eval_transform
+from app.transfer.training import (
+    TrainingParams,
     device_for_training,
     run_epochs,
     split_classifier,
 )
-from app.transfer.preprocess import Preprocessing, decode_image, eval_transform
 
 ROTATIONS = ("rot0", "rot90", "rot180", "rot270")
 
@@ -158,7 +158,7 @@ class Pretrain(Method):
         val_loader = torch.utils.data.DataLoader(
             _Rotations(images[val_idx]), batch_size=p.batch_size
         )
-        loop = FinetuneParams(
+        loop = TrainingParams(
             trainable="all", epochs=p.epochs, lr=p.lr, backbone_lr_mult=1.0,
             weight_decay=p.weight_decay, batch_size=p.batch_size, patience=p.patience,
             max_minutes=p.max_minutes, seed=p.seed,
