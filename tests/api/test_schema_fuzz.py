@@ -32,7 +32,7 @@ class _Target:
     database, which serves /openapi.json alone); each database's fixture swaps in its app."""
 
     def __init__(self) -> None:
-        self.app: Any = create_app(Settings(data_dir=Path(tempfile.mkdtemp())))
+        self.app: Any = create_app(Settings(data_dir=Path(tempfile.mkdtemp()), prewarm=False))
 
     async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
         await self.app(scope, receive, send)
