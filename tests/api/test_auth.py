@@ -55,7 +55,12 @@ def test_every_v1_route_requires_a_key(anonymous: TestClient) -> None:
         if not path.startswith("/v1"):
             continue
         url = path.format(
-            project_id="prj_x", image_id="img_x", job_id="job_x", model_id="mdl_x", name="x"
+            project_id="prj_x",
+            image_id="img_x",
+            job_id="job_x",
+            model_id="mdl_x",
+            name="x",
+            prediction_id="prd_x",
         )
         for method in operations:
             r = anonymous.request(method.upper(), url)
