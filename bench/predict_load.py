@@ -85,7 +85,8 @@ def main() -> None:
         settings = {k: v for k, v in os.environ.items() if k.startswith("DOVECOTE_INFER")}
         print(f"# predict load: {args.files} images/request, {args.seconds:.0f} s per level; "
               f"{settings or 'default settings'}; {machine()}")  # fmt: skip
-        print(f"{'conc':>4} {'img/s':>7} {'p50 ms':>8} {'p95 ms':>8} {'errors':>6} "
+        print(f"{'conc':>4} {'req/s':>6} {'img/s':>7} {'p50 ms':>8} {'p95 ms':>8} {'p99 ms':>8} "
+              f"{'errors':>6} "
               f"{'RSS before':>11} {'peak':>9} {'idle after':>11}")  # fmt: skip
         for level in levels:
             before, _ = rss_mib(pid)
@@ -108,8 +109,10 @@ def main() -> None:
             elapsed = time.perf_counter() - t0
             time.sleep(args.idle)
             after, _ = rss_mib(pid)
-            print(f"{level:>4} {len(latencies) * args.files / elapsed:>7.1f} "
+            print(f"{level:>4} {len(latencies) / elapsed:>6.1f} "
+                  f"{len(latencies) * args.files / elapsed:>7.1f} "
                   f"{percentile(latencies, 50):>8.0f} {percentile(latencies, 95):>8.0f} "
+                  f"{percentile(latencies, 99):>8.0f} "
                   f"{len(errors):>6} {before:>7.0f} MiB {peak:>5.0f} MiB {after:>7.0f} MiB")  # fmt: skip
 
 
