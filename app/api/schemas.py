@@ -14,6 +14,7 @@ from pydantic import (
     field_validator,
 )
 
+from app.transfer import audit
 from app.transfer.methods import list_methods
 
 T = TypeVar("T")
@@ -571,19 +572,9 @@ class Problem(BaseModel):
 
 # --- dataset audit ----------------------------------------------------------------------
 
-AuditKind = Literal[
-    "exact_duplicate",
-    "near_duplicate",
-    "leakage",
-    "mislabel",
-    "class_balance",
-    "outlier",
-    "image_quality",
-]
-
 
 class AuditFinding(BaseModel):
-    kind: AuditKind
+    kind: audit.Kind
     image_ids: list[str]
     explanation: str = Field(description="One line: what was found and what to do.")
     suggested_label: str | None = Field(None, description="For `mislabel`: the likely label.")

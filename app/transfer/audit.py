@@ -34,10 +34,11 @@ import math
 from collections import Counter, defaultdict
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from typing import Literal, get_args
 
 import numpy as np
 
-KINDS = (
+Kind = Literal[
     "exact_duplicate",
     "near_duplicate",
     "leakage",
@@ -45,7 +46,8 @@ KINDS = (
     "class_balance",
     "outlier",
     "image_quality",
-)
+]
+KINDS: tuple[str, ...] = get_args(Kind)
 
 
 @dataclass(frozen=True)
