@@ -66,7 +66,9 @@ def in_process(jpegs: list[bytes], n: int) -> dict[str, float]:
     return measure(lambda b: predictor.predict("bench", read, [b]), jpegs, n)
 
 
-def over_http(jpegs: list[bytes], n: int) -> dict[str, float]:
+def served_probe(http, name: str) -> str:  # type: ignore[no-untyped-def]
+    """Train a ``linear_probe`` on the four photo classes through a served API (``http``, a
+    :func:`bench._common.client`); returns the model id."""
     from tests.factories import encode, make_zip
 
     images, labels = _training_images()
@@ -76,19 +78,19 @@ def over_http(jpegs: list[bytes], n: int) -> dict[str, float]:
             for i, (img, label) in enumerate(zip(images, labels, strict=True))
         }
     )
+    project = http.post("/v1/projects", json={"name": name}).json()["id"]
+    r = http.post(f"/v1/projects/{project}/images", files=[("files", ("t.zip", archive))])
+    assert r.status_code == 201, r.text
+    job_id = http.post(f"/v1/projects/{project}/jobs", json={"method": "linear_probe"}).json()["id"]
+    while (job := http.get(f"/v1/jobs/{job_id}").json())["status"] in ("queued", "running"):
+        time.sleep(0.1)
+    assert job["status"] == "succeeded", job
+    return str(job["model_id"])
+
+
+def over_http(jpegs: list[bytes], n: int) -> dict[str, float]:
     with dovecote_serve() as server, client(server) as http:
-        project = http.post("/v1/projects", json={"name": "bench-predict"}).json()["id"]
-        r = http.post(f"/v1/projects/{project}/images", files=[("files", ("t.zip", archive))])
-        assert r.status_code == 201, r.text
-        job_id = http.post(f"/v1/projects/{project}/jobs", json={"method": "linear_probe"}).json()[
-            "id"
-        ]
-        while (job := http.get(f"/v1/jobs/{job_id}").json())["status"] not in (
-            "succeeded", "failed", "cancelled",
-        ):  # fmt: skip
-            time.sleep(0.1)
-        assert job["status"] == "succeeded", job
-        url = f"/v1/models/{job['model_id']}/predict"
+        url = f"/v1/models/{served_probe(http, 'bench-predict')}/predict"
 
         def call(jpeg: bytes) -> None:
             r = http.post(url, files=[("files", ("photo.jpg", jpeg, "image/jpeg"))])

@@ -21,7 +21,7 @@ from collections.abc import Callable
 from typing import Any
 
 from bench._common import client, dovecote_serve, machine, percentile, photo_jpegs
-from bench.predict_latency import _training_images
+from bench.predict_latency import served_probe
 from bench.predict_memory import rss_mib
 
 
@@ -57,21 +57,8 @@ def main() -> None:
     levels = [int(c) for c in args.concurrency.split(",")]
     jpegs = photo_jpegs(64, seed=3)
 
-    from tests.factories import encode, make_zip
-
-    images, labels = _training_images()
-    pairs = enumerate(zip(images, labels, strict=True))
-    archive = make_zip({f"{label}/{i}.png": encode(img) for i, (img, label) in pairs})
     with dovecote_serve("predict-load.log") as server, client(server) as http:
-        project = http.post("/v1/projects", json={"name": "bench-load"}).json()["id"]
-        r = http.post(f"/v1/projects/{project}/images", files=[("files", ("t.zip", archive))])
-        assert r.status_code == 201, r.text
-        r = http.post(f"/v1/projects/{project}/jobs", json={"method": "linear_probe"})
-        job_id = r.json()["id"]
-        while (job := http.get(f"/v1/jobs/{job_id}").json())["status"] in ("queued", "running"):
-            time.sleep(0.2)
-        assert job["status"] == "succeeded", job
-        url = f"/v1/models/{job['model_id']}/predict"
+        url = f"/v1/models/{served_probe(http, 'bench-load')}/predict"
         pid = server.process.pid
 
         def files(offset: int) -> list[tuple[str, tuple[str, bytes, str]]]:

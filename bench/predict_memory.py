@@ -21,7 +21,7 @@ import time
 from pathlib import Path
 
 from bench._common import client, dovecote_serve, machine, percentile, photo_jpegs
-from bench.predict_latency import _training_images
+from bench.predict_latency import served_probe
 
 
 def rss_mib(pid: int) -> tuple[float, float]:
@@ -47,22 +47,8 @@ def main() -> None:
         )
     jpegs = photo_jpegs(max(sizes) * 2, seed=3)
 
-    from tests.factories import encode, make_zip
-
-    images, labels = _training_images()
-    pairs = enumerate(zip(images, labels, strict=True))
-    archive = make_zip({f"{label}/{i}.png": encode(img) for i, (img, label) in pairs})
     with dovecote_serve("predict-memory.log") as server, client(server) as http:
-        project = http.post("/v1/projects", json={"name": "bench-memory"}).json()["id"]
-        r = http.post(f"/v1/projects/{project}/images", files=[("files", ("t.zip", archive))])
-        assert r.status_code == 201, r.text
-        job_id = http.post(f"/v1/projects/{project}/jobs", json={"method": "linear_probe"}).json()[
-            "id"
-        ]
-        while (job := http.get(f"/v1/jobs/{job_id}").json())["status"] in ("queued", "running"):
-            time.sleep(0.2)
-        assert job["status"] == "succeeded", job
-        url = f"/v1/models/{job['model_id']}/predict"
+        url = f"/v1/models/{served_probe(http, 'bench-memory')}/predict"
         api_pid = server.process.pid
 
         def send(n: int, offset: int) -> float:
