@@ -51,19 +51,25 @@ class ClassSpec(BaseModel):
     )
 
 
+StorePredictions = Annotated[
+    bool,
+    Field(
+        description="Keep every predict's images and answers (`GET /v1/projects/{project_id}/"
+        "predictions`), for feedback and suggestions."
+    ),
+]
+RetentionDays = Annotated[
+    int, Field(ge=1, le=3650, description="Stored predictions older than this are deleted.")
+]
+
+
 class ProjectCreate(BaseModel):
     model_config = ConfigDict(extra="forbid")
     name: str = Field(min_length=1, max_length=200)
     description: str = Field("", max_length=5000)
     classes: list[str | ClassSpec] = Field(default_factory=list, max_length=10_000)
-    store_predictions: bool = Field(
-        False,
-        description="Keep every predict's images and answers (`GET /v1/projects/{project_id}/"
-        "predictions`), for feedback and suggestions.",
-    )
-    prediction_retention_days: int = Field(
-        30, ge=1, le=3650, description="Stored predictions older than this are deleted."
-    )
+    store_predictions: StorePredictions = False
+    prediction_retention_days: RetentionDays = 30
 
     def class_dicts(self) -> list[dict[str, Any]]:
         return [{"name": c} if isinstance(c, str) else c.model_dump() for c in self.classes]
@@ -74,12 +80,8 @@ class ProjectUpdate(BaseModel):
     name: str | None = Field(None, min_length=1, max_length=200)
     description: str | None = Field(None, max_length=5000)
     classes: list[str | ClassSpec] | None = Field(None, max_length=10_000)
-    store_predictions: bool | None = Field(
-        None, description="Keep every predict's images and answers. Omitted: unchanged."
-    )
-    prediction_retention_days: int | None = Field(
-        None, ge=1, le=3650, description="Days stored predictions are kept. Omitted: unchanged."
-    )
+    store_predictions: StorePredictions | None = None
+    prediction_retention_days: RetentionDays | None = None
 
     @field_validator("name", "description", "store_predictions", "prediction_retention_days")
     @classmethod
@@ -116,14 +118,8 @@ class ProjectOut(BaseModel):
     image_count: int
     default_model_id: str | None = Field(description="The model of the alias `production`.")
     default_model_version: int | None = None
-    store_predictions: bool = Field(
-        False,
-        description="Keep every predict's images and answers (`GET /v1/projects/{project_id}/"
-        "predictions`), for feedback and suggestions.",
-    )
-    prediction_retention_days: int = Field(
-        30, ge=1, le=3650, description="Stored predictions older than this are deleted."
-    )
+    store_predictions: StorePredictions = False
+    prediction_retention_days: RetentionDays = 30
     created_at: UTCDatetime
 
 
