@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Annotated
 
 from fastapi import Depends, Query, Request
@@ -14,6 +14,7 @@ from app.config import Settings
 from app.db.models import Project, Tenant
 from app.db.session import get_sessionmaker
 from app.errors import RateLimited
+from app.queue import enqueue_training
 from app.services import aliases as aliases_service
 from app.services import projects as projects_service
 from app.services import tenants as tenants_service
@@ -50,6 +51,20 @@ def get_store(request: Request) -> BlobStore:
 StoreDep = Annotated[BlobStore, Depends(get_store)]
 
 
+def get_enqueue(request: Request, settings: SettingsDep) -> Callable[[str], None]:
+    """How a new job reaches the workers: the app's own sender (in-process tests), else the
+    broker."""
+    enqueue: Callable[[str], None] | None = getattr(request.app.state, "enqueue", None)
+    return enqueue or (
+        lambda job_id: enqueue_training(
+            settings.resolved_broker_url, job_id, settings.broker_poll_seconds
+        )
+    )
+
+
+EnqueueDep = Annotated[Callable[[str], None], Depends(get_enqueue)]
+
+
 # The OpenAPI security scheme (Swagger UI's Authorize button); missing or malformed
 # credentials are answered by ``authenticate`` with the one 401 problem document.
 bearer = HTTPBearer(
@@ -67,6 +82,12 @@ def current_tenant(
 ) -> Tenant:
     """The key's tenant; then the key's rate limit (a valid key only, so buckets stay few)."""
     key = credentials.credentials.strip() if credentials else None
+    return tenant_for_key(request, db, settings, key)
+
+
+def tenant_for_key(request: Request, db: Session, settings: Settings, key: str | None) -> Tenant:
+    """The tenant of an API key, and the key's rate limit: one lookup for the API (Bearer
+    header) and the console (cookie)."""
     tenant = tenants_service.authenticate(db=db, key=key, admin_key=settings.api_key)
     buckets: TokenBuckets | None = request.app.state.rate_buckets
     if buckets is not None and key and (wait := buckets.take(tenants_service.hash_key(key))):

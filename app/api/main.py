@@ -12,6 +12,7 @@ from fastapi.routing import APIRoute
 from fastapi_offline import FastAPIOffline
 
 import app
+from app import console
 from app.api import problems
 from app.api.guards import EarlyAuth, InputGuard
 from app.api.limits import BodySizeLimit
@@ -90,6 +91,7 @@ def create_app(
         aliases.router, predictions.router,
     ):  # fmt: skip
         api.include_router(router)
+    console.install(api)  # the web console at /console, on the same services
     # Outermost last: the key is checked first, then the body size, then its content.
     api.add_middleware(InputGuard)
     api.add_middleware(BodySizeLimit, max_bytes=settings.max_upload_bytes)

@@ -33,7 +33,7 @@ from app.services import label_sets, projects, quotas
 from app.services.pagination import paginate
 from app.storage import BlobStore
 from app.transfer.data import DOMAINS, SPLITS
-from app.transfer.preprocess import PixelBudget, check_image
+from app.transfer.preprocess import PixelBudget, check_image, decode_image
 
 
 @dataclass
@@ -293,3 +293,20 @@ def delete(*, db: Session, store: BlobStore, image: Image) -> None:
 
 def content(*, store: BlobStore, image: Image) -> bytes:
     return store.get(blob_key(image.project_id, image.sha256))
+
+
+THUMBNAIL_SIZE = 160
+
+
+def thumbnail(
+    *, store: BlobStore, settings: Settings, image: Image, size: int = THUMBNAIL_SIZE
+) -> bytes:
+    """The image as a JPEG at most ``size`` pixels on its longer side (the console's grids),
+    decoded as training decodes it (EXIF orientation, transparency on white)."""
+    picture = decode_image(
+        content(store=store, image=image), max_pixels=settings.max_image_pixels, draft_size=size
+    )
+    picture.thumbnail((size, size))
+    buf = io.BytesIO()
+    picture.save(buf, format="JPEG", quality=85)
+    return buf.getvalue()

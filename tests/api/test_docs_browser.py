@@ -7,74 +7,29 @@ Without Chromium the test skips locally and fails in CI (where `.ci/run` install
 
 from __future__ import annotations
 
-import os
-import shutil
-import socket
-import threading
-import time
 from collections.abc import Iterator
-from pathlib import Path
 
 import pytest
-import uvicorn
 
 from app.api.main import create_app
 from app.config import Settings
+from tests.browser import ARTIFACTS, chrome, serve
 from tests.conftest import API_KEY
-
-ARTIFACTS = Path(__file__).resolve().parents[2] / "test-artifacts"
-
-
-def _chromium() -> tuple[str, str]:
-    browser = shutil.which("chromium")
-    driver = shutil.which("chromedriver")
-    if browser is None or driver is None:
-        message = "chromium and chromedriver are not installed (apt-get install -y chromium chromium-driver)"
-        if os.environ.get("CI"):
-            pytest.fail(message)
-        pytest.skip(message)
-    return browser, driver
 
 
 @pytest.fixture
 def served_url(settings: Settings) -> Iterator[str]:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    server = uvicorn.Server(
-        uvicorn.Config(create_app(settings), host="127.0.0.1", port=port, log_level="warning")
-    )
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    for _ in range(100):
-        if server.started:
-            break
-        time.sleep(0.05)
-    yield f"http://127.0.0.1:{port}"
-    server.should_exit = True
-    thread.join(timeout=10)
+    with serve(create_app(settings)) as url:
+        yield url
 
 
 def test_docs_authorize_and_create_a_project_in_chromium(served_url: str) -> None:
-    browser, driver_path = _chromium()
-    from selenium import webdriver
-    from selenium.webdriver.chrome.service import Service
     from selenium.webdriver.common.by import By
     from selenium.webdriver.support import expected_conditions as ec
     from selenium.webdriver.support.ui import WebDriverWait
 
-    options = webdriver.ChromeOptions()
-    options.binary_location = browser
-    for arg in (
-        "--headless=new",
-        "--no-sandbox",
-        "--disable-dev-shm-usage",
-        "--window-size=1280,2000",
-    ):
-        options.add_argument(arg)
-    driver = webdriver.Chrome(service=Service(driver_path), options=options)
-    wait = WebDriverWait(driver, 30)
-    try:
+    with chrome() as driver:
+        wait = WebDriverWait(driver, 30)
         driver.get(f"{served_url}/docs")
         wait.until(ec.element_to_be_clickable((By.CSS_SELECTOR, "button.authorize"))).click()
         key_input = wait.until(
@@ -117,5 +72,3 @@ def test_docs_authorize_and_create_a_project_in_chromium(served_url: str) -> Non
                 "#operations-projects-create_project .live-responses-table .highlight-code",
             ).text
         )
-    finally:
-        driver.quit()

@@ -2,11 +2,18 @@ from __future__ import annotations
 
 from typing import Annotated
 
-from fastapi import APIRouter, Body, Request, Response, status
+from fastapi import APIRouter, Body, Response, status
 
-from app.api.deps import CursorQuery, LimitQuery, ProjectDep, SessionDep, SettingsDep, TenantDep
+from app.api.deps import (
+    CursorQuery,
+    EnqueueDep,
+    LimitQuery,
+    ProjectDep,
+    SessionDep,
+    SettingsDep,
+    TenantDep,
+)
 from app.api.schemas import JobCreate, JobOut, Page, job_create_examples
-from app.queue import enqueue_training
 from app.services import jobs as service
 
 router = APIRouter(tags=["jobs"])
@@ -18,14 +25,9 @@ def create_job(
     project: ProjectDep,
     db: SessionDep,
     settings: SettingsDep,
-    request: Request,
+    enqueue: EnqueueDep,
     response: Response,
 ) -> JobOut:
-    enqueue = getattr(request.app.state, "enqueue", None) or (
-        lambda job_id: enqueue_training(
-            settings.resolved_broker_url, job_id, settings.broker_poll_seconds
-        )
-    )
     job = service.create(
         db=db,
         settings=settings,
