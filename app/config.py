@@ -10,7 +10,7 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field, model_validator
+from pydantic import Field, NonNegativeFloat, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
@@ -126,6 +126,24 @@ class Settings(BaseSettings):
     )
     tenant_rate_burst: int = Field(
         20, description="Token-bucket capacity: requests a key may send at once before waiting."
+    )
+    webhook_allow_private: bool = Field(
+        False,
+        description="Let webhooks reach private, loopback, link-local and other non-public "
+        "addresses (refused by default, at registration and again at each send, against "
+        "server-side request forgery). Only for trusted networks and tests.",
+    )
+    webhook_retry_seconds: tuple[NonNegativeFloat, ...] = Field(
+        (10.0, 60.0, 300.0, 1800.0),
+        description="Seconds between a webhook delivery's failed attempt and the next, as a "
+        "JSON list: its length plus one is the number of attempts (default 5: 10 s, 1 min, "
+        "5 min, 30 min).",
+    )
+    webhook_timeout_seconds: float = Field(
+        10.0, gt=0, description="Timeout of one webhook request (connect, send, wait)."
+    )
+    webhook_poll_seconds: float = Field(
+        1.0, gt=0, description="How often a worker looks for due webhook deliveries."
     )
     metrics_key: str | None = Field(
         None, description="When set, `/metrics` needs `Authorization: Bearer <this key>`."

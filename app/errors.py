@@ -227,6 +227,18 @@ class ModelNotInProject(InvalidInput):
     title = "No such model in this project"
 
 
+class WebhookUrlRefused(InvalidInput):
+    """Not an http(s) URL, or one whose host is private, loopback, link-local... (SSRF)."""
+
+    code = "webhook_url_refused"
+    title = "Webhook URL refused"
+
+
+class UnknownWebhookEvent(InvalidInput):
+    code = "unknown_webhook_event"
+    title = "Unknown webhook event"
+
+
 class AliasNotFound(NotFound):
     code = "alias_not_found"
     title = "No such alias"

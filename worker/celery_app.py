@@ -17,6 +17,7 @@ from app.db.session import session_scope
 from app.queue import TRAIN_TASK, enqueue_training, make_celery
 from app.services import jobs as jobs_service
 from app.services import predictions as predictions_service
+from app.services import webhooks as webhooks_service
 from app.storage import open_store
 from app.transfer.backbones import DEFAULT_BACKBONE
 from app.transfer.features import graph_dir_in
@@ -50,7 +51,7 @@ def sweep_once() -> dict[str, int]:
         return counts
 
 
-_stop_sweeping = threading.Event()
+_stopping = threading.Event()
 
 
 def _sweep_forever() -> None:
@@ -61,13 +62,33 @@ def _sweep_forever() -> None:
                 log.warning("recovery sweep: %s", counts)
         except Exception:
             log.exception("recovery sweep failed")
-        if _stop_sweeping.wait(settings.sweep_interval_seconds):
+        if _stopping.wait(settings.sweep_interval_seconds):
+            return
+
+
+def deliver_webhooks_once() -> dict[str, int]:
+    """Send the webhook deliveries that are due (one attempt each)."""
+    with session_scope(settings.resolved_database_url) as db:
+        return webhooks_service.deliver_due(db=db, settings=settings)
+
+
+def _deliver_forever() -> None:
+    """Webhooks go out from their own thread: a slow receiver never holds up a job, and a
+    long job never holds up a delivery. A full batch is followed by the next at once."""
+    while True:
+        sent = 0
+        try:
+            sent = sum(deliver_webhooks_once().values())
+        except Exception:
+            log.exception("webhook delivery failed")
+        if sent < webhooks_service.DELIVERY_BATCH and _stopping.wait(settings.webhook_poll_seconds):
             return
 
 
 @worker_ready.connect
 def _start_sweeper(**_: object) -> None:
     threading.Thread(target=_sweep_forever, name="recovery-sweep", daemon=True).start()
+    threading.Thread(target=_deliver_forever, name="webhook-delivery", daemon=True).start()
 
 
 #: Set by ``dovecote worker --ready-file`` (``dovecote serve``): written, with this process's
@@ -93,4 +114,4 @@ def _prewarm_and_report(**_: object) -> None:
 
 @worker_shutdown.connect
 def _stop_sweeper(**_: object) -> None:
-    _stop_sweeping.set()
+    _stopping.set()

@@ -17,7 +17,17 @@ from app.api import problems
 from app.api.guards import EarlyAuth, InputGuard
 from app.api.limits import BodySizeLimit
 from app.api.ratelimit import TokenBuckets
-from app.api.routes import aliases, images, jobs, meta, models, predictions, projects, usage
+from app.api.routes import (
+    aliases,
+    images,
+    jobs,
+    meta,
+    models,
+    predictions,
+    projects,
+    usage,
+    webhooks,
+)
 from app.config import Settings, get_settings
 from app.services import backbones as learned_backbones
 from app.services import predict as predict_service
@@ -88,7 +98,7 @@ def create_app(
     problems.document_errors(api)
     for router in (
         meta.router, projects.router, images.router, jobs.router, models.router, usage.router,
-        aliases.router, predictions.router,
+        aliases.router, predictions.router, webhooks.router,
     ):  # fmt: skip
         api.include_router(router)
     console.install(api)  # the web console at /console, on the same services

@@ -14,6 +14,7 @@ from pydantic import (
     field_validator,
 )
 
+from app.services import webhooks
 from app.transfer import audit
 from app.transfer.methods import list_methods
 
@@ -510,6 +511,74 @@ class SuggestionsOut(BaseModel):
     version: int
     items: list[SuggestionOut]
     pool_size: int = Field(description="Unlabeled images and predictions considered.")
+
+
+# --- webhooks ---------------------------------------------------------------------------
+
+WebhookEvent = Literal.__getitem__(tuple(webhooks.EVENTS))  # type: ignore[misc]
+EVENTS_DESCRIPTION = "Events it receives: " + "; ".join(
+    f"`{name}`: {meaning}" for name, meaning in webhooks.EVENTS.items()
+)
+
+
+class WebhookIn(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    url: str = Field(
+        min_length=1,
+        max_length=2048,
+        description="An `http://` or `https://` URL whose host has public addresses only "
+        "(unless the server sets `DOVECOTE_WEBHOOK_ALLOW_PRIVATE`).",
+    )
+    events: list[WebhookEvent] = Field(  # type: ignore[valid-type]
+        default_factory=lambda: ["job.finished"],
+        min_length=1,
+        max_length=len(webhooks.EVENTS),
+        description=EVENTS_DESCRIPTION,
+    )
+
+
+class WebhookOut(BaseModel):
+    model_config = ConfigDict(from_attributes=True)
+    id: str
+    project_id: str | None = Field(description="null: every project of the tenant.")
+    url: str
+    events: list[str] = Field(description=EVENTS_DESCRIPTION)
+    created_at: UTCDatetime
+
+
+class WebhookCreated(WebhookOut):
+    secret: str = Field(
+        description="Signs every body (`Dovecote-Signature: sha256=<hex HMAC-SHA256(secret, "
+        "body)>`). Shown in this answer only: keep it."
+    )
+
+
+class DeliveryAttempt(BaseModel):
+    at: str = Field(description="When the attempt ended (ISO 8601 UTC).")
+    status_code: int | None = Field(description="The receiver's HTTP status; null: no answer.")
+    error: str | None = Field(description="Why it failed; null: delivered.")
+    seconds: float
+
+
+class DeliveryOut(BaseModel):
+    """One event sent (or to send) to one webhook."""
+
+    id: str = Field(description="Sent as `Dovecote-Delivery`.")
+    webhook_id: str
+    event: str
+    event_id: str = Field(description="The body's `id`: the same on every attempt.")
+    status: Literal["pending", "succeeded", "failed"] = Field(
+        description="`pending`: not delivered yet, attempts left; `failed`: every attempt failed."
+    )
+    attempts: int
+    next_attempt_at: UTCDatetime | None = Field(description="null: no attempt left to make.")
+    last_status_code: int | None
+    last_error: str | None
+    attempt_log: list[DeliveryAttempt] = Field(description="Each attempt, oldest first.")
+    body: dict[str, Any] = Field(description="The JSON body sent.")
+    created_at: UTCDatetime
+    last_attempt_at: UTCDatetime | None
+    delivered_at: UTCDatetime | None
 
 
 # --- catalogue --------------------------------------------------------------------------

@@ -19,7 +19,7 @@ from app.config import Settings
 from app.db.base import utcnow
 from app.db.models import JOB_TERMINAL, Job, Project
 from app.errors import DovecoteError, JobNotCancellable, NotFound
-from app.services import backbones, quotas, training_data
+from app.services import backbones, quotas, training_data, webhooks
 from app.services.scoping import get_owned, list_in_project
 from app.transfer.backbones import DEFAULT_BACKBONE, resolve_weights
 from app.transfer.methods import get_method
@@ -100,6 +100,8 @@ def cancel(*, db: Session, job: Job) -> Job:
                 status="cancelled", stage="cancelled", cancel_requested=True, finished_at=utcnow()
             )
         ).rowcount
+        if claimed:
+            webhooks.job_finished(db, job.id)
         db.commit()
         if claimed:
             db.refresh(job)
@@ -257,6 +259,8 @@ def _finish(db: Session, job_id: str, token: str | None, **values: Any) -> bool:
     if token is not None:
         stmt = stmt.where(Job.run_token == token)
     done = db.execute(stmt.values(finished_at=utcnow(), **values)).rowcount
+    if done:  # the event commits with the status that caused it
+        webhooks.job_finished(db, job_id)
     db.commit()
     return bool(done)
 

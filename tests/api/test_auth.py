@@ -61,6 +61,7 @@ def test_every_v1_route_requires_a_key(anonymous: TestClient) -> None:
             model_id="mdl_x",
             name="x",
             prediction_id="prd_x",
+            webhook_id="whk_x",
         )
         for method in operations:
             r = anonymous.request(method.upper(), url)

@@ -1,0 +1,434 @@
+"""Webhooks: URLs that receive a signed JSON POST when an event happens (a job ended, ...).
+
+Registration (:func:`create`) checks the URL against server-side request forgery: only
+``http``/``https``, and (unless ``DOVECOTE_WEBHOOK_ALLOW_PRIVATE``) a host whose every
+address is public. :func:`emit` records one :class:`WebhookDelivery` per matching webhook in
+the caller's transaction (an outbox: the event is sent if and only if what caused it was
+committed); the worker's delivery loop (:func:`deliver_due`) sends them, checks the address
+again after resolving it and connects to that very address, never follows redirects, and
+retries failures on ``DOVECOTE_WEBHOOK_RETRY_SECONDS``.
+
+Each body is ``{"id": event id, "event", "created_at", "project_id", "data"}``, sent with
+
+    Dovecote-Signature: sha256=<hex HMAC-SHA256(secret, raw body)>
+    Dovecote-Timestamp: <unix seconds of this attempt>
+    Dovecote-Event: <event>
+    Dovecote-Delivery: <delivery id>
+
+Every attempt of a delivery sends the same bytes, so ``id`` tells a receiver a retry from a
+new event.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import ipaddress
+import json
+import logging
+import secrets
+import socket
+import time
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from typing import Any
+from urllib.parse import urlsplit, urlunsplit
+
+import httpx
+from sqlalchemy import or_, select, update
+from sqlalchemy.orm import Session
+
+from app.config import Settings
+from app.db.base import new_id, utcnow
+from app.db.models import Job, Model, Project, Webhook, WebhookDelivery
+from app.errors import NotFound, UnknownWebhookEvent, WebhookUrlRefused
+from app.services.pagination import paginate
+
+log = logging.getLogger(__name__)
+
+#: Every event a webhook may subscribe to, with what it means. Adding one is adding a line
+#: here and calling :func:`emit` where it happens.
+EVENTS: dict[str, str] = {
+    "job.finished": "A job ended: `data.job.status` is `succeeded`, `failed` (a timed-out run "
+    "included: `error.code` `job_timed_out`) or `cancelled`.",
+    "model.drift": "A model's live inputs or answers drifted from what it was trained on.",
+}
+SIGNATURE_HEADER = "Dovecote-Signature"
+TIMESTAMP_HEADER = "Dovecote-Timestamp"
+#: Response bytes read (for ``last_error``) before the connection is closed.
+MAX_RESPONSE_BYTES = 1024
+#: Extra seconds past the HTTP timeout before a claimed attempt counts as lost.
+LEASE_MARGIN_SECONDS = 60.0
+#: Due deliveries one :func:`deliver_due` call takes.
+DELIVERY_BATCH = 20
+
+
+def _iso(value: datetime) -> str:
+    """ISO-8601 UTC with ``Z`` (SQLite hands back naive datetimes; all are stored as UTC)."""
+    if value.tzinfo is None:
+        value = value.replace(tzinfo=UTC)
+    return value.astimezone(UTC).isoformat().replace("+00:00", "Z")
+
+
+# --- the URL check --------------------------------------------------------------------------
+
+
+def _refusal(ip: ipaddress.IPv4Address | ipaddress.IPv6Address) -> str | None:
+    """Why a webhook may not reach ``ip`` (None: a public address)."""
+    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
+        ip = ip.ipv4_mapped
+    for kind in ("loopback", "link_local", "multicast", "private", "reserved", "unspecified"):
+        if getattr(ip, f"is_{kind}"):
+            return kind.replace("_", "-")
+    return None if ip.is_global else "not public"
+
+
+@dataclass(frozen=True)
+class Target:
+    """Where a webhook URL points: its parts and, once resolved, the address to connect to."""
+
+    url: str
+    scheme: str
+    host: str
+    port: int
+    address: str | None = None
+
+    def request(self) -> tuple[str, dict[str, str], dict[str, Any]]:
+        """URL, headers and httpx extensions of a request to this target: pinned to
+        ``address`` when resolved (``Host`` and TLS server name stay the URL's host)."""
+        if self.address is None:
+            return self.url, {}, {}
+        parts = urlsplit(self.url)
+        ip = ipaddress.ip_address(self.address)
+        literal = f"[{ip}]" if ip.version == 6 else str(ip)
+        default = {"http": 80, "https": 443}[self.scheme]
+        netloc = literal if self.port == default else f"{literal}:{self.port}"
+        host = parts.netloc.rpartition("@")[2]
+        url = urlunsplit((parts.scheme, netloc, parts.path, parts.query, ""))
+        extensions = {"sni_hostname": self.host} if self.scheme == "https" else {}
+        return url, {"Host": host}, extensions
+
+
+def check_url(url: str, *, allow_private: bool) -> Target:
+    """The target of ``url``, or :class:`WebhookUrlRefused`: not ``http``/``https``, no
+    host, or (unless ``allow_private``) a host that does not resolve or has an address
+    that is not public (loopback, private, link-local, multicast, reserved...). Resolved:
+    the target carries the first address, which a request then connects to."""
+    try:
+        parts = urlsplit(url)
+        scheme, host, port = parts.scheme.lower(), parts.hostname, parts.port
+    except ValueError as exc:
+        raise WebhookUrlRefused(f"Not a valid URL: {exc}.", url=url) from exc
+    if scheme not in ("http", "https"):
+        raise WebhookUrlRefused(
+            f"Webhook URLs are http:// or https://, not {parts.scheme or 'schemeless'}.", url=url
+        )
+    if not host:
+        raise WebhookUrlRefused("The URL names no host.", url=url)
+    target = Target(url, scheme, host, port or {"http": 80, "https": 443}[scheme])
+    if allow_private:
+        return target
+    try:
+        addresses = [ipaddress.ip_address(host)]
+    except ValueError:
+        try:
+            infos = socket.getaddrinfo(host, target.port, type=socket.SOCK_STREAM)
+        except (OSError, UnicodeError) as exc:
+            raise WebhookUrlRefused(f"The host {host!r} does not resolve.", url=url) from exc
+        addresses = [ipaddress.ip_address(info[4][0].split("%", 1)[0]) for info in infos]
+    for ip in addresses:
+        if (why := _refusal(ip)) is not None:
+            raise WebhookUrlRefused(
+                f"The host {host!r} has a {why} address ({ip}): webhooks go to public "
+                "addresses only (DOVECOTE_WEBHOOK_ALLOW_PRIVATE=true lifts this, for "
+                "trusted networks).",
+                url=url,
+            )
+    return Target(url, scheme, host, target.port, str(addresses[0]))
+
+
+# --- registration -------------------------------------------------------------------------
+
+
+def create(
+    *,
+    db: Session,
+    settings: Settings,
+    tenant_id: str,
+    project_id: str | None,
+    url: str,
+    events: list[str],
+) -> tuple[Webhook, str]:
+    """Register ``url`` for ``events`` of one project (or, ``project_id`` None, of every
+    project of the tenant); returns the webhook and its secret, which is not shown again."""
+    unknown = sorted(set(events) - set(EVENTS))
+    if unknown or not events:
+        raise UnknownWebhookEvent(
+            f"Unknown event(s) {', '.join(unknown) or '(none given)'}; known: "
+            f"{', '.join(sorted(EVENTS))}.",
+            events=unknown,
+        )
+    check_url(url, allow_private=settings.webhook_allow_private)
+    secret = "whsec_" + secrets.token_urlsafe(32)
+    webhook = Webhook(
+        tenant_id=tenant_id,
+        project_id=project_id,
+        url=url,
+        events=sorted(set(events)),
+        secret=secret,
+    )
+    db.add(webhook)
+    db.commit()
+    return webhook, secret
+
+
+def get(*, db: Session, tenant_id: str, webhook_id: str) -> Webhook:
+    webhook = db.get(Webhook, webhook_id)
+    if webhook is None or webhook.tenant_id != tenant_id:
+        raise NotFound(f"No webhook {webhook_id!r}.", resource="webhook")
+    return webhook
+
+
+def list_(
+    *, db: Session, tenant_id: str, project_id: str | None, limit: int, cursor: str | None
+) -> tuple[list[Webhook], str | None]:
+    """The project's webhooks; ``project_id`` None: every webhook of the tenant."""
+    stmt = select(Webhook).where(Webhook.tenant_id == tenant_id)
+    if project_id is not None:
+        stmt = stmt.where(Webhook.project_id == project_id)
+    return paginate(db, stmt, Webhook.id, limit=limit, cursor=cursor)
+
+
+def delete(*, db: Session, webhook: Webhook) -> None:
+    """Delete the webhook and its deliveries (pending ones are not sent)."""
+    db.delete(webhook)
+    db.commit()
+
+
+def deliveries(
+    *, db: Session, webhook: Webhook, limit: int, cursor: str | None
+) -> tuple[list[WebhookDelivery], str | None]:
+    stmt = select(WebhookDelivery).where(WebhookDelivery.webhook_id == webhook.id)
+    return paginate(db, stmt, WebhookDelivery.id, limit=limit, cursor=cursor)
+
+
+# --- events ---------------------------------------------------------------------------------
+
+
+def emit(
+    session: Session, *, project_id: str, event: str, payload: dict[str, Any]
+) -> list[WebhookDelivery]:
+    """Record a delivery of ``event`` (body ``data``: ``payload``, JSON-serialisable) to
+    each webhook of the project, or of its tenant, subscribed to it. Added to ``session``,
+    not committed: they are sent (by the worker) once the caller commits."""
+    if event not in EVENTS:
+        raise ValueError(f"unknown webhook event {event!r}; add it to EVENTS")
+    project = session.get(Project, project_id)
+    if project is None:
+        return []
+    hooks = session.scalars(
+        select(Webhook).where(
+            Webhook.tenant_id == project.tenant_id,
+            or_(Webhook.project_id == project_id, Webhook.project_id.is_(None)),
+        )
+    )
+    now = utcnow()
+    event_id = new_id("evt")
+    body = json.dumps(
+        {
+            "id": event_id,
+            "event": event,
+            "created_at": _iso(now),
+            "project_id": project_id,
+            "data": payload,
+        },
+        separators=(",", ":"),
+        ensure_ascii=False,
+    )
+    rows = [
+        WebhookDelivery(
+            webhook_id=hook.id,
+            event=event,
+            event_id=event_id,
+            body=body,
+            status="pending",
+            attempts=0,
+            next_attempt_at=now,
+            attempt_log=[],
+            created_at=now,
+        )
+        for hook in hooks
+        if event in hook.events
+    ]
+    session.add_all(rows)
+    return rows
+
+
+def job_summary(session: Session, job: Job) -> dict[str, Any]:
+    """What ``job.finished`` says of a job: id, project, method, status, error code and
+    detail, its model (id and version) and whether it was promoted."""
+    model = session.get(Model, job.model_id) if job.model_id else None
+    error = job.error
+    return {
+        "job": {
+            "id": job.id,
+            "project_id": job.project_id,
+            "method": job.method,
+            "status": job.status,
+            "error": {"code": error.get("code"), "detail": error.get("detail")} if error else None,
+            "model_id": job.model_id,
+            "model_version": model.version if model is not None else None,
+            "promotion": job.promotion,
+            "finished_at": _iso(job.finished_at) if job.finished_at else None,
+        }
+    }
+
+
+def job_finished(session: Session, job_id: str) -> list[WebhookDelivery]:
+    """Emit ``job.finished`` for a job that just ended (in the caller's transaction)."""
+    job = session.get(Job, job_id, populate_existing=True)
+    if job is None:
+        return []
+    return emit(
+        session, project_id=job.project_id, event="job.finished", payload=job_summary(session, job)
+    )
+
+
+# --- sending --------------------------------------------------------------------------------
+
+
+def signature(secret: str, body: bytes) -> str:
+    """The ``Dovecote-Signature`` value: ``sha256=`` + hex HMAC-SHA256(secret, body)."""
+    return "sha256=" + hmac.new(secret.encode(), body, hashlib.sha256).hexdigest()
+
+
+def retry_delay(settings: Settings, attempts: int) -> float | None:
+    """Seconds before the next attempt after ``attempts`` failed ones; None: give up."""
+    schedule = settings.webhook_retry_seconds
+    return schedule[attempts - 1] if attempts <= len(schedule) else None
+
+
+def _claim(db: Session, delivery_id: str, lease: float) -> bool:
+    now = utcnow()
+    claimed = db.execute(
+        update(WebhookDelivery)
+        .where(
+            WebhookDelivery.id == delivery_id,
+            WebhookDelivery.status == "pending",
+            WebhookDelivery.next_attempt_at <= now,
+        )
+        .values(
+            attempts=WebhookDelivery.attempts + 1,
+            next_attempt_at=now + timedelta(seconds=lease),
+            last_attempt_at=now,
+        )
+    ).rowcount
+    db.commit()
+    return bool(claimed)
+
+
+def _post(
+    client: httpx.Client, settings: Settings, url: str, secret: str, delivery: WebhookDelivery
+) -> tuple[int | None, str | None]:
+    """One attempt: (status code, error); error None means delivered (a 2xx)."""
+    try:
+        target = check_url(url, allow_private=settings.webhook_allow_private)
+    except WebhookUrlRefused as exc:
+        return None, f"refused: {exc.detail}"
+    body = delivery.body.encode()
+    request_url, headers, extensions = target.request()
+    headers.update(
+        {
+            "Content-Type": "application/json",
+            "User-Agent": "Dovecote-Webhook/1",
+            SIGNATURE_HEADER: signature(secret, body),
+            TIMESTAMP_HEADER: str(int(time.time())),
+            "Dovecote-Event": delivery.event,
+            "Dovecote-Delivery": delivery.id,
+        }
+    )
+    try:
+        request = client.build_request(
+            "POST", request_url, content=body, headers=headers, extensions=extensions
+        )
+        response = client.send(request, stream=True)
+        try:
+            text = b""
+            for chunk in response.iter_bytes():
+                text += chunk
+                if len(text) >= MAX_RESPONSE_BYTES:
+                    break
+        finally:
+            response.close()
+    except httpx.HTTPError as exc:
+        return None, f"{type(exc).__name__}: {exc}"[:500]
+    if 200 <= response.status_code < 300:
+        return response.status_code, None
+    snippet = text[:200].decode(errors="replace").strip()
+    return response.status_code, f"HTTP {response.status_code}" + (
+        f": {snippet}" if snippet else ""
+    )
+
+
+def _record(
+    db: Session, settings: Settings, delivery_id: str, code: int | None, error: str | None,
+    started: float,
+) -> str:  # fmt: skip
+    delivery = db.get(WebhookDelivery, delivery_id, populate_existing=True)
+    if delivery is None:  # its webhook was deleted meanwhile
+        return "gone"
+    now = utcnow()
+    entry = {
+        "at": _iso(now),
+        "status_code": code,
+        "error": error,
+        "seconds": round(time.monotonic() - started, 3),
+    }
+    delivery.attempt_log = [*delivery.attempt_log, entry]
+    delivery.last_status_code, delivery.last_error = code, error
+    if error is None:
+        delivery.status, delivery.next_attempt_at, delivery.delivered_at = "succeeded", None, now
+    elif (delay := retry_delay(settings, delivery.attempts)) is None:
+        delivery.status, delivery.next_attempt_at = "failed", None
+    else:
+        delivery.next_attempt_at = now + timedelta(seconds=delay)
+    db.commit()
+    return delivery.status
+
+
+def deliver_due(*, db: Session, settings: Settings, limit: int = DELIVERY_BATCH) -> dict[str, int]:
+    """Send the deliveries that are due (one attempt each); returns counts by outcome:
+    ``succeeded``, ``failed`` (gave up), ``pending`` (will retry), ``gone``."""
+    due = list(
+        db.scalars(
+            select(WebhookDelivery.id)
+            .where(WebhookDelivery.status == "pending", WebhookDelivery.next_attempt_at <= utcnow())
+            .order_by(WebhookDelivery.next_attempt_at)
+            .limit(limit)
+        )
+    )
+    db.commit()
+    counts: dict[str, int] = {}
+    lease = settings.webhook_timeout_seconds + LEASE_MARGIN_SECONDS
+    with httpx.Client(timeout=settings.webhook_timeout_seconds, follow_redirects=False) as client:
+        for delivery_id in due:
+            if not _claim(db, delivery_id, lease):
+                continue  # another worker took it
+            row = db.execute(
+                select(WebhookDelivery, Webhook.url, Webhook.secret)
+                .join(Webhook, Webhook.id == WebhookDelivery.webhook_id)
+                .where(WebhookDelivery.id == delivery_id)
+            ).first()
+            db.commit()  # no transaction stays open during the request
+            if row is None:
+                continue
+            delivery, url, secret = row
+            started = time.monotonic()
+            code, error = _post(client, settings, url, secret, delivery)
+            if error is not None:
+                log.warning(
+                    "webhook delivery %s attempt %d: %s", delivery_id, delivery.attempts, error
+                )
+            outcome = _record(db, settings, delivery_id, code, error, started)
+            counts[outcome] = counts.get(outcome, 0) + 1
+    return counts

@@ -1,0 +1,375 @@
+"""Webhooks: registration (SSRF checks, the secret shown once, tenant isolation), one signed
+delivery per job end to a real receiver on 127.0.0.1, retries with back-off, no redirects."""
+
+from __future__ import annotations
+
+import json
+import re
+import time
+from collections.abc import Callable, Iterator
+from datetime import datetime
+from pathlib import Path
+
+import pytest
+from fastapi.testclient import TestClient
+from sqlalchemy import select
+
+from app.config import Settings
+from app.db.models import WebhookDelivery
+from app.db.session import session_scope
+from app.services import webhooks
+from tests.api.helpers import assert_problem, digit
+from tests.conftest import Api, make_settings, migrate
+from tests.receiver import receiver
+from worker.runner import run_job
+
+DOCS = Path(__file__).resolve().parents[2] / "docs" / "API.md"
+RETRY = [0.3, 0.6]  # three attempts in all
+
+
+@pytest.fixture
+def settings(tmp_path: Path) -> Settings:
+    s = make_settings(
+        tmp_path, webhook_allow_private=True, webhook_retry_seconds=RETRY,
+        webhook_timeout_seconds=5.0,
+    )  # fmt: skip
+    migrate(s)
+    return s
+
+
+def documented_verifier() -> Callable[[str, bytes, str], bool]:
+    """The ``verified`` function of docs/API.md's Python snippet, as a user would paste it."""
+    text = DOCS.read_text()
+    section = text[text.index("## Webhooks") :]
+    code = re.search(r"```python\n(.*?)```", section, re.S)
+    assert code is not None, "docs/API.md shows how to verify a signature"
+    namespace: dict[str, object] = {}
+    exec(code.group(1), namespace)
+    return namespace["verified"]  # type: ignore[return-value]
+
+
+def deliver(settings: Settings) -> dict[str, int]:
+    with session_scope(settings.resolved_database_url) as db:
+        return webhooks.deliver_due(db=db, settings=settings)
+
+
+def register(client: TestClient, path: str, url: str, **body: object) -> dict:
+    r = client.post(path, json={"url": url, **body})
+    assert r.status_code == 201, r.text
+    return r.json()
+
+
+def trained_project(api: Api) -> dict:
+    project = api.project("digits")
+    api.upload_labeled(project["id"], [(str(d), digit(d, i)) for d in (0, 1) for i in range(4)])
+    return project
+
+
+def queue_job(api: Api, project_id: str) -> str:
+    r = api.client.post(f"/v1/projects/{project_id}/jobs", json={"method": "knn"})
+    assert r.status_code == 202, r.text
+    return r.json()["id"]
+
+
+def deliveries(client: TestClient, webhook_id: str) -> list[dict]:
+    r = client.get(f"/v1/webhooks/{webhook_id}/deliveries")
+    assert r.status_code == 200, r.text
+    return r.json()["items"]
+
+
+def test_one_signed_delivery_per_job_end(api: Api, settings: Settings) -> None:
+    verified = documented_verifier()
+    project = trained_project(api)
+    with receiver() as hook:
+        created = register(api.client, f"/v1/projects/{project['id']}/webhooks", hook.url,
+                           events=["job.finished"])  # fmt: skip
+        secret = created["secret"]
+
+        succeeded = api.train(project["id"], "knn")
+        timed_out = queue_job(api, project["id"])  # a run past DOVECOTE_JOB_MAX_MINUTES fails
+        assert (
+            run_job(timed_out, settings=settings.model_copy(update={"job_max_minutes": 0.0}))
+            == "failed"
+        )
+        api.queued.clear()
+        cancelled = queue_job(api, project["id"])
+        assert api.client.post(f"/v1/jobs/{cancelled}/cancel").json()["status"] == "cancelled"
+        api.queued.clear()
+
+        assert deliver(settings) == {"succeeded": 3}
+        assert deliver(settings) == {}  # nothing sent twice
+        got = hook.received
+        assert len(got) == 3
+
+    bodies = []
+    for r in got:
+        assert r.headers["Content-Type"] == "application/json"
+        assert verified(secret, r.body, r.headers["Dovecote-Signature"])
+        assert not verified(secret, r.body + b" ", r.headers["Dovecote-Signature"])
+        assert not verified("whsec_other", r.body, r.headers["Dovecote-Signature"])
+        assert abs(int(r.headers["Dovecote-Timestamp"]) - time.time()) < 120
+        assert r.headers["Dovecote-Event"] == "job.finished"
+        bodies.append(json.loads(r.body))
+    by_job = {b["data"]["job"]["id"]: b for b in bodies}
+    assert set(by_job) == {succeeded["id"], timed_out, cancelled}
+    assert len({b["id"] for b in bodies}) == 3
+    for b in bodies:
+        assert b["event"] == "job.finished" and b["project_id"] == project["id"]
+    ok = by_job[succeeded["id"]]["data"]["job"]
+    assert ok["status"] == "succeeded" and ok["model_id"] == succeeded["model_id"]
+    assert ok["model_version"] == 1
+    assert ok["promotion"]["promoted"] is True and ok["promotion"] == succeeded["promotion"]
+    assert ok["error"] is None and ok["finished_at"].endswith("Z")
+    late = by_job[timed_out]["data"]["job"]
+    assert late["status"] == "failed" and late["error"]["code"] == "job_timed_out"
+    assert late["model_id"] is None and late["model_version"] is None
+    assert by_job[cancelled]["data"]["job"]["status"] == "cancelled"
+
+    listed = deliveries(api.client, created["id"])
+    assert len(listed) == 3
+    for d in listed:
+        assert d["status"] == "succeeded" and d["attempts"] == 1
+        assert d["last_status_code"] == 200 and d["last_error"] is None
+        assert d["next_attempt_at"] is None and d["delivered_at"].endswith("Z")
+        assert [a["status_code"] for a in d["attempt_log"]] == [200]
+    received_ids = {r.headers["Dovecote-Delivery"] for r in got}
+    assert received_ids == {d["id"] for d in listed}
+
+
+def _at(value: str) -> float:
+    return datetime.fromisoformat(value.replace("Z", "+00:00")).timestamp()
+
+
+def test_failing_receiver_is_retried_with_backoff_then_given_up(
+    api: Api, settings: Settings
+) -> None:
+    project = api.project("retries")
+    with receiver(script=[500, 500, 500]) as failing, receiver(script=[503]) as flaky:
+        dead = register(api.client, f"/v1/projects/{project['id']}/webhooks", failing.url)
+        recovers = register(api.client, "/v1/webhooks", flaky.url)  # the tenant's
+        api.upload_labeled(project["id"], [(str(d), digit(d, i)) for d in (0, 1) for i in range(2)])
+        job_id = queue_job(api, project["id"])
+        api.client.post(f"/v1/jobs/{job_id}/cancel")
+
+        assert deliver(settings) == {"pending": 2}
+        assert deliver(settings) == {}  # back-off: not due yet
+        [d] = deliveries(api.client, dead["id"])
+        assert (d["status"], d["attempts"], d["last_status_code"]) == ("pending", 1, 500)
+        assert d["last_error"].startswith("HTTP 500")
+        gap = _at(d["next_attempt_at"]) - _at(d["last_attempt_at"])
+        assert RETRY[0] - 0.05 <= gap <= RETRY[0] + 1.0, gap
+
+        time.sleep(RETRY[0] + 0.1)
+        assert deliver(settings) == {"pending": 1, "succeeded": 1}
+        [ok] = deliveries(api.client, recovers["id"])
+        assert (ok["status"], ok["attempts"], ok["last_status_code"]) == ("succeeded", 2, 200)
+        assert [a["status_code"] for a in ok["attempt_log"]] == [503, 200]
+
+        [d] = deliveries(api.client, dead["id"])
+        assert d["attempts"] == 2
+        assert _at(d["next_attempt_at"]) - _at(d["last_attempt_at"]) >= RETRY[1] - 0.05
+        time.sleep(RETRY[1] + 0.1)
+        assert deliver(settings) == {"failed": 1}
+        time.sleep(RETRY[1] + 0.1)
+        assert deliver(settings) == {}  # given up after len(RETRY) + 1 attempts
+
+    [d] = deliveries(api.client, dead["id"])
+    assert (d["status"], d["attempts"], d["next_attempt_at"]) == ("failed", 3, None)
+    assert [a["status_code"] for a in d["attempt_log"]] == [500, 500, 500]
+    assert all(a["error"].startswith("HTTP 500") for a in d["attempt_log"])
+    assert len(failing.received) == 3 and len(flaky.received) == 2
+    # Every attempt sent the same body (same event id, same signature).
+    assert len({r.body for r in failing.received}) == 1
+    assert len({r.headers["Dovecote-Signature"] for r in failing.received}) == 1
+
+
+def test_redirects_are_not_followed(api: Api, settings: Settings) -> None:
+    project = api.project("redirect")
+    with receiver() as elsewhere, receiver(script=[(302, "")] * 3) as redirecting:
+        redirecting.script = [(302, elsewhere.url)] * 3
+        hook = register(api.client, f"/v1/projects/{project['id']}/webhooks", redirecting.url)
+        api.upload_labeled(project["id"], [(str(d), digit(d, i)) for d in (0, 1) for i in range(2)])
+        api.client.post(f"/v1/jobs/{queue_job(api, project['id'])}/cancel")
+        assert deliver(settings) == {"pending": 1}
+    [d] = deliveries(api.client, hook["id"])
+    assert d["last_status_code"] == 302 and d["last_error"].startswith("HTTP 302")
+    assert len(redirecting.received) == 1 and elsewhere.received == []
+
+
+REFUSED = [
+    "http://127.0.0.1:9/hook",
+    "http://localhost/hook",
+    "http://10.1.2.3/hook",
+    "http://192.168.0.10/hook",
+    "http://172.16.5.4/hook",
+    "http://169.254.169.254/latest/meta-data",
+    "http://100.64.0.1/hook",  # shared address space (carrier-grade NAT)
+    "http://0.0.0.0/hook",
+    "http://224.0.0.1/hook",
+    "http://[::1]/hook",
+    "http://[::ffff:127.0.0.1]/hook",
+    "http://[fe80::1]/hook",
+    "http://[fc00::1]/hook",
+    "http://192.0.2.1/hook",  # documentation range: reserved
+    "https://no-such-host.invalid/hook",
+    "ftp://8.8.8.8/hook",
+    "file:///etc/passwd",
+    "gopher://8.8.8.8:70/",
+    "http:///hook",
+    "http://[::1/hook",
+]
+
+
+@pytest.fixture
+def strict(tmp_path: Path) -> Iterator[Api]:
+    """An app with the default: private targets refused."""
+    (tmp_path / "strict").mkdir()
+    settings = make_settings(tmp_path / "strict")
+    migrate(settings)
+    api = Api(settings)
+    with api.client:
+        yield api
+
+
+def test_private_and_non_http_urls_are_refused(strict: Api) -> None:
+    project = strict.project("ssrf")
+    for url in REFUSED:
+        for path in (f"/v1/projects/{project['id']}/webhooks", "/v1/webhooks"):
+            r = strict.client.post(path, json={"url": url})
+            body = assert_problem(r, 422, "webhook_url_refused")
+            assert body["url"] == url
+    assert strict.client.get("/v1/webhooks").json()["items"] == []
+
+
+def test_public_address_is_accepted_without_the_setting(strict: Api) -> None:
+    project = strict.project("public")  # registration only: nothing is ever sent there
+    url = "https://8.8.8.8:8443/hook"
+    assert register(strict.client, f"/v1/projects/{project['id']}/webhooks", url)["url"] == url
+
+
+def test_private_target_is_refused_again_at_send_time(api: Api, settings: Settings) -> None:
+    """Registered while private targets were allowed; sent after they no longer are."""
+    project = api.project("rebind")
+    with receiver() as hook:
+        created = register(api.client, f"/v1/projects/{project['id']}/webhooks", hook.url)
+        api.upload_labeled(project["id"], [(str(d), digit(d, i)) for d in (0, 1) for i in range(2)])
+        api.client.post(f"/v1/jobs/{queue_job(api, project['id'])}/cancel")
+        strict = settings.model_copy(update={"webhook_allow_private": False})
+        assert deliver(strict) == {"pending": 1}
+        assert hook.received == []
+    [d] = deliveries(api.client, created["id"])
+    assert d["last_status_code"] is None
+    assert d["last_error"].startswith("refused:") and "loopback" in d["last_error"]
+
+
+def test_pinned_request_keeps_the_host_header_and_tls_name() -> None:
+    target = webhooks.Target("https://hooks.example.com:8443/a?b=1", "https", "hooks.example.com",
+                             8443, "93.184.215.14")  # fmt: skip
+    assert target.request() == (
+        "https://93.184.215.14:8443/a?b=1",
+        {"Host": "hooks.example.com:8443"},
+        {"sni_hostname": "hooks.example.com"},
+    )
+    v6 = webhooks.Target("http://h.example/x", "http", "h.example", 80, "2001:db8::1")
+    assert v6.request() == ("http://[2001:db8::1]/x", {"Host": "h.example"}, {})
+
+
+def test_secret_is_shown_once(api: Api) -> None:
+    project = api.project("secret")
+    created = register(api.client, f"/v1/projects/{project['id']}/webhooks",
+                       "http://127.0.0.1:9/hook", events=["job.finished", "model.drift"])  # fmt: skip
+    assert created["secret"].startswith("whsec_") and len(created["secret"]) > 40
+    assert created["events"] == ["job.finished", "model.drift"]
+    assert created["project_id"] == project["id"]
+    shown = [
+        api.client.get(f"/v1/webhooks/{created['id']}").json(),
+        *api.client.get(f"/v1/projects/{project['id']}/webhooks").json()["items"],
+        *api.client.get("/v1/webhooks").json()["items"],
+    ]
+    assert len(shown) == 3
+    for item in shown:
+        assert "secret" not in item and created["secret"] not in json.dumps(item)
+        assert item["id"] == created["id"]
+    second = register(api.client, f"/v1/projects/{project['id']}/webhooks", "http://127.0.0.1:9/b")
+    assert second["secret"] != created["secret"]
+
+    assert api.client.delete(f"/v1/webhooks/{created['id']}").status_code == 204
+    assert_problem(api.client.get(f"/v1/webhooks/{created['id']}"), 404, "not_found")
+    assert_problem(api.client.get(f"/v1/webhooks/{created['id']}/deliveries"), 404, "not_found")
+
+
+def test_bad_events_are_422(api: Api) -> None:
+    project = api.project("events")
+    path = f"/v1/projects/{project['id']}/webhooks"
+    for events in (["job.exploded"], [], "job.finished"):
+        r = api.client.post(path, json={"url": "http://127.0.0.1:9/", "events": events})
+        assert_problem(r, 422, "validation_error")
+    assert api.client.get(path).json()["items"] == []
+
+
+def test_lists_are_paginated(api: Api) -> None:
+    project = api.project("pages")
+    path = f"/v1/projects/{project['id']}/webhooks"
+    ids = [register(api.client, path, f"http://127.0.0.1:9/{i}")["id"] for i in range(3)]
+    first = api.client.get(path, params={"limit": 2}).json()
+    assert [w["id"] for w in first["items"]] == ids[:2] and first["next_cursor"]
+    rest = api.client.get(path, params={"limit": 2, "cursor": first["next_cursor"]}).json()
+    assert [w["id"] for w in rest["items"]] == ids[2:] and rest["next_cursor"] is None
+    register(api.client, "/v1/webhooks", "http://127.0.0.1:9/tenant")
+    assert len(api.client.get(path).json()["items"]) == 3  # the project's own
+    assert len(api.client.get("/v1/webhooks").json()["items"]) == 4  # all the tenant's
+
+
+def test_other_tenants_webhooks_are_invisible(
+    api: Api, acme: TestClient, settings: Settings
+) -> None:
+    project = api.project("mine")
+    mine = register(api.client, f"/v1/projects/{project['id']}/webhooks", "http://127.0.0.1:9/a")
+    register(api.client, "/v1/webhooks", "http://127.0.0.1:9/tenant")
+    for method, path in (
+        ("GET", f"/v1/webhooks/{mine['id']}"),
+        ("DELETE", f"/v1/webhooks/{mine['id']}"),
+        ("GET", f"/v1/webhooks/{mine['id']}/deliveries"),
+        ("GET", f"/v1/projects/{project['id']}/webhooks"),
+        ("POST", f"/v1/projects/{project['id']}/webhooks"),
+    ):
+        kwargs = {"json": {"url": "http://127.0.0.1:9/x"}} if method == "POST" else {}
+        assert_problem(acme.request(method, path, **kwargs), 404, "not_found")
+    assert acme.get("/v1/webhooks").json()["items"] == []
+    assert api.client.get(f"/v1/webhooks/{mine['id']}").status_code == 200
+
+    # acme's own job end reaches acme's webhooks only, never default's tenant-wide one.
+    theirs = acme.post("/v1/projects", json={"name": "theirs"}).json()
+    with receiver() as hook:
+        acme_hook = register(acme, "/v1/webhooks", hook.url)
+        for d in (0, 1):
+            files = [("files", (f"{d}-{i}.png", digit(d, i))) for i in range(2)]
+            acme.post(f"/v1/projects/{theirs['id']}/images", files=files, data={"label": str(d)})
+        job = acme.post(f"/v1/projects/{theirs['id']}/jobs", json={"method": "knn"}).json()
+        acme.post(f"/v1/jobs/{job['id']}/cancel")
+        api.queued.clear()
+        with session_scope(settings.resolved_database_url) as db:
+            hooks = set(db.scalars(select(WebhookDelivery.webhook_id)))
+        assert hooks == {acme_hook["id"]}
+        assert deliver(settings) == {"succeeded": 1}
+    assert [json.loads(r.body)["project_id"] for r in hook.received] == [theirs["id"]]
+
+
+def test_emit_reaches_only_subscribed_webhooks(api: Api, settings: Settings) -> None:
+    """The service call other features use (``model.drift``)."""
+    project = api.project("drift")
+    with receiver() as hook:
+        drift = register(api.client, f"/v1/projects/{project['id']}/webhooks", hook.url,
+                         events=["model.drift"])  # fmt: skip
+        register(api.client, f"/v1/projects/{project['id']}/webhooks", hook.url)  # job.finished
+        with session_scope(settings.resolved_database_url) as db:
+            rows = webhooks.emit(db, project_id=project["id"], event="model.drift",
+                                 payload={"model_id": "mdl_x", "score": 0.4})  # fmt: skip
+            assert len(rows) == 1
+            with pytest.raises(ValueError):
+                webhooks.emit(db, project_id=project["id"], event="nope", payload={})
+        assert deliver(settings) == {"succeeded": 1}
+        [got] = hook.received
+    body = json.loads(got.body)
+    assert body["event"] == "model.drift" and body["data"] == {"model_id": "mdl_x", "score": 0.4}
+    assert [d["event"] for d in deliveries(api.client, drift["id"])] == ["model.drift"]
