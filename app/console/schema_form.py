@@ -104,7 +104,8 @@ def _scalar(kind: str, text: str, name: str) -> Any:
         if kind == "number":
             return float(text)
     except ValueError:
-        raise InvalidParams(f"{name}: {text!r} is not a {kind}.", field=name) from None
+        what = "an integer" if kind == "integer" else "a number"
+        raise InvalidParams(f"{name}: {text!r} is not {what}.", field=name) from None
     return text
 
 
