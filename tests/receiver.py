@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import ssl
 import threading
 import time
 from collections.abc import Iterator
@@ -21,6 +22,7 @@ class Received:
 @dataclass
 class Receiver:
     url: str
+    port: int
     #: Statuses to answer, in order; 200 once they are used up. ``(302, "/elsewhere")``
     #: answers a redirect there.
     script: list[int | tuple[int, str]] = field(default_factory=list)
@@ -34,8 +36,11 @@ class Receiver:
 
 
 @contextmanager
-def receiver(script: list[int | tuple[int, str]] | None = None) -> Iterator[Receiver]:
-    state = Receiver(url="", script=list(script or []))
+def receiver(
+    script: list[int | tuple[int, str]] | None = None, tls: ssl.SSLContext | None = None
+) -> Iterator[Receiver]:
+    """A receiver on 127.0.0.1 (``tls``: a server context, for https)."""
+    state = Receiver(url="", port=0, script=list(script or []))
     lock = threading.Lock()
 
     class Handler(BaseHTTPRequestHandler):
@@ -56,7 +61,10 @@ def receiver(script: list[int | tuple[int, str]] | None = None) -> Iterator[Rece
             pass
 
     server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    state.url = f"http://127.0.0.1:{server.server_address[1]}/hook"
+    if tls is not None:
+        server.socket = tls.wrap_socket(server.socket, server_side=True)
+    state.port = server.server_address[1]
+    state.url = f"{'https' if tls else 'http'}://127.0.0.1:{state.port}/hook"
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()
     try:

@@ -335,6 +335,14 @@ def _post(
         target = check_url(url, allow_private=settings.webhook_allow_private)
     except WebhookUrlRefused as exc:
         return None, f"refused: {exc.detail}"
+    return send(client, target, secret, delivery)
+
+
+def send(
+    client: httpx.Client, target: Target, secret: str, delivery: WebhookDelivery
+) -> tuple[int | None, str | None]:
+    """POST ``delivery``'s body, signed, to ``target`` (its checked address when it has
+    one); redirects are not followed. Returns (status code, error): error None for a 2xx."""
     body = delivery.body.encode()
     request_url, headers, extensions = target.request()
     headers.update(
