@@ -142,6 +142,9 @@ class Settings(BaseSettings):
     webhook_timeout_seconds: float = Field(
         10.0, gt=0, description="Timeout of one webhook request (connect, send, wait)."
     )
+    webhook_delivery_retention_days: float = Field(
+        30.0, gt=0, description="Finished webhook deliveries older than this are deleted."
+    )
     webhook_poll_seconds: float = Field(
         1.0, gt=0, description="How often a worker looks for due webhook deliveries."
     )

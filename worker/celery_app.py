@@ -39,7 +39,8 @@ def train(job_id: str) -> str:
 
 
 def sweep_once() -> dict[str, int]:
-    """Recover orphaned jobs; delete stored predictions past their project's retention."""
+    """Recover orphaned jobs; delete stored predictions past their project's retention and
+    finished webhook deliveries past theirs."""
     with session_scope(settings.resolved_database_url) as db:
         counts = jobs_service.sweep(db=db, settings=settings, enqueue=_enqueue)
         store = open_store(settings.resolved_storage_url)
@@ -48,6 +49,8 @@ def sweep_once() -> dict[str, int]:
         except Exception:
             db.rollback()
             log.exception("stored-prediction retention sweep failed")
+        days = settings.webhook_delivery_retention_days
+        counts.update(webhooks_service.sweep_old(db=db, days=days))
         return counts
 
 

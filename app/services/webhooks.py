@@ -35,6 +35,7 @@ from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
 import httpx
+from sqlalchemy import delete as delete_rows
 from sqlalchemy import or_, select, update
 from sqlalchemy.orm import Session
 
@@ -440,3 +441,16 @@ def deliver_due(*, db: Session, settings: Settings, limit: int = DELIVERY_BATCH)
             outcome = _record(db, settings, delivery_id, code, error, started)
             counts[outcome] = counts.get(outcome, 0) + 1
     return counts
+
+
+def sweep_old(*, db: Session, days: float, now: datetime | None = None) -> dict[str, int]:
+    """Delete finished deliveries (``succeeded`` or ``failed``) created over ``days`` ago."""
+    cutoff = (now or utcnow()) - timedelta(days=days)
+    deleted = db.execute(
+        delete_rows(WebhookDelivery).where(
+            WebhookDelivery.status.in_(("succeeded", "failed")),
+            WebhookDelivery.created_at < cutoff,
+        )
+    ).rowcount
+    db.commit()
+    return {"deliveries_deleted": deleted}

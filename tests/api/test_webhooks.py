@@ -426,3 +426,19 @@ def test_emit_reaches_only_subscribed_webhooks(api: Api, settings: Settings) -> 
     body = json.loads(got.body)
     assert body["event"] == "model.drift" and body["data"] == {"model_id": "mdl_x", "score": 0.4}
     assert [d["event"] for d in deliveries(api.client, drift["id"])] == ["model.drift"]
+
+
+def test_finished_deliveries_are_swept_after_their_retention(api: Api, settings: Settings) -> None:
+    project = api.project("sweep")
+    with receiver() as hook:
+        created = register(api.client, f"/v1/projects/{project['id']}/webhooks", hook.url)
+        with session_scope(settings.resolved_database_url) as db:
+            webhooks.emit(db, project_id=project["id"], event="job.finished", payload={})
+        assert deliver(settings) == {"succeeded": 1}
+        with session_scope(settings.resolved_database_url) as db:
+            webhooks.emit(db, project_id=project["id"], event="job.finished", payload={})
+            db.commit()  # not sent yet: pending, kept whatever its age
+            assert webhooks.sweep_old(db=db, days=30) == {"deliveries_deleted": 0}
+            later = datetime.now(UTC) + timedelta(days=31)
+            assert webhooks.sweep_old(db=db, days=30, now=later) == {"deliveries_deleted": 1}
+    assert [d["status"] for d in deliveries(api.client, created["id"])] == ["pending"]
