@@ -103,8 +103,8 @@ class Target:
         ip = ipaddress.ip_address(self.address)
         literal = f"[{ip}]" if ip.version == 6 else str(ip)
         default = {"http": 80, "https": 443}[self.scheme]
-        netloc = literal if self.port == default else f"{literal}:{self.port}"
-        host = parts.netloc.rpartition("@")[2]
+        userinfo, at, host = parts.netloc.rpartition("@")
+        netloc = userinfo + at + (literal if self.port == default else f"{literal}:{self.port}")
         url = urlunsplit((parts.scheme, netloc, parts.path, parts.query, ""))
         extensions = {"sni_hostname": self.host} if self.scheme == "https" else {}
         return url, {"Host": host}, extensions
@@ -112,9 +112,11 @@ class Target:
 
 def check_url(url: str, *, allow_private: bool) -> Target:
     """The target of ``url``, or :class:`WebhookUrlRefused`: not ``http``/``https``, no
-    host, or (unless ``allow_private``) a host that does not resolve or has an address
+    host, a space or control character, or (unless ``allow_private``) a host that does not resolve or has an address
     that is not public (loopback, private, link-local, multicast, reserved...). Resolved:
     the target carries the first address, which a request then connects to."""
+    if any(c.isspace() or not c.isprintable() for c in url):
+        raise WebhookUrlRefused("The URL has a space or a control character.", url=url)
     try:
         parts = urlsplit(url)
         scheme, host, port = parts.scheme.lower(), parts.hostname, parts.port
@@ -369,7 +371,7 @@ def send(
                     break
         finally:
             response.close()
-    except httpx.HTTPError as exc:
+    except Exception as exc:  # every attempt ends recorded, whatever went wrong
         return None, f"{type(exc).__name__}: {exc}"[:500]
     if 200 <= response.status_code < 300:
         return response.status_code, None

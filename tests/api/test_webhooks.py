@@ -323,8 +323,11 @@ def test_pinned_request_goes_to_the_checked_address_under_the_urls_name(tmp_path
     for got, port in ((plain.received, plain.port), (tls.received, tls.port)):
         assert [(r.path, r.headers["Host"]) for r in got] == [("/hook?a=1", f"hooks.test:{port}")]
         assert got[0].headers["Dovecote-Signature"] == webhooks.signature("s", got[0].body)
-    v6 = webhooks.Target("http://h.example/x", "http", "h.example", 80, "2001:db8::1")
-    assert v6.request() == ("http://[2001:db8::1]/x", {"Host": "h.example"}, {})
+    with httpx.Client() as client:  # whatever goes wrong is the attempt's error, not a crash
+        bad = webhooks.Target("http://127.0.0.1:9/\x01", "http", "127.0.0.1", 9)
+        assert webhooks.send(client, bad, "s", delivery)[1].startswith("InvalidURL")
+    v6 = webhooks.Target("http://u:p@h.example/x", "http", "h.example", 80, "2001:db8::1")
+    assert v6.request() == ("http://u:p@[2001:db8::1]/x", {"Host": "h.example"}, {})
 
 
 def test_secret_is_shown_once(api: Api) -> None:
@@ -351,9 +354,11 @@ def test_secret_is_shown_once(api: Api) -> None:
     assert_problem(api.client.get(f"/v1/webhooks/{created['id']}/deliveries"), 404, "not_found")
 
 
-def test_bad_events_are_422(api: Api) -> None:
+def test_bad_events_and_malformed_urls_are_422(api: Api) -> None:
     project = api.project("events")
     path = f"/v1/projects/{project['id']}/webhooks"
+    for url in ("http://exa\tmple.test/hook", "http://bad host/hook", "file:///etc/passwd"):
+        assert_problem(api.client.post(path, json={"url": url}), 422, "webhook_url_refused")
     for events in (["job.exploded"], [], "job.finished"):
         r = api.client.post(path, json={"url": "http://127.0.0.1:9/", "events": events})
         assert_problem(r, 422, "validation_error")
