@@ -30,3 +30,9 @@ def list_in_project(
 ) -> tuple[list[Any], str | None]:
     stmt = select(cls).where(cls.project_id == project.id)
     return paginate(db, stmt, cls.id, limit=limit, cursor=cursor)
+
+
+def newest_in_project(db: Session, cls: Any, *, project: Project, limit: int) -> list[Any]:
+    """The project's ``limit`` newest rows of ``cls``, newest first (ids sort by time)."""
+    stmt = select(cls).where(cls.project_id == project.id).order_by(cls.id.desc()).limit(limit)
+    return list(db.scalars(stmt))

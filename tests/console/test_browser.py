@@ -5,6 +5,7 @@ open the model. A screenshot of each page goes to test-artifacts/console/."""
 
 from __future__ import annotations
 
+import base64
 import threading
 from collections.abc import Iterator
 from pathlib import Path
@@ -90,6 +91,27 @@ def test_sign_in_upload_train_watch_and_open_the_model(
         )
         shot("03-project-uploaded")
 
+        # Drag and drop: a file dropped on the zone is uploaded at once (the page's script).
+        dropped = base64.b64encode(digit_images(1, [0], offset=20)[0][1]).decode()
+        driver.execute_script(
+            """const bytes = Uint8Array.from(atob(arguments[0]), (c) => c.charCodeAt(0));
+            const data = new DataTransfer();
+            data.items.add(new File([bytes], "dropped.png", {type: "image/png"}));
+            document.querySelector(".drop").dispatchEvent(
+                new DragEvent("drop", {dataTransfer: data, bubbles: true, cancelable: true}));""",
+            dropped,
+        )
+        wait.until(
+            ec.text_to_be_present_in_element(
+                (By.ID, "upload-result"), "Upload: 1 stored, 0 duplicates skipped, 0 rejected"
+            )
+        )
+        newest = driver.find_elements(By.CSS_SELECTOR, ".grid .tile")[-1]
+        assert newest.find_element(By.CSS_SELECTOR, ".name").text == "dropped.png"
+        newest.find_element(By.CSS_SELECTOR, "form[data-confirm] button").click()  # asks first
+        driver.switch_to.alert.accept()
+        wait.until(lambda d: len(d.find_elements(By.CSS_SELECTOR, ".grid .tile")) == 16)
+
         # Filter by label, then relabel one image and see the counts move.
         label_filter = driver.find_element(By.CSS_SELECTOR, "form.filters select[name=label]")
         Select(label_filter).select_by_visible_text("1")
@@ -120,9 +142,14 @@ def test_sign_in_upload_train_watch_and_open_the_model(
         assert status.text == "queued"
         assert driver.find_element(By.CSS_SELECTOR, '[data-job="cancel"]').is_displayed()
         worker_go.set()  # the page was rendered while queued: what follows is its script's
-        wait.until(
-            ec.text_to_be_present_in_element((By.CSS_SELECTOR, '[data-job="status"]'), "succeeded")
+        job_ends = WebDriverWait(driver, 600)  # feature extraction on a busy CPU
+        job_ends.until(
+            lambda d: (
+                d.find_element(By.CSS_SELECTOR, '[data-job="status"]').text
+                in ("succeeded", "failed", "cancelled")
+            )
         )
+        assert status.text == "succeeded", driver.find_element(By.CSS_SELECTOR, ".job").text
         assert driver.find_element(By.CSS_SELECTOR, '[data-job="percent"]').text == "100.0%"
         assert not driver.find_element(By.CSS_SELECTOR, '[data-job="cancel"]').is_displayed()
         link = wait.until(ec.visibility_of_element_located((By.LINK_TEXT, "Open the model")))

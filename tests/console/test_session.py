@@ -123,6 +123,10 @@ def test_another_tenants_project_job_and_images_are_404(api: Api) -> None:
     assert owner.get(base).status_code == 200
     thumb = owner.get(f"{base}/images/{image['id']}/thumbnail")
     assert thumb.status_code == 200 and thumb.headers["content-type"] == "image/jpeg"
+    cached = owner.get(
+        f"{base}/images/{image['id']}/thumbnail", headers={"If-None-Match": thumb.headers["etag"]}
+    )
+    assert cached.status_code == 304 and not cached.content
 
 
 def test_sign_out_ends_the_session(api: Api) -> None:

@@ -81,11 +81,20 @@ def delete(
 
 @router.get("/{image_id}/thumbnail")
 def thumbnail(
-    image_id: str, db: SessionDep, store: StoreDep, settings: SettingsDep, project: ConsoleProject
+    request: Request,
+    image_id: str,
+    db: SessionDep,
+    store: StoreDep,
+    settings: SettingsDep,
+    project: ConsoleProject,
 ) -> Response:
+    """A JPEG thumbnail; the image's bytes never change, so its ETag is their sha256."""
     image = service.get(db=db, project=project, image_id=image_id)
+    headers = {"ETag": f'"{image.sha256}-t"', "Cache-Control": "private, max-age=86400"}
+    if request.headers.get("if-none-match") == headers["ETag"]:
+        return Response(status_code=304, headers=headers)
     return Response(
         service.thumbnail(store=store, settings=settings, image=image),
         media_type="image/jpeg",
-        headers={"ETag": f'"{image.sha256}-t"', "Cache-Control": "private, max-age=86400"},
+        headers=headers,
     )

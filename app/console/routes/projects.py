@@ -13,12 +13,12 @@ from app.api.routes.projects import project_out
 from app.api.schemas import ProjectCreate
 from app.console.deps import ConsoleProject, ConsoleTenant
 from app.console.templating import render
+from app.db.models import Job, Model
 from app.errors import DovecoteError
 from app.services import images as images_service
-from app.services import jobs as jobs_service
-from app.services import models as models_service
 from app.services import projects as service
 from app.services import quotas
+from app.services.scoping import newest_in_project
 from app.transfer.data import DOMAINS, SPLITS
 
 router = APIRouter()
@@ -127,11 +127,10 @@ def project_context(
         unlabeled=True if label == UNLABELED else None,
         split=filters["split"] or None, domain=filters["domain"] or None,
     )  # fmt: skip
-    jobs, _ = jobs_service.list_(db=db, project=project, limit=500, cursor=None)
-    models, _ = models_service.list_(db=db, project=project, limit=500, cursor=None)
+    jobs = newest_in_project(db, Job, project=project, limit=10)
+    models = newest_in_project(db, Model, project=project, limit=50)
     return {
         "tenant": tenant, "project": out, "thumbs": thumbs, "images": images,
         "next_cursor": next_cursor, "filters": filters, "splits": SPLITS, "domains": DOMAINS,
-        "unlabeled": UNLABELED, "jobs": list(reversed(jobs))[:10],
-        "models": list(reversed(models)), **extra,
+        "unlabeled": UNLABELED, "jobs": jobs, "models": models, **extra,
     }  # fmt: skip
