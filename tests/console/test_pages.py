@@ -13,6 +13,7 @@ from app.console import schema_form
 from app.console.routes.jobs import eta_seconds
 from app.db.base import utcnow
 from app.db.models import Job
+from app.db.session import session_scope
 from app.errors import InvalidParams
 from app.transfer.methods import list_methods
 from tests.api.helpers import digit
@@ -200,3 +201,28 @@ def test_schema_form_round_trip() -> None:
         schema_form.params_from_form(list(fields.values()), {"param.k": ["four"]})
     with pytest.raises(InvalidParams, match="not valid JSON"):
         schema_form.params_from_form(list(fields.values()), {"param.trainable": ["[head"]})
+
+
+def test_a_running_job_shows_its_epochs_and_eta(api: Api, browser: TestClient) -> None:
+    project = api.project("p")
+    history = [
+        {"epoch": 1, "train_loss": 0.9, "val_accuracy": 0.5, "seconds": 2.0, "eta_seconds": 8.0},
+        {"epoch": 2, "train_loss": 0.6, "val_accuracy": 0.75, "seconds": 2.0, "eta_seconds": 6.0},
+    ]
+    with session_scope(api.settings.resolved_database_url) as db:
+        job = Job(
+            project_id=project["id"], method="finetune", backbone="efficientnet_lite0",
+            params={}, status="running", stage="epoch 2/5", progress=0.4, history=history,
+            started_at=utcnow(), heartbeat_at=utcnow(),
+        )  # fmt: skip
+        db.add(job)
+        db.commit()
+        job_id = job.id
+    page = browser.get(f"/console/jobs/{job_id}")
+    assert page.status_code == 200
+    assert '<th scope="col">val_accuracy</th>' in page.text and "<td>0.75</td>" in page.text
+    assert "epoch 2/5" in page.text and "6 s" in page.text  # the last epoch's ETA
+    assert '<noscript><meta http-equiv="refresh"' in page.text  # follows without the script
+    state = browser.get(f"/console/jobs/{job_id}/status").json()
+    assert state["history"] == history and state["eta_seconds"] == 6.0
+    assert state["stage"] == "epoch 2/5" and state["terminal"] is False
