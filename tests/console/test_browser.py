@@ -19,6 +19,13 @@ from tests.conftest import API_KEY
 from tests.factories import digit_images, make_zip
 from worker.runner import run_job
 
+#: Form controls without an accessible name, and images without alt text.
+UNLABELED = """return [...document.querySelectorAll(
+    'input:not([type=hidden]), select, textarea, button, img')].filter((e) =>
+    e.tagName === 'IMG' ? !e.hasAttribute('alt')
+    : !(e.labels && e.labels.length) && !e.getAttribute('aria-label')
+      && !(e.tagName === 'BUTTON' && e.textContent.trim())).map((e) => e.outerHTML)"""
+
 
 @pytest.fixture
 def console(settings: Settings) -> Iterator[tuple[str, threading.Event]]:
@@ -53,7 +60,11 @@ def test_sign_in_upload_train_watch_and_open_the_model(
 
     with chrome(window=(1200, 900)) as driver:
         wait = WebDriverWait(driver, 60)
-        shot = lambda name: screenshot(driver, f"console/{name}")  # noqa: E731
+
+        def shot(name: str) -> None:
+            """Keep a screenshot of the page; every control has a label, every image alt."""
+            screenshot(driver, f"console/{name}")
+            assert driver.execute_script(UNLABELED) == [], name
 
         # Sign in (the console sends us there, then back).
         driver.get(f"{console_url}/console/")
