@@ -17,7 +17,16 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.responses import RedirectResponse, Response
 
 from app.console import auth
-from app.console.routes import images, jobs, models, projects, session
+from app.console.routes import (
+    images,
+    jobs,
+    label_next,
+    models,
+    projects,
+    quick_test,
+    session,
+    versions,
+)
 from app.console.templating import HERE, render
 from app.errors import DovecoteError
 
@@ -28,6 +37,9 @@ ROUTERS: list[APIRouter] = [
     images.router,
     jobs.router,
     models.router,
+    versions.router,
+    quick_test.router,
+    label_next.router,
 ]
 
 

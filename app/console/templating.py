@@ -7,7 +7,7 @@ from typing import Any
 
 from fastapi import Request
 from fastapi.templating import Jinja2Templates
-from starlette.responses import Response
+from starlette.responses import RedirectResponse, Response
 
 from app.console import auth
 
@@ -41,3 +41,9 @@ def render(
     response = templates.TemplateResponse(request, name, ctx, status_code=status_code)
     auth.keep_nonce(request, response)
     return response
+
+
+def redirect_back(back: str | None, default: str) -> RedirectResponse:
+    """After a form: back to the console page ``back`` names (never elsewhere), else
+    ``default``."""
+    return RedirectResponse(auth.safe_next(back) if back else default, status_code=303)

@@ -303,9 +303,12 @@ def thumbnail(
 ) -> bytes:
     """The image as a JPEG at most ``size`` pixels on its longer side (the console's grids),
     decoded as training decodes it (EXIF orientation, transparency on white)."""
-    picture = decode_image(
-        content(store=store, image=image), max_pixels=settings.max_image_pixels, draft_size=size
-    )
+    return thumbnail_of(content(store=store, image=image), settings=settings, size=size)
+
+
+def thumbnail_of(data: bytes, *, settings: Settings, size: int = THUMBNAIL_SIZE) -> bytes:
+    """:func:`thumbnail` of image bytes (a stored prediction's, say)."""
+    picture = decode_image(data, max_pixels=settings.max_image_pixels, draft_size=size)
     picture.thumbnail((size, size))
     buf = io.BytesIO()
     picture.save(buf, format="JPEG", quality=85)

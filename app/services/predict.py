@@ -41,6 +41,7 @@ __all__ = [
     "default_model",
     "evict",
     "export",
+    "export_file",
     "localize",
     "negative_classes",
     "predict",
@@ -199,3 +200,12 @@ def evict(*, settings: Settings, model_id: str) -> None:
 def export(*, settings: Settings, store: BlobStore, model: Model, fmt: ExportFormat) -> bytes:
     prefix = model.artifact_prefix
     return get_predictor(settings).export(model.id, lambda name: store.get(f"{prefix}/{name}"), fmt)
+
+
+def export_file(
+    *, settings: Settings, store: BlobStore, model: Model, fmt: ExportFormat
+) -> tuple[bytes, str, str]:
+    """The model exported as ``fmt``, with its download file name and media type."""
+    suffix, media_type = EXPORT_FORMATS[fmt]
+    data = export(settings=settings, store=store, model=model, fmt=fmt)
+    return data, model.id + suffix, media_type

@@ -148,13 +148,11 @@ def export_model(
     class names and preprocessing in its metadata (ONNX `metadata_props["dovecote"]`,
     TorchScript extra file `dovecote.json`)."""
     model = service.get(db=db, tenant_id=tenant.id, model_id=model_id)
-    data = predict_service.export(settings=settings, store=store, model=model, fmt=format)
-    suffix, media_type = predict_service.EXPORT_FORMATS[format]
-    return Response(
-        data,
-        media_type=media_type,
-        headers={"Content-Disposition": f'attachment; filename="{model.id}{suffix}"'},
+    data, filename, media_type = predict_service.export_file(
+        settings=settings, store=store, model=model, fmt=format
     )
+    disposition = f'attachment; filename="{filename}"'
+    return Response(data, media_type=media_type, headers={"Content-Disposition": disposition})
 
 
 @router.post("/v1/projects/{project_id}/default-model")

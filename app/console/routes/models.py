@@ -7,6 +7,7 @@ from starlette.responses import Response
 
 from app.api.deps import SessionDep
 from app.console.deps import ConsoleTenant
+from app.console.routes import versions
 from app.console.templating import render
 from app.services import models as service
 from app.services import projects as projects_service
@@ -19,4 +20,5 @@ def model_page(request: Request, model_id: str, db: SessionDep, tenant: ConsoleT
     model = service.get(db=db, tenant_id=tenant.id, model_id=model_id)
     project = projects_service.get(db=db, tenant_id=tenant.id, project_id=model.project_id)
     context = {"tenant": tenant, "project": project, "model": model}
+    context |= versions.model_details(db, project, model)
     return render(request, "model.html", context)
