@@ -259,6 +259,14 @@ class JobNotCancellable(Conflict):
     title = "Job is not cancellable"
 
 
+class ImageMissing(Conflict):
+    """An image row whose bytes are gone: it was deleted while a job or audit read it, or
+    the blob store lost it. ``sha256`` names it."""
+
+    code = "image_missing"
+    title = "An image is no longer stored"
+
+
 class ProjectHasNoModel(Conflict):
     code = "project_has_no_model"
     title = "Project has no model"
@@ -329,6 +337,13 @@ class TrainingFailed(DovecoteError):
     code = "training_failed"
     status = 500
     title = "Training failed"
+
+
+class JobSetupFailed(TrainingFailed):
+    """The worker could not prepare a job's inputs (before training started)."""
+
+    code = "job_setup_failed"
+    title = "The job's inputs could not be prepared"
 
 
 class AuditTooLarge(InvalidInput):

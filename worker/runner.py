@@ -12,6 +12,7 @@ import logging
 import threading
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
 from sqlalchemy import select
@@ -19,13 +20,20 @@ from sqlalchemy import select
 from app.config import Settings
 from app.db.models import Job, Project
 from app.db.session import session_scope
-from app.errors import DovecoteError, JobCancelled, JobTimedOut, NotFound, TrainingFailed
+from app.errors import (
+    DovecoteError,
+    JobCancelled,
+    JobSetupFailed,
+    JobTimedOut,
+    NotFound,
+    TrainingFailed,
+)
 from app.services import backbones as learned_backbones
 from app.services import jobs as jobs_service
 from app.services import models as models_service
 from app.services import training_data
 from app.storage import open_store
-from app.transfer.data import Progress
+from app.transfer.data import Progress, TrainingData
 from app.transfer.methods import get_method
 
 log = logging.getLogger(__name__)
@@ -77,6 +85,46 @@ def _progress_reporter(settings: Settings, job_id: str, token: str) -> Progress:
     return report
 
 
+@dataclass(frozen=True)
+class _Inputs:
+    method: str
+    params: dict[str, Any]
+    data: TrainingData
+    labeled_images: int
+
+
+def _prepare(settings: Settings, job_id: str) -> _Inputs | None:
+    """The claimed job's method, params and training data (None when the job is gone).
+
+    Runs under the job's error handling: data that changed since the job was created fails
+    it with its own code (a missing image is ``image_missing``), anything else with
+    :class:`JobSetupFailed`, whose text names no server detail."""
+    try:
+        with session_scope(settings.resolved_database_url) as db:
+            job = db.get(Job, job_id)
+            if job is None:
+                return None
+            project = db.get(Project, job.project_id)
+            assert project is not None  # jobs are deleted with their project
+            data = training_data.load(
+                db=db, settings=settings, project=project, backbone=job.backbone
+            )
+            return _Inputs(
+                method=job.method,
+                params=dict(job.params or {}),
+                data=data,
+                labeled_images=sum(1 for s in data.samples if s.label is not None),
+            )
+    except DovecoteError:
+        raise
+    except Exception as exc:
+        log.exception("job %s: could not prepare its inputs", job_id)
+        raise JobSetupFailed(
+            f"The worker could not prepare the job's inputs (an internal error); the server "
+            f"log has the details under job {job_id}."
+        ) from exc
+
+
 def run_job(
     job_id: str, *, settings: Settings, enqueue: Callable[[str], None] | None = None
 ) -> str:
@@ -100,28 +148,29 @@ def run_job(
         if claimed[0] != job_id:
             log.info("woken by job %s, running job %s (fair share)", job_id, claimed[0])
         job_id, token = claimed
-        job = db.get(Job, job_id)
-        if job is None:  # its project was deleted meanwhile
-            return "missing"
-        method_name, raw_params = job.method, job.params
-        project = db.get(Project, job.project_id)
-        assert project is not None  # jobs are deleted with their project
-        data = training_data.load(db=db, settings=settings, project=project, backbone=job.backbone)
-        labeled_images = sum(1 for s in data.samples if s.label is not None)
 
-    store = open_store(settings.resolved_storage_url)
     beat = _Heartbeat(settings, job_id, token)
     beat.start()
     try:
-        method = get_method(method_name)
+        inputs = _prepare(settings, job_id)
+        if inputs is None:  # its project was deleted meanwhile
+            return "missing"
+        method = get_method(inputs.method)
         trained = method.fit(
-            data, method.parse_params(raw_params), _progress_reporter(settings, job_id, token)
+            inputs.data,
+            method.parse_params(inputs.params),
+            _progress_reporter(settings, job_id, token),
         )
+        store = open_store(settings.resolved_storage_url)
         with session_scope(url) as db:
             job = db.get(Job, job_id)
             assert job is not None
             model = models_service.save_trained(
-                db=db, store=store, job=job, trained=trained, labeled_images=labeled_images
+                db=db,
+                store=store,
+                job=job,
+                trained=trained,
+                labeled_images=inputs.labeled_images,
             )
             jobs_service.succeed(db=db, job_id=job_id, token=token, model_id=model.id)
         return "succeeded"

@@ -11,9 +11,10 @@ from sqlalchemy.orm import Session
 
 from app.config import Settings
 from app.db.models import Image, Project
+from app.errors import ImageMissing
 from app.services import label_sets, models
 from app.services.images import blob_key
-from app.storage import open_store
+from app.storage import BlobNotFound, open_store
 from app.transfer.data import ClassInfo, Sample, TrainingData
 
 
@@ -44,9 +45,20 @@ def load(*, db: Session, settings: Settings, project: Project, backbone: str) ->
     ]
     store = open_store(settings.resolved_storage_url)
     project_id = project.id
+
+    def load_bytes(sample: Sample) -> bytes:
+        try:
+            return store.get(blob_key(project_id, sample.key))
+        except BlobNotFound:
+            raise ImageMissing(
+                f"Image {sample.key} of project {project_id} is no longer stored: it was "
+                "deleted while it was being read. Start the job again.",
+                sha256=sample.key,
+            ) from None
+
     return TrainingData(
         samples=samples,
-        load_bytes=lambda s: store.get(blob_key(project_id, s.key)),
+        load_bytes=load_bytes,
         classes=classes,
         backbone=backbone,
         feature_cache_dir=settings.feature_cache_dir,

@@ -9,9 +9,18 @@ from pathlib import Path
 
 import pytest
 
-from tests.api.helpers import animated_gif, assert_problem, blob_files, digit, jpeg, png
+from tests.api.helpers import (
+    animated_gif,
+    assert_problem,
+    blob_files,
+    digit,
+    image_blobs,
+    jpeg,
+    png,
+)
 from tests.conftest import Api, make_settings, migrate
 from tests.factories import digit_images
+from worker.runner import run_job
 
 CLASSES = [0, 1, 2]
 JOB_FIELDS = {
@@ -527,3 +536,59 @@ def test_queue_down_is_503_and_the_job_is_failed(tmp_path: Path) -> None:
         (job,) = client.get(f"/v1/projects/{pid}/jobs").json()["items"]
         assert job["status"] == "failed"
         assert job["error"]["code"] == "queue_unavailable"
+
+
+# --- the job's inputs changed or cannot be read when the worker runs it ----------------------
+
+
+def queued_job(api: Api, pid: str) -> str:
+    r = api.client.post(f"/v1/projects/{pid}/jobs", json={"method": "knn"})
+    assert r.status_code == 202, r.text
+    return str(r.json()["id"])
+
+
+def assert_failed_at_once(api: Api, job_id: str, code: str, statuses: list[str]) -> dict:
+    """The run ended the job itself (no sweep, no heartbeat timeout): failed, with ``code``."""
+    assert statuses == ["failed"]
+    job = api.client.get(f"/v1/jobs/{job_id}").json()
+    assert job["status"] == "failed" and job["stage"] == "failed", job
+    assert job["error"]["code"] == code, job["error"]
+    assert job["finished_at"] is not None
+    assert str(api.settings.data_dir.resolve()) not in str(job["error"])
+    return dict(job["error"])
+
+
+def test_images_deleted_after_the_job_was_created_fail_it_with_their_code(api: Api) -> None:
+    pid = labeled_project(api, per_class=3, classes=[0, 1])
+    job_id = queued_job(api, pid)
+    for image in api.client.get(f"/v1/projects/{pid}/images?limit=100").json()["items"]:
+        r = api.client.delete(f"/v1/projects/{pid}/images/{image['id']}")
+        assert r.status_code == 204, r.text
+    assert_failed_at_once(api, job_id, "project_has_no_labels", api.run_queued())
+
+
+def test_image_blobs_lost_after_the_job_was_created_fail_it_as_image_missing(
+    api: Api,
+) -> None:
+    pid = labeled_project(api, per_class=3, classes=[0, 1])
+    job_id = queued_job(api, pid)
+    blobs = image_blobs(api.settings, pid)
+    assert blobs
+    for blob in blobs:  # the rows stay: the store lost the bytes
+        (api.settings.data_dir.resolve() / "blobs" / blob).unlink()
+    error = assert_failed_at_once(api, job_id, "image_missing", api.run_queued())
+    assert error["status"] == 409
+    assert f"images/{pid}/{error['sha256']}" in blobs
+
+
+def test_a_worker_that_cannot_prepare_the_inputs_fails_the_job_at_once(api: Api) -> None:
+    """Setup (reading the job's data) fails before training: the job does not stay
+    ``running`` until the sweep calls it ``worker_lost``; its error names no server detail."""
+    pid = labeled_project(api, per_class=3, classes=[0, 1])
+    job_id = queued_job(api, pid)
+    misconfigured = api.settings.model_copy(update={"storage_url": "ftp://blobs.internal/x"})
+    statuses = [run_job(queued, settings=misconfigured) for queued in api.queued]
+    api.queued.clear()
+    error = assert_failed_at_once(api, job_id, "job_setup_failed", statuses)
+    assert job_id in error["detail"]
+    assert "ftp" not in str(error) and "blobs.internal" not in str(error)
