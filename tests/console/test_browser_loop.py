@@ -18,6 +18,7 @@ from app.api.main import create_app
 from app.config import Settings
 from tests.browser import ARTIFACTS, chrome, screenshot, serve
 from tests.conftest import API_KEY
+from tests.console.test_browser import UNLABELED
 from tests.factories import digit_images, make_zip
 from worker.runner import run_job
 
@@ -73,7 +74,12 @@ def test_quick_test_label_suggestions_retrain_and_see_the_promotion(
 
     with chrome(window=(1200, 900)) as driver:
         wait = WebDriverWait(driver, 120)
-        shot = lambda name: screenshot(driver, f"console/{name}")  # noqa: E731
+
+        def shot(name: str) -> None:
+            """Keep a screenshot of the page; every control has a label, every image alt."""
+            screenshot(driver, f"console/{name}")
+            assert driver.execute_script(UNLABELED) == [], name
+
         find = driver.find_element
         base = f"{served}/console/projects/{pid}"
 
@@ -158,12 +164,20 @@ def test_quick_test_label_suggestions_retrain_and_see_the_promotion(
         driver.save_screenshot(str(ARTIFACTS / "console" / "15-label-next-phone.png"))
         driver.execute_cdp_cmd("Emulation.clearDeviceMetricsOverride", {})
 
+        # The audit of the project, with its findings' one-click fixes.
+        driver.get(f"{base}/audit")
+        meta = wait.until(ec.presence_of_element_located((By.CSS_SELECTOR, "main .meta")))
+        assert meta.text.startswith(f"{len(_images(served, pid))} images")
+        shot("16-audit")
+        driver.get(f"{base}/next")
+
         # Retrain: the job page follows it; the new version replaces production.
+        wait.until(ec.presence_of_element_located((By.CSS_SELECTOR, "form[action$='/retrain']")))
         find(By.CSS_SELECTOR, "form[action$='/retrain'] button").send_keys(Keys.ENTER)
         wait.until(
             ec.text_to_be_present_in_element((By.CSS_SELECTOR, '[data-job="status"]'), "succeeded")
         )
-        shot("16-retrain-done")
+        shot("17-retrain-done")
         driver.get(f"{base}/models")
         versions = wait.until(ec.presence_of_element_located((By.CSS_SELECTOR, "table.versions")))
         first = versions.find_element(By.CSS_SELECTOR, "tbody tr")
@@ -171,7 +185,7 @@ def test_quick_test_label_suggestions_retrain_and_see_the_promotion(
         assert "promoted" in first.text and "was stale" in first.text
         moves = find(By.CSS_SELECTOR, "ol.moves").text
         assert "promotion, v1 → v2" in moves
-        shot("17-promoted")
+        shot("18-promoted")
 
 
 def _images(url: str, pid: str) -> list[dict]:
