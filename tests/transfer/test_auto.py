@@ -4,7 +4,8 @@ import pytest
 
 from app.errors import InvalidParams, ProjectHasNoLabels, UnknownMethod
 from app.transfer import TrainingData, get_method
-from app.transfer.data import ClassInfo
+from app.transfer.data import ClassInfo, Sample
+from tests.factories import content_key, digit_images
 from tests.transfer.test_methods import digits_data
 
 AUTO = get_method("auto")
@@ -24,6 +25,7 @@ def test_auto_scores_every_candidate_on_one_holdout_and_keeps_the_best() -> None
         assert c["n_train"] + c["n_validation"] <= non_test  # ... and never the test split
     best = max(candidates, key=lambda k: (candidates[k]["accuracy"], candidates[k]["macro_f1"]))
     assert m["selected"] == best
+    assert _score(candidates[best]) >= _score(candidates["linear_probe"])
     assert model.method == "auto"
     # the refit winner is measured on the real test split
     assert m["validation"] == "test-split" and m["n_validation"] == 12
@@ -50,3 +52,37 @@ def test_auto_without_images_is_the_zero_shot_model() -> None:
     assert model.method == "auto" and model.classes == ["cat", "rocket"]
     with pytest.raises(ProjectHasNoLabels):
         AUTO.fit(data, AUTO.parse_params({"candidates": ["linear_probe", "knn"]}))
+
+
+def _score(candidate: dict) -> tuple[float, float]:
+    """A candidate's selection score, as ``auto`` ranks them."""
+    return candidate["accuracy"], candidate["macro_f1"]
+
+
+def _digits(classes: list[int], per_class: int = 8) -> TrainingData:
+    items = digit_images(per_class, classes)
+    blobs = {content_key(png): png for _, png in items}
+    samples = [Sample(key=content_key(png), label=label) for label, png in items]
+    return TrainingData(samples=samples, load_bytes=lambda s: blobs[s.key])
+
+
+def test_auto_never_returns_a_candidate_below_the_probe_it_was_not_asked_for() -> None:
+    """Digits 0, 1 and 7 with kNN as the only candidate: on the selection holdout kNN
+    scores below the linear probe, so the probe (scored as the floor) is the model."""
+    m = AUTO.fit(_digits([0, 1, 7]), AUTO.parse_params({"candidates": ["knn"]})).metrics
+    knn, probe = m["candidates"]["knn"], m["candidates"]["linear_probe"]
+    assert _score(knn) < _score(probe)  # the situation is real: the only candidate is worse
+    assert probe["reference"] is True and "reference" not in knn
+    assert knn["n_validation"] == probe["n_validation"] == 6  # the same holdout
+    assert m["selected"] == "linear_probe"
+
+
+def test_auto_gives_a_tie_to_the_probe() -> None:
+    """Digits 0 and 1: kNN, listed first, and the probe are both perfect on the holdout;
+    the tie goes to the probe."""
+    params = AUTO.parse_params({"candidates": ["knn", "linear_probe"]})
+    m = AUTO.fit(_digits([0, 1]), params).metrics
+    knn, probe = m["candidates"]["knn"], m["candidates"]["linear_probe"]
+    assert _score(knn) == _score(probe)  # a real tie on the same holdout
+    assert "reference" not in probe  # it was asked for
+    assert m["selected"] == "linear_probe"

@@ -6,6 +6,11 @@ by accuracy, then macro-F1. The winner is refit on all training images by its ow
 ``fit``, so its reported metrics follow the usual protocol (the ``test`` split when there
 is one); ``candidates`` lists every candidate's selection scores, failures included.
 
+The linear probe is the floor: it is always scored (added when ``candidates`` omit it,
+marked ``reference`` in the report), and it wins ties, so ``auto`` never returns a model
+whose selection score — accuracy, then macro-F1 — is below the probe's on the same
+holdout.
+
 ``zero_shot`` is a candidate like the others: it never trains, so on the same holdout it
 is compared honestly with the few-shot methods, and ``auto`` switches to them as soon as
 the images beat the names. A project with too few labeled images for a holdout (none at
@@ -34,13 +39,17 @@ from app.transfer.evaluation import stratified_holdout
 from app.transfer.methods import get_method, register_method
 from app.transfer.methods.base import MAX_GRID, Method, MethodParams, Seed
 
+#: Always scored, and preferred on ties: no selected candidate scores below it.
+FLOOR = "linear_probe"
+
 
 class AutoParams(MethodParams):
     candidates: list[str] = Field(
         default_factory=lambda: ["linear_probe", "knn", "finetune", "zero_shot"],
         min_length=1,
         max_length=MAX_GRID,
-        description="Methods to try, each with its default params unless given below.",
+        description="Methods to try, each with its default params unless given below. "
+        "`linear_probe` is always scored as the floor (and wins ties), even when not listed.",
     )
     params: dict[str, dict[str, Any]] = Field(
         default_factory=dict,
@@ -111,9 +120,10 @@ class Auto(Method):
                 if s.split != "test"
             ],
         )
-        n = len(p.candidates) + 1
+        names = p.candidates if FLOOR in p.candidates else [FLOOR, *p.candidates]
+        n = len(names) + 1
         report: dict[str, dict[str, Any]] = {}
-        for k, name in enumerate(p.candidates):
+        for k, name in enumerate(names):
             impl = get_method(name)
             started = time.monotonic()
             try:
@@ -136,15 +146,19 @@ class Auto(Method):
                 "n_validation": m["n_validation"],
                 "seconds": round(time.monotonic() - started, 2),
             }
+            if name not in p.candidates:
+                report[name]["reference"] = True
         scored = {k: v for k, v in report.items() if "accuracy" in v}
         if not scored:
             raise DovecoteError("No candidate method could be trained.", candidates=report)
-        best = max(scored, key=lambda k: (scored[k]["accuracy"], scored[k]["macro_f1"]))
+        best = max(
+            scored, key=lambda k: (scored[k]["accuracy"], scored[k]["macro_f1"], k == FLOOR)
+        )
         impl = get_method(best)
         final = impl.fit(
             data,
             impl.parse_params(self._candidate_raw(p, best)),
-            sub_progress(progress, len(p.candidates) / n, 1.0, f"{best} (final): "),
+            sub_progress(progress, len(names) / n, 1.0, f"{best} (final): "),
         )
         return self._selected(final, p, best, report)
 
