@@ -151,9 +151,7 @@ class Auto(Method):
         scored = {k: v for k, v in report.items() if "accuracy" in v}
         if not scored:
             raise DovecoteError("No candidate method could be trained.", candidates=report)
-        best = max(
-            scored, key=lambda k: (scored[k]["accuracy"], scored[k]["macro_f1"], k == FLOOR)
-        )
+        best = max(scored, key=lambda k: (scored[k]["accuracy"], scored[k]["macro_f1"], k == FLOOR))
         impl = get_method(best)
         final = impl.fit(
             data,
