@@ -156,16 +156,22 @@ def test_quick_test_shows_label_scores_heatmap_and_box(api: Api, console: TestCl
     stored = api.client.get(f"/v1/projects/{pid}/predictions").json()["items"]
     assert [p["filename"] for p in stored] == ["two.png", "a.png"]
 
-    # "None of the above": a threshold no answer reaches.
+    # With the model's own "none of the above" threshold, as /predict?reject_below=default.
+    noise = png(3, (64, 64))
     r = console.post(
         f"/console/projects/{pid}/test",
-        files={"photo": ("noise.png", png(3, (64, 64)))},
+        files={"photo": ("noise.png", noise)},
         data={"alias": "production", "reject": "true", "csrf_token": token},
     )
     assert r.status_code == 200
-    rejected = api.client.get(f"/v1/projects/{pid}/predictions", params={"rejected": True})
-    if rejected.json()["items"]:  # the model's own threshold refused the noise
-        assert "None of the above" in r.text
+    expected = api.client.post(
+        f"/v1/projects/{pid}/predict",
+        params={"reject_below": "default"},
+        files={"files": ("noise.png", noise)},
+    ).json()["predictions"][0]["label"]
+    heading = re.search(r'<h2 id="answer-h">([^<\n]+)', r.text)
+    assert heading is not None
+    assert heading.group(1).strip() == (expected or "None of the above")
 
     r = console.post(
         f"/console/projects/{pid}/test",
@@ -234,6 +240,16 @@ def test_label_next_without_a_model_and_filters_of_stored_predictions(
     r = console.post(f"/console/projects/{pid}/retrain", data={"csrf_token": token})
     assert r.status_code == 409
     assert console.get(f"/console/projects/{pid}/next", params={"below": 2}).status_code == 422
+    # Every POST of these pages needs the session's CSRF token (checked before anything else).
+    for url in (
+        f"/console/projects/{pid}/retrain",
+        f"/console/projects/{pid}/test",
+        f"/console/projects/{pid}/aliases",
+        f"/console/projects/{pid}/aliases/production/rollback",
+        "/console/predictions/prd_x/feedback",
+    ):
+        r = console.post(url, data={"label": "0", "name": "x", "model_id": "mdl_x"})
+        assert r.status_code == 403 and "CSRF" in r.text, url
 
 
 def test_audit_page_offers_one_click_fixes(api: Api, console: TestClient) -> None:
