@@ -121,6 +121,15 @@ class Settings(BaseSettings):
     tenant_max_stored_bytes: int = Field(
         10 * 1024**3, description="Image bytes a tenant may store (0: no limit)."
     )
+    max_webhooks_per_project: int = Field(
+        10, ge=0, description="Webhooks one project may have (0: no limit); more is a 403."
+    )
+    max_tenant_webhooks: int = Field(
+        10,
+        ge=0,
+        description="Tenant-wide webhooks (every project's events) a tenant may have "
+        "(0: no limit); more is a 403.",
+    )
     tenant_rate_limit: float = Field(
         0.0, description="Requests per second per API key, a token bucket (0: off)."
     )

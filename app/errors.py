@@ -295,6 +295,11 @@ class StorageQuotaExceeded(QuotaExceeded):
     title = "Too many stored bytes"
 
 
+class WebhookQuotaExceeded(QuotaExceeded):
+    code = "webhook_quota_exceeded"
+    title = "Too many webhooks"
+
+
 class TooManyRequests(DovecoteError):
     """Waiting helps: the answer carries ``Retry-After`` (seconds, from ``retry_after``)."""
 

@@ -1,8 +1,9 @@
 """Per-tenant quotas: what a tenant uses, its limits, and the checks that refuse more.
 
-Every limit is a setting (``DOVECOTE_TENANT_MAX_*``; 0 means no limit). Active jobs are a
-``429`` with ``Retry-After`` (they end, so waiting helps); projects, images and stored bytes
-are a ``403`` (deleting something helps, waiting does not). The checks read the database
+Every limit is a setting (``DOVECOTE_TENANT_MAX_*``, ``DOVECOTE_MAX_*WEBHOOKS*``; 0 means no
+limit). Active jobs are a ``429`` with ``Retry-After`` (they end, so waiting helps);
+projects, images, stored bytes and webhooks are a ``403`` (deleting something helps, waiting
+does not). The checks read the database
 at request time: two requests racing past a limit may both pass it by one request's worth,
 never more.
 """
@@ -15,12 +16,13 @@ from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
 from app.config import Settings
-from app.db.models import Image, Job, Project
+from app.db.models import Image, Job, Project, Webhook
 from app.errors import (
     ImageQuotaExceeded,
     ProjectQuotaExceeded,
     StorageQuotaExceeded,
     TooManyActiveJobs,
+    WebhookQuotaExceeded,
 )
 
 ACTIVE = ("queued", "running")
@@ -115,5 +117,25 @@ def check_new_images(
             f"pass the limit of {limit} (DOVECOTE_TENANT_MAX_STORED_BYTES). Delete images or "
             "projects first.",
             limit="stored_bytes",
+            max=limit,
+        )
+
+
+def check_new_webhook(
+    *, db: Session, settings: Settings, tenant_id: str, project_id: str | None
+) -> None:
+    """Refuse one more webhook of ``project_id`` (None: a tenant-wide one) past its limit."""
+    stmt = select(func.count(Webhook.id)).where(Webhook.tenant_id == tenant_id)
+    if project_id is None:
+        limit, name, what = settings.max_tenant_webhooks, "tenant_webhooks", "tenant-wide"
+        stmt = stmt.where(Webhook.project_id.is_(None))
+    else:
+        limit, name, what = settings.max_webhooks_per_project, "webhooks_per_project", "project"
+        stmt = stmt.where(Webhook.project_id == project_id)
+    if limit and (n := db.scalar(stmt) or 0) >= limit:
+        raise WebhookQuotaExceeded(
+            f"There are {n} {what} webhooks; the limit is {limit} "
+            f"(DOVECOTE_MAX_{name.upper()}). Delete a webhook first.",
+            limit=name,
             max=limit,
         )

@@ -43,6 +43,7 @@ from app.config import Settings
 from app.db.base import new_id, utcnow
 from app.db.models import Job, Model, Project, Webhook, WebhookDelivery
 from app.errors import NotFound, UnknownWebhookEvent, WebhookUrlRefused
+from app.services import quotas
 from app.services.pagination import paginate
 
 log = logging.getLogger(__name__)
@@ -163,7 +164,8 @@ def create(
     events: list[str],
 ) -> tuple[Webhook, str]:
     """Register ``url`` for ``events`` of one project (or, ``project_id`` None, of every
-    project of the tenant); returns the webhook and its secret, which is not shown again."""
+    project of the tenant), within the webhook quotas (:func:`quotas.check_new_webhook`);
+    returns the webhook and its secret, which is not shown again."""
     unknown = sorted(set(events) - set(EVENTS))
     if unknown or not events:
         raise UnknownWebhookEvent(
@@ -171,6 +173,7 @@ def create(
             f"{', '.join(sorted(EVENTS))}.",
             events=unknown,
         )
+    quotas.check_new_webhook(db=db, settings=settings, tenant_id=tenant_id, project_id=project_id)
     check_url(url, allow_private=settings.webhook_allow_private)
     secret = "whsec_" + secrets.token_urlsafe(32)
     webhook = Webhook(

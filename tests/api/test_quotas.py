@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 from pathlib import Path
 
+import httpx
 import pytest
 from fastapi.testclient import TestClient
 
@@ -75,6 +76,32 @@ def test_projects_over_the_limit_is_403_naming_it(limited: Api) -> None:
     assert "Retry-After" not in limited.client.post("/v1/projects", json={"name": "c"}).headers
     assert limited.client.delete(f"/v1/projects/{first['id']}").status_code == 204
     limited.project("c")
+
+
+@pytest.mark.quota(max_webhooks_per_project=2, max_tenant_webhooks=1, webhook_allow_private=True)
+def test_webhooks_over_the_limits_are_403_and_store_nothing(limited: Api) -> None:
+    a, b = limited.project("a")["id"], limited.project("b")["id"]
+
+    def register(path: str, client: TestClient | None = None) -> httpx.Response:
+        return (client or limited.client).post(path, json={"url": "http://127.0.0.1:9/hook"})
+
+    first = register(f"/v1/projects/{a}/webhooks").json()
+    assert register(f"/v1/projects/{a}/webhooks").status_code == 201
+    body = assert_problem(register(f"/v1/projects/{a}/webhooks"), 403, "webhook_quota_exceeded")
+    assert body["limit"] == "webhooks_per_project" and body["max"] == 2
+    assert "DOVECOTE_MAX_WEBHOOKS_PER_PROJECT" in body["detail"]
+    assert len(limited.client.get(f"/v1/projects/{a}/webhooks").json()["items"]) == 2
+    assert register(f"/v1/projects/{b}/webhooks").status_code == 201  # each project its own
+
+    assert register("/v1/webhooks").status_code == 201
+    body = assert_problem(register("/v1/webhooks"), 403, "webhook_quota_exceeded")
+    assert body["limit"] == "tenant_webhooks" and body["max"] == 1
+    assert len(limited.client.get("/v1/webhooks").json()["items"]) == 4
+    with client_with_key(limited, new_key(limited.settings, "acme")) as acme:
+        assert register("/v1/webhooks", acme).status_code == 201  # another tenant's own
+
+    assert limited.client.delete(f"/v1/webhooks/{first['id']}").status_code == 204
+    assert register(f"/v1/projects/{a}/webhooks").status_code == 201
 
 
 @pytest.mark.quota(tenant_max_images=3)
