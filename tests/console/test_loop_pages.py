@@ -13,6 +13,8 @@ from fastapi.testclient import TestClient
 from PIL import Image
 
 from app.console.figures import DARK_FROM, blend, confusion_cells, heatmap_overlay
+from app.db.models import Model
+from app.db.session import session_scope
 from tests.api.helpers import digit, new_key, png
 from tests.conftest import API_KEY, Api
 from tests.console.helpers import console_client, csrf, sign_in
@@ -82,6 +84,14 @@ def test_models_pages_show_versions_baseline_matrix_and_export(
 
     meta = {p.key: p.value for p in onnx.load_from_string(r.content).metadata_props}
     assert '"classes": ["0", "1", "2"]' in meta["dovecote"]
+
+    # A model flagged negative_transfer says so, on the list and on its page.
+    assert "negative transfer" not in console.get(f"/console/projects/{pid}/models").text.lower()
+    with session_scope(api.settings.resolved_database_url) as db:
+        model = db.get(Model, mid)
+        model.metrics = {**model.metrics, "negative_transfer": True}
+    assert "negative transfer" in console.get(f"/console/projects/{pid}/models").text
+    assert "Negative transfer:" in console.get(f"/console/models/{mid}").text
 
 
 def test_aliases_set_promote_and_roll_back_like_the_api(api: Api, console: TestClient) -> None:
