@@ -5,28 +5,31 @@ same services as ``POST /v1/projects/{project_id}/predict?heatmap=true``."""
 from __future__ import annotations
 
 import base64
-import io
 from dataclasses import dataclass
 from typing import Annotated, Any
 
 from fastapi import APIRouter, File, Form, Request, UploadFile
-from PIL import Image as PILImage
 from sqlalchemy.orm import Session
 from starlette.responses import Response
 
 from app.api.deps import SessionDep, SettingsDep, StoreDep
+from app.config import Settings
 from app.console.deps import ConsoleProject, ConsoleTenant
 from app.console.figures import heatmap_overlay
 from app.console.templating import render
 from app.db.models import Model, Project, Tenant
 from app.errors import DovecoteError, LocalizationUnsupported
 from app.services import aliases
+from app.services import images as images_service
 from app.services import predict as predict_service
 from app.services import predictions as predictions_service
+from app.storage import BlobStore
 from app.transfer.localize import Box
 
 router = APIRouter()
 TOP_K = 5
+#: Longest side of the photo as the page shows it (decoded as the model decodes it).
+PREVIEW_SIZE = 640
 
 
 @dataclass(frozen=True)
@@ -48,11 +51,6 @@ class Answer:
 
 def _data_url(data: bytes, media_type: str) -> str:
     return f"data:{media_type};base64,{base64.b64encode(data).decode()}"
-
-
-def _media_type(data: bytes) -> str:
-    with PILImage.open(io.BytesIO(data)) as img:
-        return PILImage.MIME.get(img.format or "", "application/octet-stream")
 
 
 def _threshold(model: Model) -> float | None:
@@ -78,8 +76,17 @@ def quick_test_page(
 
 
 def _answer(
-    *, db: Session, settings: Any, store: Any, model: Model, name: str, data: bytes, reject: bool
+    *,
+    db: Session,
+    settings: Settings,
+    store: BlobStore,
+    model: Model,
+    name: str,
+    data: bytes,
+    reject: bool,
 ) -> Answer:
+    """Predict ``data`` (stored when the project keeps its predictions) and localize the
+    answer, as ``/predict?heatmap=true`` does."""
     threshold = _threshold(model) if reject else None
     result = predict_service.predict(
         settings=settings, store=store, model=model, files=[(name, data)], top_k=TOP_K,
@@ -107,7 +114,9 @@ def _answer(
                 heatmap = _data_url(heatmap_overlay(found.heatmap_png()), "image/png")
     return Answer(
         filename=name,
-        photo_url=_data_url(data, _media_type(data)),
+        photo_url=_data_url(
+            images_service.thumbnail_of(data, settings=settings, size=PREVIEW_SIZE), "image/jpeg"
+        ),
         label=pred.label,
         score=pred.score,
         scores=pred.scores,
