@@ -82,11 +82,40 @@ def _stop_with_parent(parent: int) -> None:
         sys.exit(0)
 
 
+def _queue_list(value: str) -> str:
+    """``--queues``: known queue names, comma-separated."""
+    from typing import get_args
+
+    from app.config import QueueName
+
+    names = [q.strip() for q in value.split(",") if q.strip()]
+    unknown = sorted(set(names) - set(get_args(QueueName)))
+    if not names or unknown:
+        raise argparse.ArgumentTypeError(
+            f"expected queue names from {', '.join(get_args(QueueName))}; got {value!r}"
+        )
+    return ",".join(names)
+
+
 def cmd_worker(args: argparse.Namespace) -> None:
     if args.stop_with_parent is not None:
         _stop_with_parent(args.stop_with_parent)
-    _apply_data_dir(args.data_dir)
+    if args.queues is not None:
+        os.environ["DOVECOTE_WORKER_QUEUES"] = args.queues
+    _apply_data_dir(args.data_dir)  # reads the settings again, with the queues above
     _configure_torch()
+    from app.config import get_settings
+
+    queues = get_settings().consumed_queues
+    if "gpu" in queues:
+        import torch
+
+        if not torch.cuda.is_available():
+            print(
+                "warning: this worker consumes the `gpu` queue but torch sees no CUDA device; "
+                "its backbone-training jobs will run on the CPU",
+                file=sys.stderr,
+            )
     import worker.celery_app
     from worker.celery_app import celery
 
@@ -97,7 +126,7 @@ def cmd_worker(args: argparse.Namespace) -> None:
             "worker",
             "--pool=solo",
             "--concurrency=1",
-            "--queues=train",
+            f"--queues={','.join(queues)}",
             f"--loglevel={args.loglevel}",
         ]
     )
@@ -238,6 +267,13 @@ def build_parser() -> argparse.ArgumentParser:
 
     work = with_data_dir(sub.add_parser("worker", help="run a training worker"))
     work.add_argument("--loglevel", default="INFO")
+    work.add_argument(
+        "--queues",
+        type=_queue_list,
+        metavar="Q[,Q]",
+        help="queues to consume: train (frozen-feature jobs), gpu (backbone training); default: "
+        "$DOVECOTE_WORKER_QUEUES, else train (and gpu with DOVECOTE_GPU_QUEUE=true)",
+    )
     work.add_argument("--stop-with-parent", type=int, metavar="PID", help=argparse.SUPPRESS)
     work.add_argument("--ready-file", metavar="PATH", help=argparse.SUPPRESS)
     work.set_defaults(func=cmd_worker)

@@ -8,10 +8,25 @@ from __future__ import annotations
 import os
 from functools import lru_cache
 from pathlib import Path
-from typing import Literal
+from typing import Annotated, Literal, get_args
 
-from pydantic import Field, NonNegativeFloat, model_validator
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic import BeforeValidator, Field, NonNegativeFloat, model_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+#: The queues a training job can be sent to (:mod:`app.queue`): ``train`` for jobs on frozen
+#: features, ``gpu`` for jobs that train through a backbone when GPU workers exist.
+QueueName = Literal["train", "gpu"]
+
+
+def _comma_list(value: object) -> object:
+    """``"gpu,train"`` (the environment's form) as ``["gpu", "train"]``; empty: unset."""
+    if isinstance(value, str):
+        return [part.strip() for part in value.split(",") if part.strip()] or None
+    return value
+
+
+#: Queue names from the environment as a comma-separated list: ``DOVECOTE_WORKER_QUEUES=gpu,train``.
+QueueList = Annotated[list[QueueName] | None, NoDecode, BeforeValidator(_comma_list)]
 
 
 class Settings(BaseSettings):
@@ -37,6 +52,19 @@ class Settings(BaseSettings):
         gt=0,
         description="How often a worker polls the embedded SQL broker for a new job (kombu's "
         "default is 1 s); Redis delivers at once and ignores it.",
+    )
+    gpu_queue: bool = Field(
+        False,
+        description="GPU workers consume the `gpu` queue: jobs that train through a backbone "
+        "(finetune, distill, pretrain, DANN with blocks, auto with finetune) go there, the "
+        "others to `train`. Off: every job goes to `train`. Set it where jobs are created "
+        "(the API) and, for the default of `worker_queues`, in the workers.",
+    )
+    worker_queues: QueueList = Field(
+        None,
+        description="Queues a worker consumes, comma-separated (`train`, `gpu`; `dovecote "
+        "worker --queues` overrides it); default: every queue jobs are sent to (`train`, "
+        "and `gpu` with `gpu_queue`).",
     )
     shared_cache_dir: Path | None = Field(
         default_factory=lambda: (
@@ -178,6 +206,13 @@ class Settings(BaseSettings):
     @property
     def resolved_storage_url(self) -> str:
         return self.storage_url or f"file://{self.data_dir.resolve() / 'blobs'}"
+
+    @property
+    def consumed_queues(self) -> list[str]:
+        """The queues a worker with these settings consumes (see ``worker_queues``)."""
+        if self.worker_queues:
+            return list(dict.fromkeys(self.worker_queues))
+        return [q for q in get_args(QueueName) if q != "gpu" or self.gpu_queue]
 
     @property
     def feature_cache_dir(self) -> Path:

@@ -8,19 +8,30 @@ worker polls; kombu polls it once a second by default, which added 0.2-1.0 s to 
 of every job. Its interval is ``DOVECOTE_BROKER_POLL_SECONDS`` here (a transport option,
 which kombu's own SQLAlchemy channel would hand to ``create_engine``: :class:`SQLTransport`
 keeps it for the transport). Redis pushes messages and is unaffected.
+
+Queues (ARCHITECTURE.md, "Processes"): ``train`` for jobs on frozen, cached features (CPU
+workers), ``gpu`` for jobs that train through a backbone (:meth:`Method.trains_backbone`)
+when the installation has GPU workers (``DOVECOTE_GPU_QUEUE``); without them every job goes
+to ``train``. A job's queue is chosen once, at creation, and stored on it: its messages, the
+sweep's resends included, go there, and a worker woken on a queue claims only that queue's
+jobs (:func:`app.services.jobs.claim_next`).
 """
 
 from __future__ import annotations
 
 from functools import lru_cache
-from typing import Any
+from typing import Any, get_args
 
 from celery import Celery
 from kombu.transport import sqlalchemy as kombu_sqla
 from sqlalchemy import create_engine
 
+from app.config import QueueName
+
 TRAIN_TASK = "dovecote.train"
-TRAIN_QUEUE = "train"
+TRAIN_QUEUE: QueueName = "train"
+GPU_QUEUE: QueueName = "gpu"
+QUEUES: tuple[str, ...] = get_args(QueueName)
 SQL_PREFIX = "sqla+"
 DEFAULT_POLL_SECONDS = 0.1
 #: Transport options kombu's SQL channel reads itself; the others go to ``create_engine``.
@@ -77,7 +88,21 @@ def make_celery(broker_url: str, poll_seconds: float = DEFAULT_POLL_SECONDS) -> 
     return celery
 
 
+def job_queue(*, trains_backbone: bool, gpu_queue: bool) -> QueueName:
+    """The queue of a job: ``gpu`` for one that trains through a backbone when GPU workers
+    consume that queue (``gpu_queue``), else ``train``."""
+    return GPU_QUEUE if gpu_queue and trains_backbone else TRAIN_QUEUE
+
+
 def enqueue_training(
-    broker_url: str, job_id: str, poll_seconds: float = DEFAULT_POLL_SECONDS
+    broker_url: str,
+    job_id: str,
+    poll_seconds: float = DEFAULT_POLL_SECONDS,
+    queue: str = TRAIN_QUEUE,
 ) -> None:
-    make_celery(broker_url, poll_seconds).send_task(TRAIN_TASK, args=[job_id], queue=TRAIN_QUEUE)
+    """Send the message that wakes a worker consuming ``queue`` for job ``job_id``."""
+    if queue not in QUEUES:
+        raise ValueError(f"unknown queue {queue!r}; known: {QUEUES}")
+    make_celery(broker_url, poll_seconds).send_task(
+        TRAIN_TASK, args=[job_id], kwargs={"queue": queue}, queue=queue
+    )

@@ -46,7 +46,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         settings = Settings(data_dir=Path(tmp), api_key="bench")
         command.upgrade(alembic_config(settings.resolved_database_url), "head")
-        with TestClient(create_app(settings, enqueue=lambda _: None)) as client:
+        with TestClient(create_app(settings, enqueue=lambda *_: None)) as client:
             client.headers["Authorization"] = "Bearer bench"
             cases = {
                 "10 identical": archive([webp((90, 90, 90))] * 10),

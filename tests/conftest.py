@@ -56,8 +56,13 @@ class Api:
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
         self.queued: list[str] = []
-        self.client = TestClient(create_app(settings, enqueue=self.queued.append))
+        self.queues: dict[str, str] = {}  # job id -> the queue it was sent to
+        self.client = TestClient(create_app(settings, enqueue=self.enqueue))
         self.client.headers["Authorization"] = f"Bearer {API_KEY}"
+
+    def enqueue(self, job_id: str, queue: str) -> None:
+        self.queued.append(job_id)
+        self.queues[job_id] = queue
 
     def run_queued(self) -> list[str]:
         statuses = [run_job(job_id, settings=self.settings) for job_id in self.queued]

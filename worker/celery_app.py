@@ -29,13 +29,15 @@ settings = get_settings()
 celery = make_celery(settings.resolved_broker_url, settings.broker_poll_seconds)
 
 
-def _enqueue(job_id: str) -> None:
-    enqueue_training(settings.resolved_broker_url, job_id, settings.broker_poll_seconds)
+def _enqueue(job_id: str, queue: str) -> None:
+    enqueue_training(settings.resolved_broker_url, job_id, settings.broker_poll_seconds, queue)
 
 
 @celery.task(name=TRAIN_TASK, acks_late=True, reject_on_worker_lost=True)
-def train(job_id: str) -> str:
-    return run_job(job_id, settings=settings)
+def train(job_id: str, queue: str | None = None) -> str:
+    """Woken by job ``job_id``'s message on ``queue`` (absent from messages sent before
+    queues existed: the job's own)."""
+    return run_job(job_id, settings=settings, queue=queue)
 
 
 def sweep_once() -> dict[str, int]:

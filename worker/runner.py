@@ -11,7 +11,6 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -104,6 +103,7 @@ def _prepare(settings: Settings, job_id: str) -> _Inputs | None:
             job = db.get(Job, job_id)
             if job is None:
                 return None
+            log.info("running job %s (%s, queue %s)", job_id, job.method, job.queue)
             project = db.get(Project, job.project_id)
             assert project is not None  # jobs are deleted with their project
             data = training_data.load(
@@ -125,21 +125,19 @@ def _prepare(settings: Settings, job_id: str) -> _Inputs | None:
         ) from exc
 
 
-def run_job(
-    job_id: str, *, settings: Settings, enqueue: Callable[[str], None] | None = None
-) -> str:
-    """Run one job, woken by the queue message of ``job_id``; returns the final status of
-    the job it ran. Safe to call twice.
+def run_job(job_id: str, *, settings: Settings, queue: str | None = None) -> str:
+    """Run one job, woken by the message of ``job_id`` on ``queue`` (default: that job's
+    own); returns the final status of the job it ran. Safe to call twice.
 
-    The job run is the fairest queued one (:func:`app.services.jobs.claim_next`), not
-    necessarily ``job_id``: a tenant's long queue does not keep another tenant's job waiting
-    behind all of it. With nothing queued, it returns ``job_id``'s status (``missing`` when
-    it is gone)."""
+    The job run is the fairest queued one of that queue
+    (:func:`app.services.jobs.claim_next`), not necessarily ``job_id``: a tenant's long
+    queue does not keep another tenant's job waiting behind all of it. With nothing queued,
+    it returns ``job_id``'s status (``missing`` when it is gone)."""
     learned_backbones.install(settings)
     url = settings.resolved_database_url
     with session_scope(url) as db:
         claimed = jobs_service.claim_next(
-            db=db, job_id=job_id, stale_after=settings.job_stale_after_seconds
+            db=db, job_id=job_id, stale_after=settings.job_stale_after_seconds, queue=queue
         )
         if claimed is None:
             status = db.scalar(select(Job.status).where(Job.id == job_id)) or "missing"

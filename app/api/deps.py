@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from typing import Annotated
 
 from fastapi import Depends, Query, Request
@@ -18,6 +18,7 @@ from app.queue import enqueue_training
 from app.services import aliases as aliases_service
 from app.services import projects as projects_service
 from app.services import tenants as tenants_service
+from app.services.jobs import Enqueue
 from app.storage import BlobStore, open_store
 
 
@@ -51,18 +52,18 @@ def get_store(request: Request) -> BlobStore:
 StoreDep = Annotated[BlobStore, Depends(get_store)]
 
 
-def get_enqueue(request: Request, settings: SettingsDep) -> Callable[[str], None]:
-    """How a new job reaches the workers: the app's own sender (in-process tests), else the
-    broker."""
-    enqueue: Callable[[str], None] | None = getattr(request.app.state, "enqueue", None)
+def get_enqueue(request: Request, settings: SettingsDep) -> Enqueue:
+    """How a new job reaches the workers of its queue: the app's own sender (in-process
+    tests), else the broker."""
+    enqueue: Enqueue | None = getattr(request.app.state, "enqueue", None)
     return enqueue or (
-        lambda job_id: enqueue_training(
-            settings.resolved_broker_url, job_id, settings.broker_poll_seconds
+        lambda job_id, queue: enqueue_training(
+            settings.resolved_broker_url, job_id, settings.broker_poll_seconds, queue
         )
     )
 
 
-EnqueueDep = Annotated[Callable[[str], None], Depends(get_enqueue)]
+EnqueueDep = Annotated[Enqueue, Depends(get_enqueue)]
 
 
 # The OpenAPI security scheme (Swagger UI's Authorize button); missing or malformed

@@ -31,6 +31,7 @@ from app.api.routes import (
 from app.config import Settings, get_settings
 from app.services import backbones as learned_backbones
 from app.services import predict as predict_service
+from app.services.jobs import Enqueue
 
 log = logging.getLogger(__name__)
 
@@ -52,7 +53,7 @@ def _prewarm(settings: Settings, warm: threading.Event) -> None:
 def create_app(
     settings: Settings | None = None,
     *,
-    enqueue: Callable[[str], None] | None = None,
+    enqueue: Enqueue | None = None,
     worker_ready: Callable[[], bool] | None = None,
 ) -> FastAPI:
     """Build the API. ``enqueue`` replaces the Celery sender (used by in-process tests);

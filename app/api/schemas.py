@@ -14,6 +14,7 @@ from pydantic import (
     field_validator,
 )
 
+from app.config import QueueName
 from app.services import webhooks
 from app.transfer import audit
 from app.transfer.methods import list_methods
@@ -242,6 +243,11 @@ class JobOut(BaseModel):
     backbone: str
     params: dict[str, Any]
     status: JobStatus
+    queue: QueueName = Field(
+        "train",
+        description="The worker queue it was sent to: `gpu` for a job that trains through a "
+        "backbone when the server has GPU workers (`DOVECOTE_GPU_QUEUE`), else `train`.",
+    )
     progress: float = Field(ge=0, le=1, description="Fraction done, 0 to 1.")
     stage: str = Field(
         description="What the job is doing now, for people: `queued`, `starting`, `loading "

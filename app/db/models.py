@@ -167,6 +167,9 @@ class Job(Base):
     backbone: Mapped[str] = mapped_column(String(100))
     params: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
     status: Mapped[str] = mapped_column(String(16), default="queued")
+    #: The queue its messages go to (``train`` or ``gpu``: :func:`app.queue.job_queue`),
+    #: chosen at creation; a worker woken on a queue claims only that queue's jobs.
+    queue: Mapped[str] = mapped_column(String(16), default="train", server_default="train")
     progress: Mapped[float] = mapped_column(Float, default=0.0)
     stage: Mapped[str] = mapped_column(String(100), default="queued")
     error: Mapped[dict[str, Any] | None] = mapped_column(JSON)

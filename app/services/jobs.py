@@ -19,12 +19,16 @@ from app.config import Settings
 from app.db.base import utcnow
 from app.db.models import JOB_TERMINAL, Job, Project
 from app.errors import DovecoteError, JobNotCancellable, NotFound
+from app.queue import TRAIN_QUEUE, job_queue
 from app.services import backbones, quotas, training_data, webhooks
 from app.services.scoping import get_owned, list_in_project
 from app.transfer.backbones import DEFAULT_BACKBONE, resolve_weights
 from app.transfer.methods import get_method
 
 log = logging.getLogger(__name__)
+
+#: Sends the message of job ``(job id, queue)`` that wakes a worker consuming that queue.
+Enqueue = Callable[[str, str], None]
 
 
 class QueueUnavailable(DovecoteError):
@@ -41,11 +45,12 @@ def create(
     method: str,
     backbone: str | None,
     params: dict[str, Any] | None,
-    enqueue: Callable[[str], None],
+    enqueue: Enqueue,
     promote: str = "auto",
 ) -> Job:
     """Check the tenant's active-job quota; validate method, params, backbone and data;
-    then store and enqueue the job. ``promote``: its model's promotion policy
+    then store and enqueue the job, on the queue its method's need picks
+    (:func:`app.queue.job_queue`). ``promote``: its model's promotion policy
     (:func:`app.services.aliases.promote_trained`)."""
     quotas.check_new_job(db=db, settings=settings, tenant_id=project.tenant_id)
     impl = get_method(method)
@@ -66,12 +71,13 @@ def create(
         params=parsed.model_dump(mode="json"),
         promote=promote,
         status="queued",
+        queue=job_queue(trains_backbone=impl.trains_backbone(parsed), gpu_queue=settings.gpu_queue),
         stage="queued",
     )
     db.add(job)
     db.commit()
     try:
-        enqueue(job.id)
+        enqueue(job.id, job.queue)
     except Exception as exc:
         log.exception("could not enqueue job %s", job.id)
         error = QueueUnavailable("The job could not be queued: the broker is unreachable; retry.")
@@ -153,11 +159,12 @@ def claim(*, db: Session, job_id: str, stale_after: float) -> str | None:
 CLAIM_ATTEMPTS = 100
 
 
-def next_fair(*, db: Session) -> str | None:
-    """The queued job that should run next: the tenant with the fewest running jobs first,
-    among equals the one whose last job started longest ago (never: first), and within a
-    tenant the oldest job. One worker thus alternates between tenants that have work
-    queued, whatever the order their jobs were queued in.
+def next_fair(*, db: Session, queue: str) -> str | None:
+    """The queued job of ``queue`` that should run next: the tenant with the fewest running
+    jobs of that queue first, among equals the one whose last job there started longest ago
+    (never: first), and within a tenant the oldest job. One worker thus alternates between
+    tenants that have work queued, whatever the order their jobs were queued in; each queue
+    (its own pool of workers) is shared fairly on its own.
 
     On PostgreSQL the row is locked ``FOR UPDATE SKIP LOCKED`` until the caller commits, so
     workers picking at once get different jobs; on SQLite (one writer) the conditional
@@ -166,7 +173,7 @@ def next_fair(*, db: Session) -> str | None:
         select(Project.tenant_id.label("tenant_id"), func.count().label("n"))
         .select_from(Job)
         .join(Project, Job.project_id == Project.id)
-        .where(Job.status == "running")
+        .where(Job.status == "running", Job.queue == queue)
         .group_by(Project.tenant_id)
         .subquery("running")
     )
@@ -174,7 +181,7 @@ def next_fair(*, db: Session) -> str | None:
         select(Project.tenant_id.label("tenant_id"), func.max(Job.started_at).label("at"))
         .select_from(Job)
         .join(Project, Job.project_id == Project.id)
-        .where(Job.started_at.is_not(None))
+        .where(Job.started_at.is_not(None), Job.queue == queue)
         .group_by(Project.tenant_id)
         .subquery("last_start")
     )
@@ -183,7 +190,7 @@ def next_fair(*, db: Session) -> str | None:
         .join(Project, Job.project_id == Project.id)
         .outerjoin(running, running.c.tenant_id == Project.tenant_id)
         .outerjoin(last_start, last_start.c.tenant_id == Project.tenant_id)
-        .where(Job.status == "queued", Job.cancel_requested.is_(False))
+        .where(Job.status == "queued", Job.queue == queue, Job.cancel_requested.is_(False))
         .order_by(
             func.coalesce(running.c.n, 0),
             last_start.c.at.asc().nulls_first(),
@@ -197,20 +204,27 @@ def next_fair(*, db: Session) -> str | None:
     return db.scalar(stmt)
 
 
-def claim_next(*, db: Session, job_id: str, stale_after: float) -> tuple[str, str] | None:
-    """Take the job a worker should run now, woken by the queue message of ``job_id``.
+def claim_next(
+    *, db: Session, job_id: str, stale_after: float, queue: str | None = None
+) -> tuple[str, str] | None:
+    """Take the job a worker should run now, woken by the message of ``job_id`` on ``queue``
+    (default: that job's own queue, ``train`` when it is gone).
 
     A message only wakes a worker: it runs ``job_id`` itself only when that job's run was
     orphaned (``running`` with a stale heartbeat: a redelivery after a worker died);
-    otherwise the fairest queued job (:func:`next_fair`), whichever tenant queued it. Every
-    job is enqueued at least once, so there are always at least as many messages as queued
-    jobs and each one runs. Returns ``(job id, run token)``, or None when nothing is queued."""
-    if db.scalar(select(Job.status).where(Job.id == job_id)) == "running":
+    otherwise the fairest queued job of ``job_id``'s queue (:func:`next_fair`), whichever
+    tenant queued it. Every job is enqueued at least once, on its own queue, so each queue
+    always holds at least as many messages as it has queued jobs and each one runs; a worker
+    only ever claims jobs of the queues it consumes. Returns ``(job id, run token)``, or None
+    when nothing is queued there."""
+    woken = db.execute(select(Job.status, Job.queue).where(Job.id == job_id)).first()
+    queue = queue or (woken.queue if woken is not None else TRAIN_QUEUE)
+    if woken is not None and woken.status == "running":
         token = claim(db=db, job_id=job_id, stale_after=stale_after)
         if token is not None:
             return job_id, token
     for _ in range(CLAIM_ATTEMPTS):
-        picked = next_fair(db=db)
+        picked = next_fair(db=db, queue=queue)
         if picked is None:
             db.commit()
             return None
@@ -285,12 +299,13 @@ class WorkerLost(DovecoteError):
     title = "The worker running this job stopped"
 
 
-def sweep(*, db: Session, settings: Settings, enqueue: Callable[[str], None]) -> dict[str, int]:
+def sweep(*, db: Session, settings: Settings, enqueue: Enqueue) -> dict[str, int]:
     """Requeue (or, past ``job_max_attempts``, fail) running jobs whose heartbeat went silent,
     and resend the message of jobs queued for longer than ``job_stale_after_seconds`` since
     their last one: a broker that lost its messages (Redis restarted without persistence)
-    then still runs every job. An extra message is harmless: it wakes a worker that claims
-    the fairest queued job, or nothing."""
+    then still runs every job. Each message goes to the job's own queue, whichever worker
+    sweeps. An extra message is harmless: it wakes a worker that claims the fairest queued
+    job of that queue, or nothing."""
     cutoff = utcnow() - timedelta(seconds=settings.job_stale_after_seconds)
     stale = list(db.scalars(select(Job).where(Job.status == "running", Job.heartbeat_at < cutoff)))
     counts = {"requeued": 0, "failed": 0}
@@ -318,24 +333,22 @@ def sweep(*, db: Session, settings: Settings, enqueue: Callable[[str], None]) ->
         ).rowcount
         db.commit()
         if requeued:
-            enqueue(job.id)
+            enqueue(job.id, job.queue)
             counts["requeued"] += 1
     counts["resent"] = _resend_waiting(db=db, cutoff=cutoff, enqueue=enqueue)
     return counts
 
 
-def _resend_waiting(*, db: Session, cutoff: datetime, enqueue: Callable[[str], None]) -> int:
-    waiting = list(
-        db.scalars(
-            select(Job.id).where(
-                Job.status == "queued",
-                Job.cancel_requested.is_(False),
-                or_(Job.enqueued_at.is_(None), Job.enqueued_at < cutoff),
-            )
+def _resend_waiting(*, db: Session, cutoff: datetime, enqueue: Enqueue) -> int:
+    waiting = db.execute(
+        select(Job.id, Job.queue).where(
+            Job.status == "queued",
+            Job.cancel_requested.is_(False),
+            or_(Job.enqueued_at.is_(None), Job.enqueued_at < cutoff),
         )
-    )
-    for job_id in waiting:
+    ).all()
+    for job_id, queue in waiting:
         db.execute(update(Job).where(Job.id == job_id).values(enqueued_at=utcnow()))
         db.commit()
-        enqueue(job_id)
+        enqueue(job_id, queue)
     return len(waiting)

@@ -204,7 +204,7 @@ def test_bad_params_are_refused_at_creation(api: Api, method: str, params: dict)
 
 
 def test_a_wrong_key_is_refused_before_the_body_is_read(settings: Settings) -> None:
-    app = create_app(settings, enqueue=lambda _: None)
+    app = create_app(settings, enqueue=lambda *_: None)
     received: list[dict] = []
     sent: list[dict] = []
 

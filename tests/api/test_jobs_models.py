@@ -518,7 +518,7 @@ def test_queue_down_is_503_and_the_job_is_failed(tmp_path: Path) -> None:
     settings = make_settings(tmp_path)
     migrate(settings)
 
-    def broken(job_id: str) -> None:
+    def broken(job_id: str, queue: str) -> None:
         raise ConnectionError("broker unreachable")
 
     with TestClient(create_app(settings, enqueue=broken)) as client:

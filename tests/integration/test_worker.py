@@ -9,7 +9,8 @@ from __future__ import annotations
 import os
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
+from datetime import timedelta
 from pathlib import Path
 
 import pytest
@@ -17,6 +18,8 @@ from fastapi.testclient import TestClient
 
 from app.api.main import create_app
 from app.config import Settings
+from app.db.models import Job
+from app.db.session import session_scope
 from tests.conftest import API_KEY, make_settings, migrate
 from tests.factories import digit_images
 from tests.integration.processes import Process
@@ -39,7 +42,11 @@ def backend(request: pytest.FixtureRequest, tmp_path: Path) -> Settings:
 
 
 class WorkerProcess(Process):
-    def __init__(self, settings: Settings, log: Path) -> None:
+    """``dovecote worker``; ``args`` added to its command line, ``env`` to its environment."""
+
+    def __init__(
+        self, settings: Settings, log: Path, args: Sequence[str] = (), **env_vars: str
+    ) -> None:
         env = dict(os.environ)
         env.update(
             {
@@ -50,10 +57,11 @@ class WorkerProcess(Process):
                 "DOVECOTE_JOB_STALE_AFTER_SECONDS": str(settings.job_stale_after_seconds),
                 "DOVECOTE_SWEEP_INTERVAL_SECONDS": str(settings.sweep_interval_seconds),
                 "DOVECOTE_FEATURE_BATCH_SIZE": "8",
+                **env_vars,
             }
         )
         super().__init__(
-            [sys.executable, "-m", "app.cli", "worker", "--loglevel", "INFO"], env, log
+            [sys.executable, "-m", "app.cli", "worker", "--loglevel", "INFO", *args], env, log
         )
 
 
@@ -173,3 +181,44 @@ def test_cancel_running_job_stops_it(
         assert job["status"] == "cancelled", job
         assert job["model_id"] is None
         assert client.get(f"/v1/projects/{project['id']}/models").json()["items"] == []
+
+
+def test_backbone_training_goes_to_the_gpu_queue_and_a_train_worker_never_takes_it(
+    backend: Settings, workers: list[WorkerProcess], tmp_path: Path
+) -> None:
+    """Two APIs on one database: without GPU workers (``gpu_queue`` off) a finetune job goes
+    to ``train`` and a worker consuming ``train`` runs it; with them, it goes to ``gpu`` and
+    that worker leaves it queued (through the sweep's resends) while it runs a later
+    frozen-feature job, until a worker consuming ``gpu`` starts and runs it."""
+    workers.append(WorkerProcess(backend, tmp_path / "train.log", ["--queues", "train"]))
+    finetune = {"method": "finetune", "params": {"epochs": 1, "n": 1}}
+    gpu_settings = backend.model_copy(update={"gpu_queue": True})
+    with client_for(backend) as cpu_api, client_for(gpu_settings) as gpu_api:
+        project = cpu_api.post("/v1/projects", json={"name": "queues"}).json()
+        upload(cpu_api, project["id"], digit_images(4, [0, 1, 2]), split="auto")
+        jobs = f"/v1/projects/{project['id']}/jobs"
+        on_train = cpu_api.post(jobs, json=finetune).json()
+        on_gpu = gpu_api.post(jobs, json=finetune).json()
+        probe = gpu_api.post(jobs, json={"method": "knn"}).json()
+        assert (on_train["queue"], on_gpu["queue"], probe["queue"]) == ("train", "gpu", "train")
+
+        for job in (on_train, probe):
+            done = wait_for(cpu_api, job["id"], {"succeeded", "failed"})
+            assert done["status"] == "succeeded", (done, (tmp_path / "train.log").read_text()[-3000:])
+        # past the stale age, the sweep resends the gpu job's message (to `gpu`, unconsumed)
+        time.sleep(backend.job_stale_after_seconds + 2 * backend.sweep_interval_seconds)
+        with session_scope(backend.resolved_database_url) as db:
+            row = db.get(Job, on_gpu["id"])
+            assert row is not None and row.enqueued_at is not None
+            assert row.enqueued_at - row.created_at > timedelta(seconds=1)  # resent
+        waiting = cpu_api.get(f"/v1/jobs/{on_gpu['id']}").json()
+        assert (waiting["status"], waiting["attempts"]) == ("queued", 0), waiting
+
+        workers.append(WorkerProcess(backend, tmp_path / "gpu.log", DOVECOTE_WORKER_QUEUES="gpu"))
+        done = wait_for(cpu_api, on_gpu["id"], {"succeeded", "failed"})
+        assert done["status"] == "succeeded", (done, (tmp_path / "gpu.log").read_text()[-3000:])
+        assert done["attempts"] == 1
+        gpu_log, train_log = ((tmp_path / f"{q}.log").read_text() for q in ("gpu", "train"))
+        assert f"running job {on_gpu['id']} (finetune, queue gpu)" in gpu_log
+        assert f"running job {on_train['id']} (finetune, queue train)" in train_log
+        assert f"running job {on_gpu['id']}" not in train_log

@@ -80,6 +80,16 @@ class Auto(Method):
             get_method(name).parse_params(self._candidate_raw(parsed, name))
         return parsed
 
+    def trains_backbone(self, params: MethodParams) -> bool:
+        """When one of its candidates does (``finetune``, among the defaults)."""
+        assert isinstance(params, AutoParams)
+        return any(
+            get_method(name).trains_backbone(
+                get_method(name).parse_params(self._candidate_raw(params, name))
+            )
+            for name in params.candidates
+        )
+
     def check_data(self, data: TrainingData) -> None:
         """Enough images for a holdout, or else enough classes for ``zero_shot``."""
         try:

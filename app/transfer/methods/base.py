@@ -40,6 +40,9 @@ class Method(ABC):
     example_params: ClassVar[dict[str, Any]] = {}
     min_classes: ClassVar[int] = 2
     min_per_class: ClassVar[int] = 2
+    #: Whether every job of this method trains through a backbone on images (epochs of
+    #: forward and backward passes: the work a GPU speeds up); see :meth:`trains_backbone`.
+    backbone_training: ClassVar[bool] = False
 
     def parse_params(self, raw: dict[str, Any] | None) -> MethodParams:
         try:
@@ -75,6 +78,13 @@ class Method(ABC):
         """Everything checkable before training, at job creation: :meth:`check_data`, and
         what ``params`` refer to (methods whose params name models or backbones)."""
         self.check_data(data)
+
+    def trains_backbone(self, params: MethodParams) -> bool:
+        """Whether a job with ``params`` trains through a backbone on images rather than on
+        frozen, cached features: such jobs go to the ``gpu`` queue where GPU workers
+        consume it (``DOVECOTE_GPU_QUEUE``). :attr:`backbone_training`, unless the params
+        decide (domain adaptation's DANN blocks, ``auto``'s candidates)."""
+        return self.backbone_training
 
     def model_backbone(self, data: TrainingData, params: MethodParams) -> str:
         """The backbone the trained model will stand on (the job records it)."""

@@ -161,6 +161,7 @@ class Distill(Method):
     name = "distill"
     summary = "Train a small student from a teacher model's soft outputs (Hinton et al. 2015)."
     Params = DistillParams
+    backbone_training = True
     example_params: ClassVar[dict[str, Any]] = {
         "teacher_model_id": "mdl_...",
         "student_backbone": "mobilenetv2_100",

@@ -204,10 +204,14 @@ class DomainAdaptation(Method):
     Params = DomainAdaptationParams
     example_params: ClassVar[dict[str, Any]] = {"algorithm": "coral"}
 
+    def trains_backbone(self, params: MethodParams) -> bool:
+        """DANN with ``dann_finetune_blocks`` trains backbone blocks; the rest is frozen."""
+        assert isinstance(params, DomainAdaptationParams)
+        return bool(params.dann_finetune_blocks) and params.algorithm in ("auto", "dann")
+
     def check(self, data: TrainingData, params: MethodParams) -> None:
         self.check_data(data)
-        assert isinstance(params, DomainAdaptationParams)
-        if params.dann_finetune_blocks and params.algorithm in ("auto", "dann"):
+        if self.trains_backbone(params):
             require_trainable(data.backbone)
 
     def check_data(self, data: TrainingData) -> None:

@@ -150,6 +150,7 @@ class Finetune(Method):
     name = "finetune"
     summary = "Train all or some blocks from pretrained weights (linear-probe-then-finetune)."
     Params = FinetuneParams
+    backbone_training = True
     example_params: ClassVar[dict[str, Any]] = {
         "trainable": "last_n_blocks",
         "n": 2,

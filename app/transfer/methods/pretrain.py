@@ -107,6 +107,7 @@ class Pretrain(Method):
         "prediction; it becomes a backbone of the tenant, usable by every method."
     )
     Params = PretrainParams
+    backbone_training = True
     example_params: ClassVar[dict[str, Any]] = {"architecture": "resnet10t", "epochs": 2}
     min_images: int = 8
 
