@@ -63,6 +63,23 @@ def client_with_key(api: Api, key: str | None) -> TestClient:
     return client
 
 
+def project_with_jobs(client: TestClient, methods: list[str]) -> list[dict]:
+    """A project of 3 images of 2 digits and one job of each of ``methods``, in order."""
+    r = client.post("/v1/projects", json={"name": "digits"})
+    assert r.status_code == 201, r.text
+    pid = r.json()["id"]
+    for label, data in digit_images(3, [0, 1]):
+        files = [("files", (f"{label}.png", data))]
+        r = client.post(f"/v1/projects/{pid}/images", files=files, data={"label": label})
+        assert r.status_code == 201, r.text
+    jobs = []
+    for method in methods:
+        r = client.post(f"/v1/projects/{pid}/jobs", json={"method": method})
+        assert r.status_code == 202, r.text
+        jobs.append(r.json())
+    return jobs
+
+
 # --- image bytes ----------------------------------------------------------------------
 
 

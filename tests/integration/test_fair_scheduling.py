@@ -9,15 +9,15 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+from fastapi.testclient import TestClient
 from sqlalchemy import select
 
 from app.config import Settings
 from app.db.models import Job
 from app.db.session import session_scope
 from app.services import jobs as jobs_service
-from tests.api.helpers import client_with_key, new_key
+from tests.api.helpers import client_with_key, new_key, project_with_jobs
 from tests.conftest import Api, make_settings, migrate
-from tests.factories import digit_images
 from worker.runner import run_job
 
 pytestmark = pytest.mark.integration
@@ -33,20 +33,8 @@ def fair_settings(request: pytest.FixtureRequest, tmp_path: Path) -> Settings:
     return settings
 
 
-def _queue(client, n: int, method: str = "knn") -> list[str]:  # type: ignore[no-untyped-def]
-    r = client.post("/v1/projects", json={"name": "digits"})
-    assert r.status_code == 201, r.text
-    pid = r.json()["id"]
-    for label, data in digit_images(3, [0, 1]):
-        files = [("files", (f"{label}.png", data))]
-        r = client.post(f"/v1/projects/{pid}/images", files=files, data={"label": label})
-        assert r.status_code == 201, r.text
-    ids = []
-    for _ in range(n):
-        r = client.post(f"/v1/projects/{pid}/jobs", json={"method": method})
-        assert r.status_code == 202, r.text
-        ids.append(r.json()["id"])
-    return ids
+def _queue(client: TestClient, n: int, method: str = "knn") -> list[str]:
+    return [job["id"] for job in project_with_jobs(client, [method] * n)]
 
 
 def test_other_tenants_job_runs_second_not_last(fair_settings: Settings) -> None:

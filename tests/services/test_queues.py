@@ -11,7 +11,6 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from fastapi.testclient import TestClient
 from sqlalchemy import select, update
 
 from app.cli import _queue_list
@@ -22,9 +21,8 @@ from app.db.session import session_scope
 from app.queue import GPU_QUEUE, TRAIN_QUEUE, job_queue
 from app.services import jobs as jobs_service
 from app.transfer.methods import get_method, list_methods
-from tests.api.helpers import client_with_key, new_key
+from tests.api.helpers import client_with_key, new_key, project_with_jobs
 from tests.conftest import Api, make_settings, migrate
-from tests.factories import digit_images
 
 #: What each registered method's jobs need with its default params; a new method must say.
 TRAINS_BACKBONE_BY_DEFAULT = {
@@ -51,8 +49,9 @@ def _defaults(name: str) -> dict[str, Any]:
 def test_every_method_says_whether_it_trains_a_backbone(method: str) -> None:
     impl = get_method(method)
     assert method in TRAINS_BACKBONE_BY_DEFAULT, f"add {method!r} to TRAINS_BACKBONE_BY_DEFAULT"
-    assert impl.trains_backbone(impl.parse_params(_defaults(method))) is (
-        TRAINS_BACKBONE_BY_DEFAULT[method]
+    assert (
+        impl.trains_backbone(impl.parse_params(_defaults(method)))
+        is (TRAINS_BACKBONE_BY_DEFAULT[method])
     )
 
 
@@ -97,30 +96,13 @@ def test_worker_queues_default_to_every_queue_jobs_are_sent_to(tmp_path: Path) -
             _queue_list(bad)
 
 
-def _project_with_jobs(client: TestClient, methods: list[str]) -> list[dict]:
-    """A project of 3 images of 2 digits and one job of each of ``methods``, in order."""
-    r = client.post("/v1/projects", json={"name": "queues"})
-    assert r.status_code == 201, r.text
-    pid = r.json()["id"]
-    for label, data in digit_images(3, [0, 1]):
-        files = [("files", (f"{label}.png", data))]
-        r = client.post(f"/v1/projects/{pid}/images", files=files, data={"label": label})
-        assert r.status_code == 201, r.text
-    jobs = []
-    for method in methods:
-        r = client.post(f"/v1/projects/{pid}/jobs", json={"method": method})
-        assert r.status_code == 202, r.text
-        jobs.append(r.json())
-    return jobs
-
-
 @pytest.mark.parametrize("gpu_queue", [False, True])
 def test_jobs_are_sent_to_the_queue_their_method_needs(tmp_path: Path, gpu_queue: bool) -> None:
     settings = make_settings(tmp_path, gpu_queue=gpu_queue)
     migrate(settings)
     api = Api(settings)
     with api.client:
-        finetune, probe = _project_with_jobs(api.client, ["finetune", "linear_probe"])
+        finetune, probe = project_with_jobs(api.client, ["finetune", "linear_probe"])
         expected = "gpu" if gpu_queue else "train"
         assert finetune["queue"] == expected  # the job says where it went
         assert probe["queue"] == "train"
@@ -135,7 +117,7 @@ def test_a_worker_woken_on_train_never_claims_a_gpu_job(tmp_path: Path) -> None:
     migrate(settings)
     api = Api(settings)
     with api.client:
-        finetune, probe, knn = _project_with_jobs(api.client, ["finetune", "linear_probe", "knn"])
+        finetune, probe, knn = project_with_jobs(api.client, ["finetune", "linear_probe", "knn"])
     url = settings.resolved_database_url
     with session_scope(url) as db:
         assert jobs_service.next_fair(db=db, queue="train") == probe["id"]
@@ -173,8 +155,8 @@ def test_fair_share_is_counted_per_queue(tmp_path: Path) -> None:
     migrate(settings)
     api = Api(settings)
     with api.client, client_with_key(api, new_key(settings, "b")) as b:
-        finetune, a_probe = _project_with_jobs(api.client, ["finetune", "linear_probe"])
-        [b_probe] = _project_with_jobs(b, ["linear_probe"])
+        finetune, a_probe = project_with_jobs(api.client, ["finetune", "linear_probe"])
+        [b_probe] = project_with_jobs(b, ["linear_probe"])
     with session_scope(settings.resolved_database_url) as db:
         assert jobs_service.next_fair(db=db, queue="train") == a_probe["id"]
         assert jobs_service.claim(db=db, job_id=finetune["id"], stale_after=60) is not None
