@@ -34,12 +34,12 @@ def console(settings: Settings) -> Iterator[tuple[str, threading.Event]]:
     once the event is set, so the test sees the job page before the job moves."""
     go = threading.Event()
 
-    def work(job_id: str) -> None:
+    def work(job_id: str, queue: str) -> None:
         go.wait(120)
-        run_job(job_id, settings=settings)
+        run_job(job_id, settings=settings, queue=queue)
 
-    def enqueue(job_id: str) -> None:
-        threading.Thread(target=work, args=(job_id,), daemon=True).start()
+    def enqueue(job_id: str, queue: str) -> None:
+        threading.Thread(target=work, args=(job_id, queue), daemon=True).start()
 
     with serve(create_app(settings, enqueue=enqueue)) as url:
         yield url, go

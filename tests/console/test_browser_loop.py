@@ -30,8 +30,10 @@ def served(settings: Settings) -> Iterator[str]:
     """The app on a real server; a job it enqueues runs on a thread through the worker's
     own :func:`worker.runner.run_job`."""
 
-    def enqueue(job_id: str) -> None:
-        threading.Thread(target=run_job, args=(job_id,), kwargs={"settings": settings}).start()
+    def enqueue(job_id: str, queue: str) -> None:
+        threading.Thread(
+            target=run_job, args=(job_id,), kwargs={"settings": settings, "queue": queue}
+        ).start()
 
     with serve(create_app(settings, enqueue=enqueue)) as url:
         yield url
