@@ -63,10 +63,10 @@ def test_workers_picking_at_once_get_different_jobs(fair_settings: Settings) -> 
         jobs = _queue(api.client, 2)
     url = fair_settings.resolved_database_url
     with session_scope(url) as first, session_scope(url) as second:
-        picked = jobs_service.next_fair(db=first)
+        picked = jobs_service.next_fair(db=first, queue="train")
         assert picked == jobs[0]
         if first.get_bind().dialect.name == "postgresql":
-            assert jobs_service.next_fair(db=second) == jobs[1]
+            assert jobs_service.next_fair(db=second, queue="train") == jobs[1]
         claimed = jobs_service.claim_next(db=first, job_id=jobs[1], stale_after=60)
         assert claimed is not None and claimed[0] == jobs[0]
         again = jobs_service.claim_next(db=second, job_id=jobs[0], stale_after=60)
