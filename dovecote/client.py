@@ -346,3 +346,36 @@ class Client:
         out = Path(path)
         out.write_bytes(response.content)
         return out
+
+    # --- webhooks (signed POSTs when events happen; docs/API.md "Webhooks") --------------
+
+    def create_webhook(
+        self,
+        url: str,
+        *,
+        project_id: str | None = None,
+        events: Sequence[str] = ("job.finished",),
+    ) -> Json:
+        """Register ``url`` for ``events`` of one project (or, ``project_id`` None, of every
+        project of the tenant). The answer's ``secret`` signs the bodies and is shown only
+        here: keep it."""
+        path = f"/v1/projects/{project_id}/webhooks" if project_id else "/v1/webhooks"
+        body = {"url": url, "events": list(events)}
+        return self._json("POST", path, json=body)  # type: ignore[no-any-return]
+
+    def webhooks(self, project_id: str | None = None) -> list[Json]:
+        """The project's own webhooks; ``project_id`` None: every webhook of the tenant."""
+        return list(
+            self._pages(f"/v1/projects/{project_id}/webhooks" if project_id else "/v1/webhooks")
+        )
+
+    def webhook(self, webhook_id: str) -> Json:
+        return self._json("GET", f"/v1/webhooks/{webhook_id}")  # type: ignore[no-any-return]
+
+    def delete_webhook(self, webhook_id: str) -> None:
+        """Delete the webhook and its deliveries (pending ones are not sent)."""
+        self._request("DELETE", f"/v1/webhooks/{webhook_id}")
+
+    def webhook_deliveries(self, webhook_id: str) -> list[Json]:
+        """The webhook's deliveries, oldest first, with each attempt's outcome."""
+        return list(self._pages(f"/v1/webhooks/{webhook_id}/deliveries"))

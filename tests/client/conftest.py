@@ -44,6 +44,8 @@ def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Served]:
         "DOVECOTE_API_KEY": KEY,
         "DOVECOTE_FEATURE_BATCH_SIZE": "8",
         "DOVECOTE_TORCH_THREADS": "1",
+        "DOVECOTE_WEBHOOK_ALLOW_PRIVATE": "true",  # the webhook test's receiver is local
+        "DOVECOTE_WEBHOOK_POLL_SECONDS": "0.2",
     }
     env.pop("DOVECOTE_DATABASE_URL", None)
     with log.open("ab") as out:

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import hashlib
+import hmac
+import time
 from pathlib import Path
 
 import onnx
@@ -9,6 +12,7 @@ import pytest
 
 from dovecote.client import Client, InvalidInput, NotFound, Unauthorized
 from tests.client.conftest import Served
+from tests.receiver import receiver
 
 pytestmark = pytest.mark.integration
 
@@ -63,3 +67,39 @@ def test_client_errors_are_typed(served: Served) -> None:
         with pytest.raises(InvalidInput) as no_method:
             dc.train(project["id"], "magic")
         assert no_method.value.code == "unknown_method" and no_method.value.status == 422
+
+
+def test_client_webhooks(served: Served, photo_folder: Path) -> None:
+    """Register (project and tenant-wide), list, read, a signed delivery of a job's end as
+    the worker of ``dovecote serve`` sends it, deliveries, delete; a refused URL is typed."""
+    with Client(served.url, served.key) as dc, receiver() as hook:
+        project = dc.create_project("hooked")
+        mine = dc.create_webhook(hook.url, project_id=project["id"])
+        assert mine["secret"].startswith("whsec_") and mine["project_id"] == project["id"]
+        everywhere = dc.create_webhook("http://127.0.0.1:9/all", events=["model.drift"])
+        assert everywhere["project_id"] is None
+        assert [w["id"] for w in dc.webhooks(project["id"])] == [mine["id"]]
+        assert {w["id"] for w in dc.webhooks()} >= {mine["id"], everywhere["id"]}
+        assert "secret" not in dc.webhook(mine["id"])
+
+        dc.upload(project["id"], photo_folder)
+        job = dc.wait(dc.train(project["id"], "knn", params={"k": 3})["id"])
+        (received,) = hook.wait_for(1)
+        signature = (
+            "sha256=" + hmac.new(mine["secret"].encode(), received.body, hashlib.sha256).hexdigest()
+        )
+        assert received.headers["Dovecote-Signature"] == signature
+        deadline = time.monotonic() + 30
+        while (delivered := dc.webhook_deliveries(mine["id"]))[0]["status"] == "pending":
+            assert time.monotonic() < deadline, delivered
+            time.sleep(0.2)
+        assert [(d["event"], d["status"]) for d in delivered] == [("job.finished", "succeeded")]
+        assert delivered[0]["body"]["data"]["job"]["id"] == job["id"]
+        assert dc.webhook_deliveries(everywhere["id"]) == []  # not subscribed to job.finished
+
+        dc.delete_webhook(mine["id"])
+        with pytest.raises(NotFound):
+            dc.webhook(mine["id"])
+        with pytest.raises(InvalidInput) as refused:
+            dc.create_webhook("file:///etc/passwd")
+        assert refused.value.code == "webhook_url_refused" and refused.value.status == 422
