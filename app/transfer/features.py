@@ -40,6 +40,9 @@ class FeatureCache:
     def _path(self, key: str) -> Path:
         return self.dir / key[:2] / f"{key}.npy"
 
+    def has(self, key: str) -> bool:
+        return self._path(key).is_file()
+
     def get(self, key: str) -> np.ndarray | None:
         try:
             return np.load(self._path(key), allow_pickle=False)
@@ -127,13 +130,19 @@ def _read_graph(path: Path) -> bytes | None:
         return None
 
 
+def write_atomically(path: Path, data: bytes) -> None:
+    """Write ``data`` to ``path`` through a temporary file and a rename: readers never see
+    half a file, concurrent writers agree. Raises ``OSError``."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".tmp")
+    with os.fdopen(fd, "wb") as f:
+        f.write(data)
+    os.replace(tmp, path)
+
+
 def _write_graph(path: Path, graph: bytes) -> None:
     try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".tmp")
-        with os.fdopen(fd, "wb") as f:
-            f.write(graph)
-        os.replace(tmp, path)  # readers never see half a graph; concurrent writers agree
+        write_atomically(path, graph)
     except OSError:
         log.warning("cannot cache the inference graph at %s", path, exc_info=True)
 

@@ -11,12 +11,16 @@ import torch
 
 from app.errors import ClassTooSmall, SourceHasNoLabels, TargetHasNoImages
 from app.transfer import Predictor, TrainedModel, TrainingData, get_method
+from app.transfer.backbones import load_backbone
 from app.transfer.data import Sample
+from app.transfer.domain import ON_ADABN
+from app.transfer.domain.adabn import estimate_statistics
 from app.transfer.domain.base import fit_linear
 from app.transfer.domain.coral import coral_transform
 from app.transfer.domain.dann import GradientReverse, grl_schedule
 from app.transfer.domain.gap import proxy_a_distance
 from app.transfer.domain.self_training import pseudo_labels
+from app.transfer.preprocess import load_for_model
 from tests.factories import digit_domain_pair, digit_images
 
 DA = get_method("domain_adaptation")
@@ -59,14 +63,20 @@ def test_adaptation_beats_source_only_on_mnist_to_uci_digits(
         print("\n" + table(m))
     assert m["validation"] == "test-split" and m["n_validation"] == 200 and m["n_train"] == 300
     assert m["n_target_unlabeled"] == 300
-    assert set(m["candidates"]) == {"source_only", "coral", "dann", "self_training"}
+    assert set(m["candidates"]) == {"source_only", "coral", "dann", "self_training", *ON_ADABN}
     assert m["baseline"] == m["source_only"] and m["source_only"]["name"] == "source_only"
     # CORAL or DANN beats source-only on the target test labels, by a clear margin ...
     best_aligned = max(m["candidates"][a]["target_accuracy"] for a in ("coral", "dann"))
     assert best_aligned >= m["candidates"]["source_only"]["target_accuracy"] + 0.05
+    # ... so does AdaBN, alone (its statistics close most of the domain gap) and combined ...
+    adabn = m["candidates"]["adabn"]
+    assert adabn["target_accuracy"] >= m["candidates"]["source_only"]["target_accuracy"] + 0.05
+    assert adabn["domain_gap_after"] <= m["domain_gap"]["before"] - 1.0
     # ... and reverse validation, which never saw a target label, picked a winner over it.
     by_rv = m["reverse_validation"]["by_algorithm"]
-    assert m["selected"] == max(by_rv, key=by_rv.__getitem__) in {"coral", "dann"}
+    assert (
+        m["selected"] == max(by_rv, key=by_rv.__getitem__) not in {"source_only", "self_training"}
+    )
     assert m["accuracy"] >= m["source_only"]["accuracy"] + 0.05
     assert m["negative_transfer"] is False
     # A real gap, measured before and after.
@@ -96,12 +106,42 @@ def test_target_test_labels_never_train_or_select(
 
 def test_served_artifact_predicts_target_images(adapted: TrainedModel) -> None:
     files = adapted.to_files()
-    assert set(files) == {"model.json", "head.safetensors"}
+    adabn = adapted.metrics["selected"] in ON_ADABN  # serves the target's BatchNorm statistics
+    assert set(files) == {"model.json", "head.safetensors"} | (
+        {"backbone.safetensors"} if adabn else set()
+    )
     loaded = TrainedModel.from_files(files.__getitem__)
     assert loaded.metrics == adapted.metrics and loaded.classes == [str(c) for c in range(10)]
-    images = [png for _, png in digit_images(1, offset=100, smooth=True)]
-    preds = Predictor().predict("da", files.__getitem__, images, top_k=3)
-    assert len(preds) == 10 and all(len(p.scores) == 3 for p in preds)
+    test = digit_images(20, offset=30, smooth=True)  # the pair's target test images
+    preds = Predictor().predict("da", files.__getitem__, [png for _, png in test], top_k=3)
+    assert len(preds) == 200 and all(len(p.scores) == 3 for p in preds)
+    served = np.mean([p.label == label for p, (label, _) in zip(preds, test, strict=True)])
+    assert served == pytest.approx(adapted.metrics["accuracy"], abs=0.011)
+
+
+def test_adabn_moves_batchnorm_statistics_to_the_target_moments() -> None:
+    """Inverted UCI digits (light background): after the pass, the first BatchNorm layer's
+    running mean and variance are the per-channel moments of its input on those images,
+    far from ImageNet's; no weight moved."""
+    backbone = load_backbone("efficientnet_lite0")
+    network = backbone.model
+    x = torch.stack([
+        load_for_model(png, backbone.preprocessing, max_pixels=10**6)
+        for _, png in digit_images(2, smooth=True)
+    ])  # fmt: skip
+    x = 1.0 - x  # inverted: white paper, dark ink
+    weights = {k: v.clone() for k, v in network.named_parameters()}
+    bn = network.bn1
+    before = bn.running_mean.clone(), bn.running_var.clone()
+    with torch.no_grad():
+        stem = network.conv_stem(x)  # the first BatchNorm's input
+    estimate_statistics(network, [x])
+    mean, var = stem.mean(dim=(0, 2, 3)), stem.var(dim=(0, 2, 3), unbiased=True)
+    assert torch.allclose(bn.running_mean, mean, atol=1e-4, rtol=1e-4)
+    assert torch.allclose(bn.running_var, var, atol=1e-4, rtol=1e-3)
+    assert (bn.running_mean - before[0]).abs().max() > 0.1
+    assert not network.training and not bn.training and bn.momentum == 0.1
+    assert all(torch.equal(v, weights[k]) for k, v in network.named_parameters())
 
 
 def test_dann_can_finetune_the_last_block_and_serves_it() -> None:

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
@@ -19,37 +19,46 @@ from torch import nn
 from app.transfer.heads import Head, LinearHead
 from app.transfer.methods.linear_probe import LinearProbe, LinearProbeParams
 
+if TYPE_CHECKING:
+    from app.transfer.domain.adabn import DomainStatistics
+
 #: A class missing from a training set gets this bias: its probability is ~e^-30.
 _ABSENT_BIAS = -30.0
 
 
 @dataclass(frozen=True)
 class Pool:
-    """Every image of a job, by row: frozen features ``(N, D)``; and for the algorithms that
+    """Every image of a job, by row: frozen features ``(N, D)``; for the algorithms that
     finetune the backbone, ``images(rows)`` (preprocessed ``(n, 3, H, W)``) and
-    ``load_network()`` (a fresh pretrained timm network)."""
+    ``load_network()`` (a fresh pretrained timm network); for AdaBN, ``adabn`` (each row's
+    features with its own domain's BatchNorm statistics; None: the backbone has none)."""
 
     feats: np.ndarray
     images: Callable[[np.ndarray], torch.Tensor] | None = None
     load_network: Callable[[], nn.Module] | None = None
+    adabn: DomainStatistics | None = None
 
 
 @dataclass
 class Adapted:
     """A classifier adapted to one target.
 
-    ``head`` reads the frozen features, or the features of ``network`` (a finetuned
-    backbone) when there is one. ``aligned()`` returns the source and target rows it was
-    fit on, in the representation its classifier was trained in (what the domain gap is
-    measured on after adaptation).
+    ``head`` reads ``feats`` (features of every pool row, computed beforehand: AdaBN's)
+    when there are, else the frozen features, or the features of ``network`` (a finetuned
+    backbone) when there is one; ``network`` is what the model serves. ``aligned()``
+    returns the source and target rows it was fit on, in the representation its
+    classifier was trained in (what the domain gap is measured on after adaptation).
     """
 
     head: Head
     aligned: Callable[[], tuple[np.ndarray, np.ndarray]]
     network: nn.Module | None = None
+    feats: np.ndarray | None = None
 
     @torch.inference_mode()
     def features(self, pool: Pool, rows: np.ndarray, batch_size: int = 32) -> np.ndarray:
+        if self.feats is not None:
+            return self.feats[rows]
         if self.network is None:
             return pool.feats[rows]
         assert pool.images is not None

@@ -5,10 +5,11 @@ the ``test`` split are the unlabeled target (their labels, if any, are not read)
 target images in the ``test`` split only *report* the true target accuracy — they are
 never trained on, adapted to, or used to select anything.
 
-Every candidate — ``source_only`` always, then ``coral``, ``dann`` and ``self_training``
-(all of them with ``algorithm: auto``, else the one named), each over its hyperparameter
-grid — is scored by reverse validation on a stratified source holdout
-(:mod:`app.transfer.domain.reverse_validation`). The best configuration of each algorithm
+Every candidate — ``source_only`` always, then ``coral``, ``dann``, ``self_training`` and,
+on a backbone with BatchNorm, ``adabn``, ``adabn_coral`` and ``adabn_self_training`` (all
+of them with ``algorithm: auto``, else the one named), each over its hyperparameter grid
+(the AdaBN combinations over their inner algorithm's) — is scored by reverse validation
+on a stratified source holdout (:mod:`app.transfer.domain.reverse_validation`). The best configuration of each algorithm
 is kept; ``auto`` selects the algorithm with the best score. The selection and the
 ``source_only`` baseline are refit on all source images and measured on the target test
 split when there is one (``validation: test-split``), else on the source holdout
@@ -30,11 +31,11 @@ import torch
 from pydantic import Field
 from torch import nn
 
-from app.errors import ClassTooSmall, SourceHasNoLabels, TargetHasNoImages
+from app.errors import ClassTooSmall, InvalidParams, SourceHasNoLabels, TargetHasNoImages
 from app.transfer.artifacts import TrainedModel
 from app.transfer.backbones import Backbone, load_backbone, require_trainable
 from app.transfer.data import Progress, Sample, TrainingData, no_progress, sub_progress
-from app.transfer.domain import ALGORITHMS, Adapted, Pool, Task
+from app.transfer.domain import ALGORITHMS, ON_ADABN, Adapted, DomainStatistics, Pool, Task
 from app.transfer.domain.base import accuracy, source_only
 from app.transfer.domain.gap import proxy_a_distance
 from app.transfer.domain.reverse_validation import ReverseValidation, reverse_validate
@@ -51,7 +52,16 @@ LOW_SOURCE_ACCURACY = 0.7
 
 
 class DomainAdaptationParams(MethodParams):
-    algorithm: Literal["auto", "source_only", "coral", "dann", "self_training"] = Field(
+    algorithm: Literal[
+        "auto",
+        "source_only",
+        "coral",
+        "dann",
+        "self_training",
+        "adabn",
+        "adabn_coral",
+        "adabn_self_training",
+    ] = Field(
         "auto",
         description="The algorithm, or `auto`: the best by reverse validation "
         "(named in `metrics.selected`). `source_only` is always computed beside it.",
@@ -100,7 +110,9 @@ class DomainAdaptationParams(MethodParams):
     seed: Seed = 0
 
     def grid(self, algorithm: str) -> list[dict[str, Any]]:
-        """The configurations of ``algorithm`` that reverse validation chooses among."""
+        """The configurations of ``algorithm`` that reverse validation chooses among (an
+        AdaBN combination: its inner algorithm's)."""
+        algorithm = ON_ADABN.get(algorithm, algorithm)
         common: dict[str, Any] = {"C": self.C}
         axes: dict[str, list[Any]] = {
             "source_only": {},
@@ -182,8 +194,16 @@ def _problem(data: TrainingData, backbone: Backbone, progress: Progress) -> _Pro
     def labels(group: list[Sample]) -> np.ndarray:
         return np.array([classes.index(s.label) for s in group], dtype=np.int64)  # type: ignore[arg-type]
 
+    adabn = None
+    if DomainStatistics.applies_to(backbone):  # source rows by the source's statistics,
+        adabn = DomainStatistics(  # target and target test rows by the unlabeled target's
+            backbone, samples, data.load_bytes,
+            [(np.arange(ns), np.arange(ns)), (np.arange(ns, ns + nt), np.arange(ns, len(samples)))],
+            served=1, max_pixels=data.max_pixels, batch_size=data.batch_size,
+            cache_dir=data.feature_cache_dir,
+        )  # fmt: skip
     task = Task(
-        Pool(feats, images, load_network), source=np.arange(ns), y=labels(groups[0]),
+        Pool(feats, images, load_network, adabn), source=np.arange(ns), y=labels(groups[0]),
         target=np.arange(ns, ns + nt), n_classes=len(classes),
     )  # fmt: skip
     return _Problem(classes, task, np.arange(ns + nt, len(samples)), labels(groups[2]))
@@ -198,8 +218,8 @@ def _public(config: dict[str, Any]) -> dict[str, Any]:
 class DomainAdaptation(Method):
     name = "domain_adaptation"
     summary = (
-        "Labeled source + unlabeled target images: CORAL, DANN or self-training, "
-        "chosen by reverse validation."
+        "Labeled source + unlabeled target images: CORAL, DANN, self-training, AdaBN and "
+        "its combinations, chosen by reverse validation."
     )
     Params = DomainAdaptationParams
     example_params: ClassVar[dict[str, Any]] = {"algorithm": "coral"}
@@ -212,6 +232,8 @@ class DomainAdaptation(Method):
     def check(self, data: TrainingData, params: MethodParams) -> None:
         self.check_data(data)
         if self.trains_backbone(params):
+            require_trainable(data.backbone)
+        if params.algorithm in ON_ADABN:  # a network whose statistics can be re-estimated
             require_trainable(data.backbone)
 
     def check_data(self, data: TrainingData) -> None:
@@ -247,7 +269,19 @@ class DomainAdaptation(Method):
         backbone = shared_backbone(data.backbone, data.weights_dir, data.allow_hub)
         pb = _problem(data, backbone, sub_progress(progress, 0.0, 0.3))
         task = pb.task
-        sel = _select(pb, p, progress)
+        algorithms = p.algorithms()
+        if task.pool.adabn is None:  # a backbone without BatchNorm: AdaBN changes nothing
+            if p.algorithm in ON_ADABN:
+                raise InvalidParams(
+                    f"Backbone {data.backbone!r} has no BatchNorm layers: {p.algorithm} "
+                    "cannot re-estimate their statistics. Choose another algorithm or backbone."
+                )
+            algorithms = [a for a in algorithms if a not in ON_ADABN]
+        elif any(a in ON_ADABN for a in algorithms):
+            stage = "AdaBN: BatchNorm statistics of each domain"
+            progress(0.3, stage)
+            task.pool.adabn.features(lambda: progress(0.3, stage))
+        sel = _select(pb, p, algorithms, progress)
         selected = (
             max(sel.best, key=lambda a: sel.best[a].rv.score)
             if p.algorithm == "auto"
@@ -325,17 +359,19 @@ class _Selection:
     no_holdout: bool  # too few source images: scored on the training rows
 
 
-def _select(pb: _Problem, p: DomainAdaptationParams, progress: Progress) -> _Selection:
-    """Reverse-validate every configuration of every algorithm on one source holdout."""
+def _select(
+    pb: _Problem, p: DomainAdaptationParams, algorithms: list[str], progress: Progress
+) -> _Selection:
+    """Reverse-validate every configuration of ``algorithms`` on one source holdout."""
     task = pb.task
     s_train, s_hold = stratified_holdout(task.source, task.y, p.source_holdout_fraction, p.seed)
     no_holdout = not len(s_hold)
     if no_holdout:
         s_train, s_hold = task.source, task.source
     forward_task = dataclasses.replace(task, source=s_train, y=task.y[s_train])
-    runs = [(a, c) for a in p.algorithms() for c in p.grid(a)]
+    runs = [(a, c) for a in algorithms for c in p.grid(a)]
     best: dict[str, _Best] = {}
-    candidates: dict[str, dict[str, Any]] = {a: {"configs": []} for a in p.algorithms()}
+    candidates: dict[str, dict[str, Any]] = {a: {"configs": []} for a in algorithms}
     for k, (algorithm, config) in enumerate(runs):
         stage, fraction = f"reverse validation: {algorithm}", 0.3 + 0.6 * k / len(runs)
         progress(fraction, stage)
