@@ -57,6 +57,20 @@ def photo_jpegs(
     return out
 
 
+def write_readme_block(name: str, title: str, lines: list[str]) -> None:
+    """Put ``lines`` into ``bench/README.md`` between the ``<!-- name:begin/end -->``
+    markers, or, the first time, under a new section ``title`` at its end."""
+    readme = ROOT / "bench" / "README.md"
+    begin, end = f"<!-- {name}:begin -->", f"<!-- {name}:end -->"
+    text = readme.read_text()
+    block = "\n".join([begin, *lines, end])
+    if begin in text:
+        text = text[: text.index(begin)] + block + text[text.index(end) + len(end) :]
+    else:
+        text = text.rstrip("\n") + f"\n\n## {title}\n\n" + block + "\n"
+    readme.write_text(text)
+
+
 def percentile(values: list[float], q: float) -> float:
     return float(np.percentile(np.asarray(values), q))
 

@@ -29,13 +29,11 @@ from app.transfer import get_method
 from app.transfer.data import Sample, TrainingData
 from app.transfer.features import extract_features
 from app.transfer.methods.base import shared_backbone
-from bench._common import ROOT, machine
+from bench._common import machine, write_readme_block
 from bench.suite_data import DATASETS, SuiteData
 from tests.factories import content_key, encode
 
 FROZEN = ("knn", "linear_probe")
-README = ROOT / "bench" / "README.md"
-BEGIN, END = "<!-- transfer-suite:begin -->", "<!-- transfer-suite:end -->"
 
 
 def _blobs(d: SuiteData) -> tuple[list[Sample], dict[str, bytes]]:
@@ -96,7 +94,9 @@ def main() -> None:
     parser.add_argument("--finetune-params", type=json.loads, default={})
     parser.add_argument("--tag", default="", help="names a finetune variant in the cache")
     parser.add_argument("--fresh", nargs="*", default=[], help="methods to recompute")
-    parser.add_argument("--cache", type=Path, default=Path(tempfile.gettempdir()) / "dovecote-suite")
+    parser.add_argument(
+        "--cache", type=Path, default=Path(tempfile.gettempdir()) / "dovecote-suite"
+    )
     parser.add_argument("--no-readme", action="store_true")
     args = parser.parse_args()
     shots_list = args.shots or ([5, 20] if args.quick else [1, 5, 20])
@@ -148,7 +148,7 @@ def main() -> None:
     lines = render(table, args, shots_list, n_seeds, n_test, seconds)
     print("\n".join(lines))
     if not args.no_readme:
-        write_readme(lines)
+        write_readme_block("transfer-suite", "Transfer suite", lines)
 
 
 def render(
@@ -187,16 +187,6 @@ def render(
         }
         lines.append(row("**suite mean**", shots, means))
     return lines
-
-
-def write_readme(lines: list[str]) -> None:
-    text = README.read_text()
-    block = "\n".join([BEGIN, *lines, END])
-    if BEGIN in text:
-        text = text[: text.index(BEGIN)] + block + text[text.index(END) + len(END) :]
-    else:
-        text = text.rstrip("\n") + "\n\n## Transfer suite\n\n" + block + "\n"
-    README.write_text(text)
 
 
 if __name__ == "__main__":
