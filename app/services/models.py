@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
@@ -14,11 +16,24 @@ from app.errors import InvalidInput, TeacherNotInProject
 from app.services import aliases, backbones
 from app.services.scoping import get_owned, list_in_project
 from app.storage import BlobStore, open_store
-from app.transfer.artifacts import TrainedModel
+from app.transfer.artifacts import TrainedModel, is_shared_file
 
 
 def artifact_prefix(project_id: str, model_id: str) -> str:
     return f"models/{project_id}/{model_id}"
+
+
+def artifact_key(prefix: str, name: str) -> str:
+    """The blob key of artifact file ``name`` of the model at ``prefix``: under the prefix,
+    except shared tensors, stored once at the store's root for every model that uses them
+    (never deleted with a model: they hold no tenant data, only tensors derived from a
+    registry backbone and ImageNet's class texts)."""
+    return name if is_shared_file(name) else f"{prefix}/{name}"
+
+
+def artifact_reader(store: BlobStore, prefix: str) -> Callable[[str], bytes]:
+    """``read(name)`` of the artifact at ``prefix`` (:meth:`TrainedModel.from_files`)."""
+    return lambda name: store.get(artifact_key(prefix, name))
 
 
 def save_trained(
@@ -38,7 +53,9 @@ def save_trained(
     model_id = new_id("mdl")
     prefix = artifact_prefix(job.project_id, model_id)
     for name, data in trained.to_files().items():
-        store.put(f"{prefix}/{name}", data)
+        key = artifact_key(prefix, name)
+        if not (is_shared_file(name) and store.exists(key)):  # content-addressed: written once
+            store.put(key, data)
     model = Model(
         id=model_id,
         project_id=job.project_id,
@@ -85,7 +102,7 @@ def load_trained(*, settings: Settings, project_id: str, model_id: str) -> Train
             )
         prefix = model.artifact_prefix
     store = open_store(settings.resolved_storage_url)
-    return TrainedModel.from_files(lambda name: store.get(f"{prefix}/{name}"))
+    return TrainedModel.from_files(artifact_reader(store, prefix))
 
 
 def set_default(

@@ -21,6 +21,7 @@ from app.errors import (
 )
 from app.services import aliases
 from app.services.images import Rejection
+from app.services.models import artifact_reader
 from app.storage import BlobStore
 from app.transfer.backbones import DEFAULT_BACKBONE
 from app.transfer.export import FORMATS as EXPORT_FORMATS
@@ -120,7 +121,7 @@ def predict(
 
     def run(images: list[bytes]) -> list[Prediction]:
         return get_predictor(settings).predict(
-            model.id, lambda name: store.get(f"{prefix}/{name}"), images,
+            model.id, artifact_reader(store, prefix), images,
             top_k=top_k, reject_below=reject_below, negative=negative,
         )  # fmt: skip
 
@@ -189,7 +190,7 @@ def localize(
         )
     prefix = model.artifact_prefix
     return get_predictor(settings).localize(
-        model.id, lambda name: store.get(f"{prefix}/{name}"), images, labels, threshold=threshold
+        model.id, artifact_reader(store, prefix), images, labels, threshold=threshold
     )
 
 
@@ -199,7 +200,7 @@ def evict(*, settings: Settings, model_id: str) -> None:
 
 def export(*, settings: Settings, store: BlobStore, model: Model, fmt: ExportFormat) -> bytes:
     prefix = model.artifact_prefix
-    return get_predictor(settings).export(model.id, lambda name: store.get(f"{prefix}/{name}"), fmt)
+    return get_predictor(settings).export(model.id, artifact_reader(store, prefix), fmt)
 
 
 def export_file(

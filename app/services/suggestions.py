@@ -17,6 +17,7 @@ from app.db.models import Image, Model, Project, StoredPrediction
 from app.errors import InvalidInput
 from app.services import aliases
 from app.services.images import blob_key
+from app.services.models import artifact_reader
 from app.services.predict import get_predictor
 from app.storage import BlobStore
 from app.transfer.active import margins, rank_scored
@@ -78,7 +79,7 @@ def suggest(
     project_id, prefix = project.id, model.artifact_prefix
     feats, probs, labeled_feats = get_predictor(settings).pool_scores(
         model.id,
-        lambda name: store.get(f"{prefix}/{name}"),
+        artifact_reader(store, prefix),
         [Sample(key=sha) for sha in shas],
         lambda s: store.get(blob_key(project_id, s.key)),
         cache_dir=settings.feature_cache_dir,

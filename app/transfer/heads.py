@@ -27,6 +27,9 @@ class TaskSpec:
 
 class Head(nn.Module):
     head_type: ClassVar[str]
+    #: Tensors that are not the model's own but the same in many models (derived from the
+    #: backbone or from fixed texts): artifacts store them once per installation, by content.
+    shared_buffers: ClassVar[tuple[str, ...]] = ()
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
@@ -162,6 +165,7 @@ class ConSEHead(Head):
     """
 
     head_type = "conse"
+    shared_buffers = ("imagenet_weight", "imagenet_bias", "source")
 
     def __init__(
         self, imagenet_weight: torch.Tensor, imagenet_bias: torch.Tensor, source: torch.Tensor,
@@ -206,6 +210,7 @@ class ImageNetSumHead(Head):
     """
 
     head_type = "imagenet_sum"
+    shared_buffers = ("imagenet_weight", "imagenet_bias")
 
     def __init__(
         self, imagenet_weight: torch.Tensor, imagenet_bias: torch.Tensor, membership: torch.Tensor

@@ -22,7 +22,7 @@ import torch
 from torch import nn
 
 from app.errors import NoRejectDefault
-from app.transfer.artifacts import TrainedModel
+from app.transfer.artifacts import TrainedModel, shared_tensor
 from app.transfer.backbones import Backbone, load_backbone
 from app.transfer.data import Sample
 from app.transfer.export import ExportFormat, export_model
@@ -141,6 +141,18 @@ class SharedTensors:
             kept = self._tensors.get(key)
             if kept is None or kept.device != tensor.device:
                 self._tensors[key] = kept = tensor
+        return kept
+
+    def by_digest(self, digest: str, load: Callable[[], torch.Tensor]) -> torch.Tensor:
+        """The stored shared tensor of sha256 ``digest`` (:mod:`app.transfer.artifacts`):
+        the copy held already, else ``load()``'s."""
+        key = (digest, "stored", ())
+        with self._lock:
+            kept = self._tensors.get(key)
+        if kept is None:
+            kept = self.share(load())
+            with self._lock:
+                self._tensors[key] = kept
         return kept
 
     def share_buffers(self, module: nn.Module) -> None:
@@ -370,7 +382,9 @@ class Predictor:
         return self.models.get_or_load(model_key, lambda: self._read_model(read))
 
     def _read_model(self, read: Callable[[str], bytes]) -> TrainedModel:
-        model = TrainedModel.from_files(read)
+        model = TrainedModel.from_files(
+            read, lambda digest: self.shared.by_digest(digest, lambda: shared_tensor(read, digest))
+        )
         self.shared.share_buffers(model.head)
         return model
 

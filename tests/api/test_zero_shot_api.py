@@ -7,7 +7,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from tests.api.helpers import assert_problem, digit
+from tests.api.helpers import assert_problem, blob_files, digit
 from tests.conftest import Api, make_settings, migrate
 from tests.factories import digit_images, encode, photo
 
@@ -100,3 +100,21 @@ def test_negative_class_and_the_models_own_threshold(api: Api) -> None:
     r = api.client.post(f"/v1/projects/{pid}/predict", files=files(probes[0]))
     (again,) = r.json()["predictions"]
     assert again["label"] == "0" and again["negative"] is False
+
+
+def test_zero_shot_models_store_the_imagenet_parts_once(names_only: tuple[Api, str, dict]) -> None:
+    """A second zero-shot model adds only its own small head to the blob store; deleting a
+    model keeps the shared tensors the others still read."""
+    api, pid, first = names_only
+    before = blob_files(api.settings)
+    shared = {b for b in before if b.startswith("shared-tensors/")}
+    assert shared  # the backbone's ImageNet classifier, ImageNet's text vectors
+    second = api.train(pid, "zero_shot")
+    added = blob_files(api.settings) - before
+    assert added and all(b.startswith(f"models/{pid}/{second['model_id']}/") for b in added)
+    root = api.settings.data_dir / "blobs"
+    assert sum((root / b).stat().st_size for b in added) < 64 * 1024
+    assert api.client.delete(f"/v1/models/{second['model_id']}").status_code == 204
+    assert shared <= blob_files(api.settings)
+    r = api.client.post(f"/v1/models/{first['model_id']}/predict", files=files(*PROBES))
+    assert [p["label"] for p in r.json()["predictions"]] == ["cat", "coffee", "rocket"]
