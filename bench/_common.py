@@ -110,6 +110,8 @@ def dovecote_serve(log_name: str = "serve.log") -> Iterator[Server]:
     import httpx
 
     exe = Path(sys.executable).with_name("dovecote")
+    # `python -m app.cli` where the package is not installed (a checkout on PYTHONPATH)
+    command = [str(exe)] if exe.exists() else [sys.executable, "-m", "app.cli"]
     port = free_port()
     with tempfile.TemporaryDirectory(prefix="dovecote-bench-") as tmp:
         data_dir = Path(tmp)
@@ -117,7 +119,7 @@ def dovecote_serve(log_name: str = "serve.log") -> Iterator[Server]:
         log = open(data_dir / log_name, "wb")  # noqa: SIM115 - closed below
         started = time.perf_counter()
         proc = subprocess.Popen(
-            [str(exe), "serve", "--data-dir", str(data_dir), "--port", str(port)],
+            [*command, "serve", "--data-dir", str(data_dir), "--port", str(port)],
             env=env, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
         )  # fmt: skip
         url = f"http://127.0.0.1:{port}"

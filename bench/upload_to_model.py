@@ -7,7 +7,10 @@ classes x 20 images, scikit-learn digits upscaled to 64x64) to ``/images``, POST
 
 Runs: ``cold`` (the worker's first job: it loads and prepares the backbone), ``warm``
 (a second project with other images: backbone loaded, features not cached) and
-``retrain`` (the first project again: every feature comes from the cache).
+``retrain`` (the first project again: every feature comes from the cache). ``plain``: the
+script a user would write instead, in this process (imports done): read the zip, load the
+same timm network and weights, embed the images in batches of 32, fit scikit-learn's
+``LogisticRegression``; each Dovecote run's ratio is against it.
 
     python -m bench.upload_to_model
 """
@@ -36,6 +39,35 @@ def digits_zip(per_class: int, offset: int) -> bytes:
             pixels = np.kron((d.images[i] * 255 / 16).astype(np.uint8), np.ones((8, 8), np.uint8))
             members[f"{c}/{i:04d}.png"] = encode(pixels)
     return make_zip(members)
+
+
+def plain_script(archive: bytes) -> float:
+    """Seconds for the plain timm + scikit-learn script on ``archive``."""
+    import io
+    import zipfile
+
+    import torch
+    from PIL import Image
+    from sklearn.linear_model import LogisticRegression
+
+    from app.transfer.backbones import DEFAULT_BACKBONE, load_backbone
+    from app.transfer.preprocess import eval_transform
+
+    t0 = time.perf_counter()
+    with zipfile.ZipFile(io.BytesIO(archive)) as z:
+        names = [n for n in z.namelist() if n.endswith(".png")]
+        images = [Image.open(io.BytesIO(z.read(n))).convert("RGB") for n in names]
+    labels = [n.split("/")[0] for n in names]
+    backbone = load_backbone(DEFAULT_BACKBONE)
+    model = backbone.model.eval()
+    transform = eval_transform(backbone.preprocessing)
+    feats = []
+    with torch.inference_mode():
+        for i in range(0, len(images), 32):
+            x = torch.stack([transform(im) for im in images[i : i + 32]])
+            feats.append(model.forward_head(model.forward_features(x), pre_logits=True))
+    LogisticRegression(max_iter=1000).fit(torch.cat(feats).numpy(), labels)
+    return time.perf_counter() - t0
 
 
 def run(http: Any, project_id: str | None, archive: bytes | None, name: str) -> dict[str, Any]:
@@ -95,15 +127,19 @@ def main() -> None:
             "warm": run(http, None, second, "bench-warm"),
         }
         results["retrain"] = run(http, results["cold"]["project_id"], None, "")
+    plain = plain_script(second)
     print(
-        f"{'run':<8} {'total s':>8} {'upload s':>9} {'queue+train s':>14}  accuracy  stages (s after job POST)"
+        f"{'run':<8} {'total s':>8} {'x plain':>8} {'upload s':>9} {'queue+train s':>14}  "
+        "accuracy  stages (s after job POST)"
     )
     for name, r in results.items():
         stages = ", ".join(f"{k} {v:.1f}" for k, v in r["stages"].items())
         acc = f"{r['accuracy']:.2f}" if r["accuracy"] is not None else "-"
         print(
-            f"{name:<8} {r['total']:>8.2f} {r['upload']:>9.2f} {r['job']:>14.2f}  {acc:>8}  {stages}"
+            f"{name:<8} {r['total']:>8.2f} {r['total'] / plain:>8.2f} {r['upload']:>9.2f} "
+            f"{r['job']:>14.2f}  {acc:>8}  {stages}"
         )
+    print(f"{'plain':<8} {plain:>8.2f} {1:>8.2f}  (timm + scikit-learn script, same images)")
 
 
 if __name__ == "__main__":
