@@ -6,6 +6,8 @@ run on the server's machine, are in ``app/cli.py``).
     dovecote train PROJECT --method M [--param k=v] [--wait]   prints the job id, or the model id
     dovecote predict PROJECT FILES...                a table
     dovecote export MODEL --format onnx -o FILE
+    dovecote webhook add URL [--project P] [--event E]   prints the id (the secret: stderr)
+    dovecote webhook list [--project P] | deliveries ID | rm ID
 
 Server and key: ``--url``/``--key`` or ``$DOVECOTE_URL``/``$DOVECOTE_API_KEY``. Ids go to
 stdout (``PRJ=$(dovecote project create terrace)``); everything for people goes to stderr.
@@ -130,6 +132,39 @@ def cmd_export(args: argparse.Namespace) -> None:
     err.print(f"wrote {path} ({path.stat().st_size} bytes)")
 
 
+def cmd_webhook_add(args: argparse.Namespace) -> None:
+    with _client(args) as dc:
+        hook = dc.create_webhook(
+            args.webhook_url, project_id=args.project, events=args.event or ["job.finished"]
+        )
+    err.print(f"secret {hook['secret']} (shown only now: it verifies the bodies' signatures)")
+    print(hook["id"])
+
+
+def cmd_webhook_list(args: argparse.Namespace) -> None:
+    """One line a webhook: id, project (``all``: tenant-wide), events, URL; tab-separated."""
+    with _client(args) as dc:
+        hooks = dc.webhooks(args.project)
+    for h in hooks:
+        print("\t".join([h["id"], h["project_id"] or "all", ",".join(h["events"]), h["url"]]))
+
+
+def cmd_webhook_deliveries(args: argparse.Namespace) -> None:
+    """One line a delivery: id, event, status, attempts, last answer; tab-separated."""
+    with _client(args) as dc:
+        deliveries = dc.webhook_deliveries(args.webhook)
+    err.print(f"{len(deliveries)} deliveries")
+    for d in deliveries:
+        last = d["last_status_code"] if d["last_status_code"] is not None else d["last_error"]
+        print("\t".join([d["id"], d["event"], d["status"], str(d["attempts"]), str(last or "")]))
+
+
+def cmd_webhook_rm(args: argparse.Namespace) -> None:
+    with _client(args) as dc:
+        dc.delete_webhook(args.webhook)
+    err.print(f"deleted {args.webhook}")
+
+
 def register(sub: Any) -> None:
     """Add the user commands to ``dovecote``'s sub-command parser."""
     conn = argparse.ArgumentParser(add_help=False)
@@ -175,6 +210,25 @@ def register(sub: Any) -> None:
     export.add_argument("--format", choices=["onnx", "torchscript"], default="onnx")
     export.add_argument("-o", "--output", required=True)
     export.set_defaults(func=cmd_export)
+
+    webhook = sub.add_parser("webhook", help="webhooks").add_subparsers(
+        dest="webhook_cmd", required=True
+    )
+    add = webhook.add_parser("add", parents=[conn], help="register a URL; prints the id")
+    add.add_argument("webhook_url", metavar="URL")
+    add.add_argument("--project", help="a project's events only (default: every project's)")
+    add.add_argument("--event", action="append", help="an event (repeat; default job.finished)")
+    add.set_defaults(func=cmd_webhook_add)
+    listing = webhook.add_parser("list", parents=[conn], help="webhooks, one a line")
+    listing.add_argument("--project", help="that project's own (default: all the tenant's)")
+    listing.set_defaults(func=cmd_webhook_list)
+    for name, func, text in (
+        ("deliveries", cmd_webhook_deliveries, "a webhook's deliveries, one a line"),
+        ("rm", cmd_webhook_rm, "delete a webhook and its deliveries"),
+    ):
+        command = webhook.add_parser(name, parents=[conn], help=text)
+        command.add_argument("webhook", metavar="ID")
+        command.set_defaults(func=func)
 
 
 def run(func: Callable[[argparse.Namespace], None], args: argparse.Namespace) -> None:

@@ -57,6 +57,27 @@ def test_cli_errors_say_what_to_do(served: Served) -> None:
     assert r.returncode == 2 and "expected key=value" in r.stderr
 
 
+def test_cli_webhooks(served: Served) -> None:
+    project = ok(dovecote(served, "project", "create", "hooked-cli"))
+    add = dovecote(served, "webhook", "add", "http://127.0.0.1:9/hook", "--project", project)
+    hook = ok(add)
+    assert hook.startswith("whk_") and "secret whsec_" in add.stderr
+    tenant_wide = ok(dovecote(served, "webhook", "add", "http://127.0.0.1:9/all"))
+    mine = ok(dovecote(served, "webhook", "list", "--project", project))
+    assert mine == f"{hook}\t{project}\tjob.finished\thttp://127.0.0.1:9/hook"
+    every = ok(dovecote(served, "webhook", "list")).splitlines()
+    assert f"{tenant_wide}\tall\tjob.finished\thttp://127.0.0.1:9/all" in every
+    deliveries = dovecote(served, "webhook", "deliveries", hook)
+    assert ok(deliveries) == "" and "0 deliveries" in deliveries.stderr
+    ok(dovecote(served, "webhook", "rm", hook))
+    assert hook not in ok(dovecote(served, "webhook", "list"))
+    refused = dovecote(served, "webhook", "add", "file:///etc/passwd")
+    assert refused.returncode == 1 and "422" in refused.stderr
+    assert "webhook_url_refused" in refused.stderr and refused.stdout == ""
+    gone = dovecote(served, "webhook", "rm", hook)
+    assert gone.returncode == 1 and "404" in gone.stderr
+
+
 def test_admin_commands_are_still_there() -> None:
     r = subprocess.run(
         [sys.executable, "-m", "app.cli", "--help"], capture_output=True, text=True, check=True
