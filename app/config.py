@@ -185,6 +185,19 @@ class Settings(BaseSettings):
     webhook_poll_seconds: float = Field(
         1.0, gt=0, description="How often a worker looks for due webhook deliveries."
     )
+    drift_threshold: float = Field(
+        0.05,
+        gt=0,
+        description="Drift score (MMD² between a window's images and the model's training "
+        "images, `GET /v1/models/{id}/monitoring`) at or above which the window says "
+        "`drift: true`; chosen in `python -m bench.drift`.",
+    )
+    drift_min_images: int = Field(
+        20,
+        ge=2,
+        description="Distinct images a monitoring window needs for a drift score (fewer: "
+        "`drift_score: null`, too noisy to say).",
+    )
     metrics_key: str | None = Field(
         None, description="When set, `/metrics` needs `Authorization: Bearer <this key>`."
     )

@@ -27,6 +27,7 @@ from app.errors import (
     NotFound,
     TrainingFailed,
 )
+from app.services import audit as audit_service
 from app.services import backbones as learned_backbones
 from app.services import jobs as jobs_service
 from app.services import models as models_service
@@ -154,15 +155,19 @@ def run_job(job_id: str, *, settings: Settings, queue: str | None = None) -> str
         if inputs is None:  # its project was deleted meanwhile
             return "missing"
         method = get_method(inputs.method)
-        trained = method.fit(
-            inputs.data,
-            method.parse_params(inputs.params),
-            _progress_reporter(settings, job_id, token),
-        )
+        report = _progress_reporter(settings, job_id, token)
+        trained = method.fit(inputs.data, method.parse_params(inputs.params), report)
+        report(1.0, "auditing the images")
         store = open_store(settings.resolved_storage_url)
         with session_scope(url) as db:
             job = db.get(Job, job_id)
             assert job is not None
+            project = db.get(Project, job.project_id)
+            assert project is not None
+            audit_service.record_in_metrics(
+                db=db, settings=settings, store=store, project=project, backbone=job.backbone,
+                metrics=trained.metrics,
+            )  # fmt: skip
             model = models_service.save_trained(
                 db=db,
                 store=store,

@@ -312,6 +312,19 @@ class Metrics(BaseModel):
         None, description="The same metrics for the plain baseline, named by `name`."
     )
     negative_transfer: bool | None = Field(None, description="The model scored below its baseline.")
+    audit: dict[str, Any] | None = Field(
+        None,
+        description="The dataset audit of the images it was trained on (`GET /v1/projects/"
+        "{id}/audit`): `digest`, `backbone`, `summary` (findings per kind); or `skipped`.",
+    )
+    leakage: dict[str, int] | None = Field(
+        None,
+        description="`test_images_with_train_near_duplicates`: test images nearly identical "
+        "to a training image (the test metrics are inflated); absent when none.",
+    )
+    warnings: list[dict[str, str]] | None = Field(
+        None, description="`{code, detail}`: what to know before trusting the metrics."
+    )
 
 
 class FeedbackCounts(BaseModel):
@@ -669,6 +682,69 @@ class AuditOut(BaseModel):
     image_count: int
     digest: str = Field(description="Of the audited image set: changes when images change.")
     summary: dict[str, int] = Field(description="Findings per kind.")
+    leakage: dict[str, int] = Field(
+        description="`test_images_with_train_near_duplicates`: test images in a `leakage` "
+        "finding."
+    )
     truncated: dict[str, int] = Field(description="Findings per kind left out of `findings`.")
     balance: AuditBalance
     findings: list[AuditFinding]
+
+
+# --- monitoring ---------------------------------------------------------------------------
+
+
+class WindowFeedback(BaseModel):
+    confirmed: int
+    corrected: int
+    accuracy: float | None = Field(
+        description="`confirmed / (confirmed + corrected)`; null without feedback."
+    )
+
+
+class MonitoringWindow(BaseModel):
+    start: UTCDatetime
+    end: UTCDatetime = Field(description="Exclusive.")
+    predictions: int = Field(description="Stored predictions of the model in the window.")
+    images: int = Field(description="Distinct images among them (by content).")
+    classes: dict[str, int] = Field(
+        description='Answers per label (the class mix), "none of the above" left out.'
+    )
+    rejected: int = Field(description='"None of the above" answers (`label: null`).')
+    rejection_rate: float
+    confidence_histogram: list[int] = Field(
+        description="Predictions per top-score bin; the bins are the answer's `confidence_bins`."
+    )
+    feedback: WindowFeedback = Field(description="Feedback given on these predictions.")
+    drift_score: float | None = Field(
+        description="MMD² between the window's images and the model's training images "
+        "(0: alike, up to 2); null with fewer than `drift_min_images` distinct images."
+    )
+    drift: bool | None = Field(description="`drift_score >= drift_threshold`.")
+
+
+class MonitoringOut(BaseModel):
+    """A model's stored predictions, window by window (windows without any are left out)."""
+
+    model_id: str
+    project_id: str
+    window: Literal["day", "hour"]
+    since: UTCDatetime = Field(description="Start of the first window covered (inclusive).")
+    until: UTCDatetime = Field(description="End of what is covered (exclusive).")
+    store_predictions: bool = Field(
+        description="Whether the project stores predictions now; without it nothing is recorded."
+    )
+    drift: bool = Field(description="Some window covered is flagged `drift: true`.")
+    drift_measure: Literal["mmd2"]
+    drift_threshold: float = Field(description="`DOVECOTE_DRIFT_THRESHOLD`.")
+    drift_min_images: int = Field(description="`DOVECOTE_DRIFT_MIN_IMAGES`.")
+    drift_max_images: int = Field(
+        description="Most distinct images of one window compared (a fixed sample by content)."
+    )
+    drift_note: str | None = Field(description="Why no window could get a drift score.")
+    reference_images: int = Field(
+        description="Training images compared with: the project's target-domain images "
+        "outside `test` when the model's job started (a fixed sample when many)."
+    )
+    confidence_bins: list[float] = Field(description="Edges of the confidence histogram.")
+    windows: list[MonitoringWindow]

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 from dataclasses import asdict
 from typing import Any
 
@@ -19,7 +20,7 @@ from sqlalchemy.orm import Session
 
 from app.config import Settings
 from app.db.models import Image, Project
-from app.errors import AuditTooLarge
+from app.errors import AuditTooLarge, DovecoteError
 from app.services import backbones, training_data
 from app.services.images import blob_key
 from app.storage import BlobNotFound, BlobStore
@@ -27,10 +28,12 @@ from app.transfer.audit import AuditParams, audit, pixel_stats_of_bytes
 from app.transfer.backbones import DEFAULT_BACKBONE, resolve_weights
 from app.transfer.methods.base import frozen_features
 
+log = logging.getLogger(__name__)
+
 #: Most images audited in one request.
 MAX_IMAGES = 2000
 #: Bump when the audit's method or output changes: cached results are then recomputed.
-VERSION = 1
+VERSION = 2
 
 
 def _digest(rows: list[Image], backbone: str) -> str:
@@ -73,7 +76,7 @@ def run(
 
         X = np.zeros((0, 1))
 
-    def stats(r: Image) -> tuple[float, float] | None:
+    def stats(r: Image) -> tuple[float, float, float] | None:
         try:
             return pixel_stats_of_bytes(store.get(blob_key(project.id, r.sha256)))
         except Exception:  # an unreadable blob is not a finding of this audit
@@ -95,6 +98,7 @@ def run(
         "image_count": len(rows),
         "digest": digest,
         "summary": report.counts,
+        "leakage": {"test_images_with_train_near_duplicates": report.leaking_test_images},
         "truncated": report.truncated,
         "balance": asdict(report.balance),
         "findings": [
@@ -111,3 +115,41 @@ def run(
     store.delete_prefix(f"audits/{project.id}/")  # the previous image set's result
     store.put(key, json.dumps(out).encode())
     return out
+
+
+def record_in_metrics(
+    *,
+    db: Session,
+    settings: Settings,
+    store: BlobStore,
+    project: Project,
+    backbone: str,
+    metrics: dict[str, Any],
+) -> None:
+    """What a training job records of the audit of the images it trained on, into its
+    model's ``metrics`` (hence model.json): ``audit`` (``digest``, ``backbone``,
+    ``summary``: findings per kind), and when test images have near-duplicates among the
+    training images, ``leakage`` (``test_images_with_train_near_duplicates``) and a
+    ``test_split_leakage`` warning. Never fails the job: an audit that cannot run is
+    recorded as ``audit.skipped``."""
+    try:
+        report = run(db=db, settings=settings, store=store, project=project, backbone=backbone)
+    except DovecoteError as exc:  # too large, backbone gone...
+        metrics["audit"] = {"skipped": exc.detail}
+        return
+    except Exception:
+        log.exception("the audit of project %s failed", project.id)
+        metrics["audit"] = {"skipped": "The audit failed; the server log has the details."}
+        return
+    metrics["audit"] = {k: report[k] for k in ("digest", "backbone", "summary")}
+    leaking = report["leakage"]["test_images_with_train_near_duplicates"]
+    if leaking:
+        metrics["leakage"] = report["leakage"]
+        metrics.setdefault("warnings", []).append(
+            {
+                "code": "test_split_leakage",
+                "detail": f"{leaking} test image(s) have a near-duplicate among the training "
+                "images: the test metrics are inflated. GET /v1/projects/{id}/audit lists "
+                "them (kind leakage); keep each group in one split and train again.",
+            }
+        )

@@ -13,7 +13,7 @@ import weakref
 from collections import OrderedDict, deque
 from collections.abc import Callable, Collection, Hashable, Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Generic, Literal, TypeVar
 
@@ -355,17 +355,7 @@ class Predictor:
         model = self.load(model_key, read)
         backbone = self._backbone_for(model_key, model)
         frozen = model.backbone_state is None
-        parts = [np.zeros((0, backbone.num_features), np.float32)]
-        for start in self._chunks(len(samples)):
-            chunk = samples[start : start + self.batch_size]
-            # Within the predictor's ImageBudget, like predict (cached rows cost no pass).
-            with self.budget.hold(len(chunk)):
-                part = extract_features(
-                    chunk, backbone=backbone, load_bytes=load_bytes, max_pixels=self.max_pixels,
-                    batch_size=self.batch_size, cache_dir=cache_dir if frozen else None,
-                )  # fmt: skip
-                parts.append(part)
-        feats = np.concatenate(parts)
+        feats = self._features(backbone, samples, load_bytes, cache_dir if frozen else None)
         with torch.inference_mode():
             probs = model.head(torch.from_numpy(feats)).float().numpy()
         labeled: list[np.ndarray] = []
@@ -377,6 +367,44 @@ class Predictor:
                     labeled.append(vector)
         labeled_arr = np.stack(labeled) if labeled else np.zeros((0, feats.shape[1]), np.float32)
         return feats, probs, labeled_arr
+
+    def _features(
+        self,
+        backbone: Backbone,
+        samples: Sequence[Sample],
+        load_bytes: Callable[[Sample], bytes],
+        cache_dir: Path | None,
+    ) -> np.ndarray:
+        """Features ``(N, D)`` of ``samples`` through the feature cache (when ``cache_dir``),
+        ``batch_size`` at a time within the predictor's ImageBudget, like predict (cached
+        rows cost no pass)."""
+        parts = [np.zeros((0, backbone.num_features), np.float32)]
+        for start in self._chunks(len(samples)):
+            chunk = samples[start : start + self.batch_size]
+            with self.budget.hold(len(chunk)):
+                part = extract_features(
+                    chunk, backbone=backbone, load_bytes=load_bytes, max_pixels=self.max_pixels,
+                    batch_size=self.batch_size, cache_dir=cache_dir,
+                )  # fmt: skip
+                parts.append(part)
+        return np.concatenate(parts)
+
+    def pretrained_features(
+        self,
+        model_key: str,
+        read: Callable[[str], bytes],
+        samples: Sequence[Sample],
+        load_bytes: Callable[[Sample], bytes],
+        *,
+        cache_dir: Path | None,
+    ) -> np.ndarray:
+        """Features ``(N, D)`` of ``samples`` from the model's pretrained backbone (its
+        registry weights, even when the model finetuned them: one feature space for every
+        model on that backbone, the one training caches). Cached rows are read from the
+        feature cache; only the others take a backbone pass (and are cached)."""
+        model = self.load(model_key, read)
+        backbone = self._backbone_for(model_key, replace(model, backbone_state=None))
+        return self._features(backbone, samples, load_bytes, cache_dir)
 
     def load(self, model_key: str, read: Callable[[str], bytes]) -> TrainedModel:
         return self.models.get_or_load(model_key, lambda: self._read_model(read))

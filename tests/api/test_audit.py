@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import io
+import json
 
 import numpy as np
 import pytest
 from PIL import Image
 
 from app.services import audit as audit_service
+from app.storage import open_store
 from tests.api.helpers import assert_problem, png
 from tests.conftest import Api
 from tests.factories import digit_images
@@ -62,11 +64,27 @@ def test_audit_finds_leakage_mislabel_and_blank_image(api: Api) -> None:
     assert body["summary"] == {k: len(by_kind.get(k, [])) for k in body["summary"]}
     assert "test split" in body["balance"]["note"]
 
+    assert body["leakage"] == {"test_images_with_train_near_duplicates": 1}
     again = api.client.get(f"/v1/projects/{pid}/audit").json()  # cached: same result
     assert again == body
+
+    # A model trained on these images says so in its metrics, and in its model.json.
+    model = api.client.get(f"/v1/models/{api.train(pid)['model_id']}").json()
+    metrics = model["metrics"]
+    assert metrics["leakage"] == {"test_images_with_train_near_duplicates": 1}
+    assert [w["code"] for w in metrics["warnings"]] == ["test_split_leakage"]
+    assert metrics["audit"] == {k: body[k] for k in ("digest", "backbone", "summary")}
+    manifest = json.loads(
+        open_store(api.settings.resolved_storage_url).get(f"models/{pid}/{model['id']}/model.json")
+    )
+    assert manifest["metrics"]["leakage"] == metrics["leakage"]
+
     assert api.client.delete(f"/v1/projects/{pid}/images/{images['again.png']}").status_code == 204
     after = api.client.get(f"/v1/projects/{pid}/audit").json()
     assert after["digest"] != body["digest"] and after["summary"]["leakage"] == 0
+    clean = api.client.get(f"/v1/models/{api.train(pid)['model_id']}").json()["metrics"]
+    assert clean["audit"]["summary"]["leakage"] == 0 and clean["audit"]["digest"] == after["digest"]
+    assert "leakage" not in clean and "warnings" not in clean
 
 
 def test_audit_of_too_large_a_project_says_the_limit(

@@ -9,10 +9,10 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from app.transfer.audit import audit, pixel_stats
+from app.transfer.audit import AuditParams, audit, image_quality, pixel_stats
 from app.transfer.data import TrainingData
 from app.transfer.methods.base import frozen_features
-from tests.factories import digit_images
+from tests.factories import digit_images, photo
 
 
 def _clusters(per_class: int = 30, classes: int = 3, dim: int = 32, seed: int = 0):
@@ -94,8 +94,28 @@ def test_small_class_outlier_and_image_quality() -> None:
 
 
 def test_pixel_stats_tell_blank_and_dark() -> None:
-    mean, std = pixel_stats(Image.new("RGB", (300, 200), (0, 0, 0)))
-    assert mean < 1 and std < 1
+    mean, std, sharp = pixel_stats(Image.new("RGB", (300, 200), (0, 0, 0)))
+    assert mean < 1 and std < 1 and sharp == 0.0
+
+
+def test_a_blurred_photo_among_sharp_ones_is_flagged() -> None:
+    """Crops of scikit-image photos; one of them under a heavy Gaussian blur."""
+    from PIL import ImageFilter
+
+    crops = []
+    for name in ("astronaut", "coffee", "chelsea", "rocket"):
+        full = Image.fromarray(photo(name)).convert("RGB")
+        for k in range(4):
+            crops.append(full.crop((40 * k, 30 * k, 40 * k + 200, 30 * k + 150)))
+    crops[5] = crops[5].filter(ImageFilter.GaussianBlur(12))
+    stats = [pixel_stats(c) for c in crops]
+    report = audit(
+        keys=[f"{i:064x}" for i in range(len(crops))], labels=[None] * len(crops),
+        splits=["train"] * len(crops), features=np.eye(len(crops)), stats=stats,
+    )  # fmt: skip
+    (blurred,) = _kinds(report, "image_quality")
+    assert blurred.indices == (5,) and "blurred" in blurred.explanation
+    assert image_quality(None, None, stats[:5], AuditParams()) == []  # too few to judge
 
 
 @pytest.fixture(scope="module")

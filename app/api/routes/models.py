@@ -3,6 +3,7 @@ from __future__ import annotations
 import base64
 import dataclasses
 from dataclasses import dataclass
+from datetime import datetime
 from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Depends, File, Query, Response, UploadFile, status
@@ -24,6 +25,7 @@ from app.api.schemas import (
     DefaultModelIn,
     FeedbackCounts,
     ModelOut,
+    MonitoringOut,
     Page,
     PredictionOut,
     PredictOut,
@@ -35,6 +37,7 @@ from app.api.schemas import (
 from app.db.models import Model
 from app.services import aliases as aliases_service
 from app.services import models as service
+from app.services import monitoring as monitoring_service
 from app.services import predict as predict_service
 from app.services import predictions as predictions_service
 
@@ -153,6 +156,46 @@ def export_model(
     )
     disposition = f'attachment; filename="{filename}"'
     return Response(data, media_type=media_type, headers={"Content-Disposition": disposition})
+
+
+@router.get("/v1/models/{model_id}/monitoring", tags=["monitoring"])
+def monitor_model(
+    model_id: str,
+    db: SessionDep,
+    tenant: TenantDep,
+    settings: SettingsDep,
+    store: StoreDep,
+    window: Annotated[
+        Literal["day", "hour"], Query(description="Length of a window (UTC days or hours).")
+    ] = "day",
+    since: Annotated[
+        datetime | None,
+        Query(
+            description="From (ISO 8601; rounded down to its window); default: 7 days or "
+            "24 hours before `until`."
+        ),
+    ] = None,
+    until: Annotated[
+        datetime | None, Query(description="Up to, exclusive (ISO 8601); default: now.")
+    ] = None,
+) -> MonitoringOut:
+    """The model in production, per window of its stored predictions (the project's
+    `store_predictions`): count, class mix, confidence histogram, "none of the above"
+    rate, feedback accuracy, and drift: MMD² between the window's images and the model's
+    training images (features of its pretrained backbone, from the feature cache; images
+    not cached yet are embedded once), `drift: true` at `DOVECOTE_DRIFT_THRESHOLD`."""
+    model = service.get(db=db, tenant_id=tenant.id, model_id=model_id)
+    return MonitoringOut.model_validate(
+        monitoring_service.monitor(
+            db=db,
+            settings=settings,
+            store=store,
+            model=model,
+            window=window,
+            since=since,
+            until=until,
+        )
+    )
 
 
 @router.post("/v1/projects/{project_id}/default-model")

@@ -1,0 +1,96 @@
+"""Drift: are the images a model sees now like the ones it was trained on?
+
+Pure: two arrays of backbone features in (the reference: the model's training images;
+the recent: the images of one monitoring window), one number out. No HTTP, no database::
+
+    gamma = bandwidth(reference)
+    score = drift_score(reference, recent, gamma=gamma)   # >= threshold: drift
+
+The score is the squared maximum mean discrepancy (Gretton et al., "A Kernel Two-Sample
+Test", JMLR 2012) with a Gaussian kernel on L2-normalised features. With ``x_i``
+(i = 1..m) the reference rows, ``y_j`` (j = 1..n) the recent rows, both divided by their
+norm, and ``k(a, b) = exp(-γ ‖a - b‖²)``, the unbiased estimate is
+
+.. math::
+
+    \\widehat{\\mathrm{MMD}}^2 = \\frac{1}{m(m-1)} \\sum_{i \\ne i'} k(x_i, x_{i'})
+        + \\frac{1}{n(n-1)} \\sum_{j \\ne j'} k(y_j, y_{j'})
+        - \\frac{2}{mn} \\sum_{i, j} k(x_i, y_j)
+
+clipped at 0 (the estimate is slightly negative, by chance, when the two sets are alike).
+It is 0 for the same distribution and at most 2. ``γ = 1 / median_{i < i'} ‖x_i - x_{i'}‖²``
+(the median heuristic) is taken from the reference alone, so every window of one model is
+measured with the same kernel, and the scale of the score is about the same whatever the
+backbone's feature scale.
+
+Why not the proxy A-distance of :mod:`app.transfer.domain.gap` (a domain classifier's
+held-out error)? On windows of 20 images its noise is as large as the signal: on uci-digits
+in-distribution windows reached 1.40 while inverted ones started at 1.60 (out of 2), whereas
+the MMD² of the same windows stayed well apart (at most 0.013 against at least 0.29;
+``python -m bench.drift --pad``; bench/README.md).
+The threshold (``DriftParams.threshold``, setting ``DOVECOTE_DRIFT_THRESHOLD``) and the
+least images a window needs (``min_images``) are chosen there, on the suite's data sets.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+
+@dataclass(frozen=True)
+class DriftParams:
+    """How drift is measured (defaults chosen in ``python -m bench.drift``)."""
+
+    #: MMD² at or above which a window is flagged ``drift: true``
+    threshold: float = 0.05
+    #: windows with fewer distinct images get no score (too noisy to say)
+    min_images: int = 20
+    #: at most this many distinct images of a window are compared (a deterministic sample)
+    max_images: int = 100
+    #: at most this many reference (training) images
+    max_reference: int = 500
+
+
+def _unit(features: np.ndarray) -> np.ndarray:
+    X = np.asarray(features, dtype=np.float64)
+    return X / np.maximum(np.linalg.norm(X, axis=1, keepdims=True), 1e-12)
+
+
+def _sq_distances(A: np.ndarray, B: np.ndarray) -> np.ndarray:
+    d = (A * A).sum(1)[:, None] + (B * B).sum(1)[None, :] - 2.0 * A @ B.T
+    return np.maximum(d, 0.0)
+
+
+def bandwidth(reference: np.ndarray) -> float:
+    """The median heuristic ``γ = 1 / median ‖x_i - x_i'‖²`` over distinct pairs of the
+    L2-normalised reference rows (1.0 when there are fewer than two distinct rows)."""
+    X = _unit(reference)
+    if len(X) < 2:
+        return 1.0
+    d = _sq_distances(X, X)[np.triu_indices(len(X), k=1)]
+    d = d[d > 1e-12]
+    return 1.0 / float(np.median(d)) if len(d) else 1.0
+
+
+def mmd2(reference: np.ndarray, recent: np.ndarray, *, gamma: float) -> float:
+    """The unbiased MMD² estimate (module docstring) between the L2-normalised rows of
+    ``reference (m, D)`` and ``recent (n, D)``, not clipped; needs m, n ≥ 2."""
+    X, Y = _unit(reference), _unit(recent)
+    m, n = len(X), len(Y)
+    if m < 2 or n < 2:
+        raise ValueError("mmd2 needs at least 2 rows on each side")
+    Kxx = np.exp(-gamma * _sq_distances(X, X))
+    Kyy = np.exp(-gamma * _sq_distances(Y, Y))
+    Kxy = np.exp(-gamma * _sq_distances(X, Y))
+    xx = (Kxx.sum() - np.trace(Kxx)) / (m * (m - 1))
+    yy = (Kyy.sum() - np.trace(Kyy)) / (n * (n - 1))
+    return float(xx + yy - 2.0 * Kxy.mean())
+
+
+def drift_score(reference: np.ndarray, recent: np.ndarray, *, gamma: float | None = None) -> float:
+    """MMD² of ``recent`` against ``reference``, clipped at 0; ``gamma`` defaults to
+    :func:`bandwidth` of the reference."""
+    g = bandwidth(reference) if gamma is None else gamma
+    return max(0.0, mmd2(reference, recent, gamma=g))
