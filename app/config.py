@@ -116,8 +116,8 @@ class Settings(BaseSettings):
     )
     job_max_minutes: float = Field(
         180.0,
-        description="Wall-clock limit of one training run, every method included; past it the "
-        "job fails with `job_timed_out`.",
+        description="Wall-clock limit of one job run (training, every method included, or batch "
+        "prediction); past it the job fails with `job_timed_out`.",
     )
     sweep_interval_seconds: float = Field(30.0, description="How often a worker runs the sweep.")
     predictor_max_backbones: int = Field(4, description="Backbones kept in the predictor cache.")

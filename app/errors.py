@@ -272,6 +272,28 @@ class ProjectHasNoModel(Conflict):
     title = "Project has no model"
 
 
+class UnlabeledPoolEmpty(InvalidInput):
+    code = "unlabeled_pool_empty"
+    title = "The project has no unlabeled images"
+
+
+class JobNotFinished(Conflict):
+    code = "job_not_finished"
+    title = "The job has not finished"
+
+
+class ResultsNotReady(Conflict):
+    code = "results_not_ready"
+    title = "The batch prediction has no results"
+
+
+class ModelDeleted(Conflict):
+    """The model of a queued batch prediction was deleted before it ran."""
+
+    code = "model_deleted"
+    title = "The model was deleted"
+
+
 class QuotaExceeded(DovecoteError):
     """A tenant limit that waiting does not lift (storage, projects): ``limit`` names it."""
 
@@ -349,6 +371,12 @@ class JobSetupFailed(TrainingFailed):
 
     code = "job_setup_failed"
     title = "The job's inputs could not be prepared"
+
+
+class BatchPredictionFailed(DovecoteError):
+    code = "batch_prediction_failed"
+    status = 500
+    title = "Batch prediction failed"
 
 
 class AuditTooLarge(InvalidInput):

@@ -1,9 +1,11 @@
-"""One training run: claim the job, build the inputs, call the method, store the model.
+"""One job run: claim the job, build the inputs, do the work, record the outcome.
 
+A training run calls its method and stores the model; a batch prediction
+(:func:`app.services.batch_predictions.run`) predicts its images and stores the results.
 The worker looks methods up by name and never branches on them. A run heartbeats from a
-background thread, reports progress through the method's ``progress`` callback (which
-raises :class:`~app.errors.JobCancelled` when the job was cancelled), and writes the
-artifact before it marks the job ``succeeded``.
+background thread, reports progress through the ``progress`` callback (which raises
+:class:`~app.errors.JobCancelled` when the job was cancelled), and writes its output
+before it marks the job ``succeeded``.
 """
 
 from __future__ import annotations
@@ -11,15 +13,18 @@ from __future__ import annotations
 import logging
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
 from sqlalchemy import select
+from sqlalchemy.orm import Session
 
 from app.config import Settings
 from app.db.models import Job, Project
 from app.db.session import session_scope
 from app.errors import (
+    BatchPredictionFailed,
     DovecoteError,
     JobCancelled,
     JobSetupFailed,
@@ -29,11 +34,11 @@ from app.errors import (
 )
 from app.services import audit as audit_service
 from app.services import backbones as learned_backbones
+from app.services import batch_predictions, training_data
 from app.services import jobs as jobs_service
 from app.services import models as models_service
-from app.services import training_data
 from app.storage import open_store
-from app.transfer.data import Progress, TrainingData
+from app.transfer.data import Progress
 from app.transfer.methods import get_method
 
 log = logging.getLogger(__name__)
@@ -86,15 +91,62 @@ def _progress_reporter(settings: Settings, job_id: str, token: str) -> Progress:
 
 
 @dataclass(frozen=True)
-class _Inputs:
-    method: str
-    params: dict[str, Any]
-    data: TrainingData
-    labeled_images: int
+class _Work:
+    """What a claimed job does: ``run(progress)`` returns the id of the model the job ends
+    with (the one a training made, the one a batch prediction used). An unexpected error
+    fails the job as ``failure`` ("``what`` stopped on an unexpected internal error");
+    ``discard`` removes what a run that did not succeed leaves behind."""
+
+    run: Callable[[Progress], str]
+    failure: type[DovecoteError]
+    what: str
+    discard: Callable[[], None] = lambda: None
 
 
-def _prepare(settings: Settings, job_id: str) -> _Inputs | None:
-    """The claimed job's method, params and training data (None when the job is gone).
+def _training(db: Session, settings: Settings, job: Job) -> _Work:
+    project = db.get(Project, job.project_id)
+    assert project is not None  # jobs are deleted with their project
+    data = training_data.load(db=db, settings=settings, project=project, backbone=job.backbone)
+    labeled_images = sum(1 for s in data.samples if s.label is not None)
+    job_id, method_name, raw_params = job.id, job.method, dict(job.params or {})
+
+    def run(progress: Progress) -> str:
+        method = get_method(method_name)
+        trained = method.fit(data, method.parse_params(raw_params), progress)
+        progress(1.0, "auditing the images")
+        store = open_store(settings.resolved_storage_url)
+        with session_scope(settings.resolved_database_url) as db:
+            job = db.get(Job, job_id)
+            assert job is not None
+            project = db.get(Project, job.project_id)
+            assert project is not None
+            audit_service.record_in_metrics(
+                db=db, settings=settings, store=store, project=project, backbone=job.backbone,
+                metrics=trained.metrics,
+            )  # fmt: skip
+            model = models_service.save_trained(
+                db=db, store=store, job=job, trained=trained, labeled_images=labeled_images
+            )
+            return model.id
+
+    return _Work(run, TrainingFailed, "Training")
+
+
+def _batch_prediction(db: Session, settings: Settings, job: Job) -> _Work:
+    job_id, project_id = job.id, job.project_id
+    return _Work(
+        lambda progress: batch_predictions.run(settings=settings, job_id=job_id, progress=progress),
+        BatchPredictionFailed,
+        "The batch prediction",
+        lambda: batch_predictions.discard(
+            store=open_store(settings.resolved_storage_url), project_id=project_id, job_id=job_id
+        ),
+    )
+
+
+def _prepare(settings: Settings, job_id: str) -> _Work | None:
+    """The work of the claimed job's kind (training, or a batch prediction), with its
+    inputs loaded (None when the job is gone).
 
     Runs under the job's error handling: data that changed since the job was created fails
     it with its own code (a missing image is ``image_missing``), anything else with
@@ -105,17 +157,8 @@ def _prepare(settings: Settings, job_id: str) -> _Inputs | None:
             if job is None:
                 return None
             log.info("running job %s (%s, queue %s)", job_id, job.method, job.queue)
-            project = db.get(Project, job.project_id)
-            assert project is not None  # jobs are deleted with their project
-            data = training_data.load(
-                db=db, settings=settings, project=project, backbone=job.backbone
-            )
-            return _Inputs(
-                method=job.method,
-                params=dict(job.params or {}),
-                data=data,
-                labeled_images=sum(1 for s in data.samples if s.label is not None),
-            )
+            prepare = _batch_prediction if job.method == jobs_service.BATCH_PREDICT else _training
+            return prepare(db, settings, job)
     except DovecoteError:
         raise
     except Exception as exc:
@@ -150,56 +193,41 @@ def run_job(job_id: str, *, settings: Settings, queue: str | None = None) -> str
 
     beat = _Heartbeat(settings, job_id, token)
     beat.start()
+    work: _Work | None = None
     try:
-        inputs = _prepare(settings, job_id)
-        if inputs is None:  # its project was deleted meanwhile
+        work = _prepare(settings, job_id)
+        if work is None:  # its project was deleted meanwhile
             return "missing"
-        method = get_method(inputs.method)
-        report = _progress_reporter(settings, job_id, token)
-        trained = method.fit(inputs.data, method.parse_params(inputs.params), report)
-        report(1.0, "auditing the images")
-        store = open_store(settings.resolved_storage_url)
+        model_id = work.run(_progress_reporter(settings, job_id, token))
         with session_scope(url) as db:
-            job = db.get(Job, job_id)
-            assert job is not None
-            project = db.get(Project, job.project_id)
-            assert project is not None
-            audit_service.record_in_metrics(
-                db=db, settings=settings, store=store, project=project, backbone=job.backbone,
-                metrics=trained.metrics,
-            )  # fmt: skip
-            model = models_service.save_trained(
-                db=db,
-                store=store,
-                job=job,
-                trained=trained,
-                labeled_images=inputs.labeled_images,
-            )
-            jobs_service.succeed(db=db, job_id=job_id, token=token, model_id=model.id)
+            jobs_service.succeed(db=db, job_id=job_id, token=token, model_id=model_id)
         return "succeeded"
     except JobCancelled:
         with session_scope(url) as db:
-            jobs_service.mark_cancelled(db=db, job_id=job_id, token=token)
-        return "cancelled"
+            ended = jobs_service.mark_cancelled(db=db, job_id=job_id, token=token)
+        outcome = "cancelled"
     except NotFound:  # another run took the job over; it owns the outcome
         return "superseded"
     except DovecoteError as exc:
         with session_scope(url) as db:
-            jobs_service.fail(db=db, job_id=job_id, error=exc, token=token)
-        return "failed"
+            ended = jobs_service.fail(db=db, job_id=job_id, error=exc, token=token)
+        outcome = "failed"
     except Exception:
         # The traceback goes to the server log only: exception texts can name server paths.
         log.exception("job %s failed", job_id)
         with session_scope(url) as db:
-            jobs_service.fail(
+            ended = jobs_service.fail(
                 db=db,
                 job_id=job_id,
-                error=TrainingFailed(
-                    f"Training stopped on an unexpected internal error; the server log has "
+                error=(work.failure if work else TrainingFailed)(
+                    f"{work.what if work else 'Training'} stopped on an unexpected internal error; the server log has "
                     f"the details under job {job_id}."
                 ),
                 token=token,
             )
-        return "failed"
+        outcome = "failed"
     finally:
         beat.stopped.set()
+    if ended and work is not None:  # this run still owned the job: nobody else uses its leftovers
+        work.discard()
+    return outcome

@@ -19,6 +19,7 @@ from app.api.limits import BodySizeLimit
 from app.api.ratelimit import TokenBuckets
 from app.api.routes import (
     aliases,
+    batch_predictions,
     images,
     jobs,
     meta,
@@ -99,7 +100,7 @@ def create_app(
     problems.document_errors(api)
     for router in (
         meta.router, projects.router, images.router, jobs.router, models.router, usage.router,
-        aliases.router, predictions.router, webhooks.router,
+        aliases.router, predictions.router, webhooks.router, batch_predictions.router,
     ):  # fmt: skip
         api.include_router(router)
     console.install(api)  # the web console at /console, on the same services

@@ -16,6 +16,7 @@ from pydantic import (
 
 from app.config import QueueName
 from app.services import webhooks
+from app.services.predict import MAX_TOP_K
 from app.transfer import audit
 from app.transfer.methods import list_methods
 
@@ -598,6 +599,74 @@ class DeliveryOut(BaseModel):
     created_at: UTCDatetime
     last_attempt_at: UTCDatetime | None
     delivered_at: UTCDatetime | None
+
+
+# --- batch prediction -------------------------------------------------------------------
+
+
+class BatchPredictionOptions(BaseModel):
+    """The predict options of a batch prediction (as `/predict`'s query)."""
+
+    model_config = ConfigDict(extra="forbid")
+    top_k: int = Field(5, ge=1, le=MAX_TOP_K, description="Scores kept per image, best first.")
+    reject_below: Annotated[float, Field(ge=0, le=1)] | Literal["default"] | None = Field(
+        None,
+        description='Answer "none of the above" (`label: null`, `rejected: true`) below this '
+        "top score; `default`: the model's own `metrics.reject_below`. Omitted: never reject.",
+    )
+
+
+class BatchPredictionCreate(BatchPredictionOptions):
+    """A batch prediction over the project's unlabeled pool (JSON); a zip of images is sent
+    as multipart instead (`files`: one .zip, `top_k`, `reject_below`)."""
+
+    source: Literal["unlabeled"] = Field(
+        description="The images uploaded without a label and the stored predictions without "
+        "feedback (the pool of `/suggestions`), as they are now; the newest "
+        "`DOVECOTE_MAX_ZIP_MEMBERS` of them."
+    )
+
+
+class BatchCountsOut(BaseModel):
+    images: int = Field(description="Images in the batch (a zip's files, or pool entries).")
+    processed: int = Field(description="Rows written so far.")
+    predicted: int = Field(description="Rows with a prediction.")
+    failed: int = Field(description="Rows with an `error` instead: not a readable image.")
+    rejected: int = Field(description='Predictions answered "none of the above".')
+
+
+class BatchResultsOut(BaseModel):
+    jsonl: str = Field(description="Path of the results as JSON Lines.")
+    csv: str = Field(description="Path of the results as CSV.")
+
+
+class BatchPredictionOut(BaseModel):
+    """A batch prediction: a background job that predicts many images with one model."""
+
+    id: str
+    project_id: str
+    model_id: str
+    model_version: int
+    source: Literal["zip", "unlabeled"]
+    filename: str | None = Field(description="The zip's name (`source: zip`).")
+    top_k: int
+    reject_below: float | Literal["default"] | None
+    status: JobStatus
+    progress: float = Field(ge=0, le=1, description="Fraction of the images processed.")
+    stage: str = Field(description="`queued`, `predicting 640/1000 images`, ..., `done`.")
+    error: dict[str, Any] | None = Field(
+        description="The problem document (`code`, `detail`, ...) of a failed job."
+    )
+    counts: BatchCountsOut
+    results: BatchResultsOut | None = Field(
+        description="Where to download the results, once the job has succeeded."
+    )
+    attempts: int
+    cancel_requested: bool
+    created_at: UTCDatetime
+    started_at: UTCDatetime | None
+    finished_at: UTCDatetime | None
+    heartbeat_at: UTCDatetime | None
 
 
 # --- catalogue --------------------------------------------------------------------------

@@ -74,9 +74,13 @@ def _member_label(name: str, default: str | None) -> str | None:
     return default if parent in ("", ".", "..") else parent
 
 
-def _unzip(
+def unzip(
     filename: str, data: bytes, default_label: str | None, settings: Settings
 ) -> Iterator[Candidate | Rejection]:
+    """The files of zip ``filename``, one at a time: a :class:`Candidate` per readable member
+    (labeled by its folder, else ``default_label``), a :class:`Rejection` per unreadable one;
+    one Rejection alone when the archive is unreadable or past the limits
+    (``DOVECOTE_MAX_ZIP_MEMBERS``, ``DOVECOTE_MAX_ZIP_UNCOMPRESSED_BYTES``)."""
     try:
         archive = zipfile.ZipFile(io.BytesIO(data))
         members = [i for i in archive.infolist() if not i.is_dir()]
@@ -124,7 +128,7 @@ def _unzip(
         yield Candidate(base, content, _member_label(info.filename, default_label), shown)
 
 
-def _stored_filename(name: str) -> str:
+def stored_filename(name: str) -> str:
     """The name as stored: control characters (NUL included) dropped, 255 characters at most."""
     return "".join(ch for ch in name if ch.isprintable())[:255] or "upload"
 
@@ -156,7 +160,7 @@ def ingest(
     candidates: list[Candidate] = []
     for filename, data in files:
         if _is_zip(filename, data):
-            for item in _unzip(filename, data, default_label, settings):
+            for item in unzip(filename, data, default_label, settings):
                 (result.rejected if isinstance(item, Rejection) else candidates).append(item)  # type: ignore[arg-type]
         else:
             candidates.append(Candidate(filename, data, default_label))
@@ -191,7 +195,7 @@ def ingest(
         rows.append(
             Image(
                 project_id=project.id,
-                filename=_stored_filename(cand.filename),
+                filename=stored_filename(cand.filename),
                 label=item_label,
                 domain=domain,
                 split=split,

@@ -2,6 +2,10 @@
 state machine: claim, heartbeat, progress, finish, and the recovery sweep.
 
 ``queued -> running -> succeeded | failed | cancelled``. The job row is the truth.
+
+The queue runs one other kind of job on the same machinery (durability, fair scheduling,
+cancel, time limit, heartbeat): batch predictions (:mod:`app.services.batch_predictions`),
+rows whose ``method`` is :data:`BATCH_PREDICT`. The training-job reads here never show them.
 """
 
 from __future__ import annotations
@@ -29,6 +33,11 @@ log = logging.getLogger(__name__)
 
 #: Sends the message of job ``(job id, queue)`` that wakes a worker consuming that queue.
 Enqueue = Callable[[str, str], None]
+
+
+#: ``Job.method`` of a batch prediction: never a training method's name (a test holds it),
+#: so the column tells the two kinds of job apart.
+BATCH_PREDICT = "batch_predict"
 
 
 class QueueUnavailable(DovecoteError):
@@ -74,6 +83,12 @@ def create(
         queue=job_queue(trains_backbone=impl.trains_backbone(parsed), gpu_queue=settings.gpu_queue),
         stage="queued",
     )
+    return submit(db=db, job=job, enqueue=enqueue)
+
+
+def submit(*, db: Session, job: Job, enqueue: Enqueue) -> Job:
+    """Store the new ``queued`` job and send its queue message; a broker that cannot be
+    reached fails the job and raises :class:`QueueUnavailable`."""
     db.add(job)
     db.commit()
     try:
@@ -87,13 +102,20 @@ def create(
 
 
 def get(*, db: Session, tenant_id: str, job_id: str) -> Job:
-    return get_owned(db, Job, job_id, tenant_id=tenant_id, resource="job")
+    """A training job of the tenant (a batch prediction's id reads like a missing one)."""
+    job = get_owned(db, Job, job_id, tenant_id=tenant_id, resource="job")
+    if job.method == BATCH_PREDICT:
+        raise NotFound(f"No job {job_id!r}.", resource="job")
+    return job
 
 
 def list_(
     *, db: Session, project: Project, limit: int, cursor: str | None
 ) -> tuple[list[Job], str | None]:
-    return list_in_project(db, Job, project=project, limit=limit, cursor=cursor)
+    """The project's training jobs."""
+    return list_in_project(
+        db, Job, project=project, limit=limit, cursor=cursor, where=Job.method != BATCH_PREDICT
+    )
 
 
 def cancel(*, db: Session, job: Job) -> Job:

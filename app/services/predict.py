@@ -39,6 +39,7 @@ __all__ = [
     "PredictResult",
     "Prediction",
     "check_file_count",
+    "check_options",
     "default_model",
     "evict",
     "export",
@@ -46,6 +47,7 @@ __all__ = [
     "localize",
     "negative_classes",
     "predict",
+    "predict_files",
     "prewarm",
 ]
 
@@ -88,10 +90,23 @@ def default_model(*, db: Session, project: Project) -> Model:
 
 @dataclass
 class PredictResult:
-    """Predictions of the readable files, by their index in the request, and the rest."""
+    """Predictions of the readable files, and the rest, by their index in the request."""
 
     predicted: list[tuple[int, Prediction]] = field(default_factory=list)
-    rejected: list[Rejection] = field(default_factory=list)
+    failed: list[tuple[int, Rejection]] = field(default_factory=list)
+
+    @property
+    def rejected(self) -> list[Rejection]:
+        """The files that are not readable images, each with its problem."""
+        return [r for _, r in self.failed]
+
+
+def check_options(*, top_k: int, reject_below: float | Literal["default"] | None) -> None:
+    """Refuse a ``top_k`` or ``reject_below`` predict does not take."""
+    if not 1 <= top_k <= MAX_TOP_K:
+        raise InvalidInput(f"top_k must be between 1 and {MAX_TOP_K}.", field="top_k")
+    if isinstance(reject_below, float | int) and not 0 <= reject_below <= 1:
+        raise InvalidInput("reject_below must be between 0 and 1.", field="reject_below")
 
 
 def predict(
@@ -104,19 +119,47 @@ def predict(
     reject_below: float | Literal["default"] | None = None,
     negative: Collection[str] = (),
 ) -> PredictResult:
-    """Predict every file; an unreadable image is rejected by name, the others still answer.
-
-    Files go through the predictor ``DOVECOTE_PREDICT_BATCH_SIZE`` at a time (memory flat in
-    their number), at most ``DOVECOTE_PREDICT_MAX_FILES`` of them. A chunk runs in one pass;
-    only when it holds an unreadable image are its files predicted one by one to tell which.
-    When no file is readable, its problem is raised."""
+    """Predict every file; an unreadable image is rejected by name, the others still answer
+    (:func:`predict_files`), at most ``DOVECOTE_PREDICT_MAX_FILES`` of them. When no file
+    is readable, its problem is raised."""
     if not files:
         raise InvalidInput("Send one or more images in the multipart field `files`.", field="files")
     check_file_count(settings=settings, count=len(files))
-    if not 1 <= top_k <= MAX_TOP_K:
-        raise InvalidInput(f"top_k must be between 1 and {MAX_TOP_K}.", field="top_k")
-    if isinstance(reject_below, float | int) and not 0 <= reject_below <= 1:
-        raise InvalidInput("reject_below must be between 0 and 1.", field="reject_below")
+    check_options(top_k=top_k, reject_below=reject_below)
+    result = predict_files(
+        settings=settings, store=store, model=model, files=files, top_k=top_k,
+        reject_below=reject_below, negative=negative,
+    )  # fmt: skip
+    if not result.predicted:
+        first = result.rejected[0]
+        raise type(first.error)(
+            f"{first.filename!r}: {first.error.detail}"
+            if len(files) == 1
+            else f"None of the {len(files)} files is a readable image (first: "
+            f"{first.filename!r}: {first.error.detail})",
+            filename=first.filename,
+            rejected=[r.as_dict() for r in result.rejected],
+        )
+    return result
+
+
+def predict_files(
+    *,
+    settings: Settings,
+    store: BlobStore,
+    model: Model,
+    files: list[tuple[str, bytes]],
+    top_k: int,
+    reject_below: float | Literal["default"] | None = None,
+    negative: Collection[str] = (),
+) -> PredictResult:
+    """The predictions of one predict request's ``files`` (options already checked).
+
+    Headers are read first (no pixel decoded): files past the request's pixel budget
+    (``DOVECOTE_MAX_PIXELS_PER_REQUEST``) are rejected. The others go through the predictor
+    ``DOVECOTE_PREDICT_BATCH_SIZE`` at a time (memory flat in their number). A chunk runs in
+    one pass; only when it holds an unreadable image are its files predicted one by one to
+    tell which."""
     prefix = model.artifact_prefix
 
     def run(images: list[bytes]) -> list[Prediction]:
@@ -126,14 +169,13 @@ def predict(
         )  # fmt: skip
 
     result = PredictResult()
-    # Headers first (no pixel decoded): the request's pixels stay within its budget.
     budget = PixelBudget(settings.max_pixels_per_request)
     admitted: list[tuple[int, str, bytes]] = []
     for i, (name, data) in enumerate(files):
         try:
             budget.charge(*image_size(data, max_pixels=settings.max_image_pixels))
         except (ImageUndecodable, ImageTooLarge, DecodeBudgetExceeded) as exc:
-            result.rejected.append(Rejection(name, exc))
+            result.failed.append((i, Rejection(name, exc)))
         else:
             admitted.append((i, name, data))
     size = settings.predict_batch_size
@@ -150,17 +192,7 @@ def predict(
             try:
                 result.predicted.append((i, run([data])[0]))
             except (ImageUndecodable, ImageTooLarge) as exc:
-                result.rejected.append(Rejection(name, exc))
-    if not result.predicted:
-        first = result.rejected[0]
-        raise type(first.error)(
-            f"{first.filename!r}: {first.error.detail}"
-            if len(files) == 1
-            else f"None of the {len(files)} files is a readable image (first: "
-            f"{first.filename!r}: {first.error.detail})",
-            filename=first.filename,
-            rejected=[r.as_dict() for r in result.rejected],
-        )
+                result.failed.append((i, Rejection(name, exc)))
     return result
 
 

@@ -141,6 +141,7 @@ def delete(*, db: Session, store: BlobStore, project: Project) -> None:
     store.delete_prefix(f"images/{project_id}")
     store.delete_prefix(f"models/{project_id}")  # every model artifact of the project
     store.delete_prefix(f"audits/{project_id}/")
+    store.delete_prefix(f"batch-predictions/{project_id}")  # inputs and results
 
 
 def class_image_counts(*, db: Session, project_id: str) -> dict[str, int]:

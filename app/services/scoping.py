@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any, TypeVar
 
-from sqlalchemy import select
+from sqlalchemy import ColumnElement, select
 from sqlalchemy.orm import Session
 
 from app.db.models import Project
@@ -26,13 +26,32 @@ def get_owned(db: Session, cls: type[T], row_id: str, *, tenant_id: str, resourc
 
 
 def list_in_project(
-    db: Session, cls: Any, *, project: Project, limit: int, cursor: str | None
+    db: Session,
+    cls: Any,
+    *,
+    project: Project,
+    limit: int,
+    cursor: str | None,
+    where: ColumnElement[bool] | None = None,
 ) -> tuple[list[Any], str | None]:
+    """The project's rows of ``cls`` (those matching ``where``), a page at a time."""
     stmt = select(cls).where(cls.project_id == project.id)
+    if where is not None:
+        stmt = stmt.where(where)
     return paginate(db, stmt, cls.id, limit=limit, cursor=cursor)
 
 
-def newest_in_project(db: Session, cls: Any, *, project: Project, limit: int) -> list[Any]:
-    """The project's ``limit`` newest rows of ``cls``, newest first (ids sort by time)."""
-    stmt = select(cls).where(cls.project_id == project.id).order_by(cls.id.desc()).limit(limit)
-    return list(db.scalars(stmt))
+def newest_in_project(
+    db: Session,
+    cls: Any,
+    *,
+    project: Project,
+    limit: int,
+    where: ColumnElement[bool] | None = None,
+) -> list[Any]:
+    """The project's ``limit`` newest rows of ``cls`` (those matching ``where``), newest
+    first (ids sort by time)."""
+    stmt = select(cls).where(cls.project_id == project.id)
+    if where is not None:
+        stmt = stmt.where(where)
+    return list(db.scalars(stmt.order_by(cls.id.desc()).limit(limit)))

@@ -31,6 +31,44 @@ MAX_LABELED = 5000
 
 
 @dataclass(frozen=True)
+class PoolEntry:
+    """One image of the unlabeled pool: an upload without a label, or a stored prediction."""
+
+    source: str  # image | prediction
+    id: str
+    filename: str
+
+
+def unlabeled_pool(
+    *, db: Session, project: Project, limit: int
+) -> tuple[dict[str, PoolEntry], set[str]]:
+    """The project's unlabeled pool by sha256 (the newest ``limit`` of each kind, uploads
+    first, one entry per sha256), and the sha256 of its labeled images."""
+    labeled = set(
+        db.scalars(
+            select(Image.sha256).where(Image.project_id == project.id, Image.label.is_not(None))
+        )
+    )
+    entries: dict[str, PoolEntry] = {}
+    for img in db.execute(
+        select(Image.id, Image.sha256, Image.filename)
+        .where(Image.project_id == project.id, Image.label.is_(None))
+        .order_by(Image.id.desc())
+        .limit(limit)
+    ):
+        entries.setdefault(img.sha256, PoolEntry("image", img.id, img.filename))
+    for pred in db.execute(
+        select(StoredPrediction.id, StoredPrediction.sha256, StoredPrediction.filename)
+        .where(StoredPrediction.project_id == project.id, StoredPrediction.feedback.is_(None))
+        .order_by(StoredPrediction.id.desc())
+        .limit(limit)
+    ):
+        if pred.sha256 not in labeled:
+            entries.setdefault(pred.sha256, PoolEntry("prediction", pred.id, pred.filename))
+    return entries, labeled
+
+
+@dataclass(frozen=True)
 class Suggestion:
     source: str  # image | prediction
     image_id: str | None
@@ -52,27 +90,7 @@ def suggest(
     if not 1 <= n <= MAX_N:
         raise InvalidInput(f"n must be between 1 and {MAX_N}.", field="n")
     model = aliases.resolve_for_predict(db=db, project=project, name=aliases.PRODUCTION)
-    labeled = set(
-        db.scalars(
-            select(Image.sha256).where(Image.project_id == project.id, Image.label.is_not(None))
-        )
-    )
-    entries: dict[str, tuple[str, str, str]] = {}  # sha -> (source, id, filename)
-    for img in db.execute(
-        select(Image.id, Image.sha256, Image.filename)
-        .where(Image.project_id == project.id, Image.label.is_(None))
-        .order_by(Image.id.desc())
-        .limit(MAX_POOL)
-    ):
-        entries.setdefault(img.sha256, ("image", img.id, img.filename))
-    for pred in db.execute(
-        select(StoredPrediction.id, StoredPrediction.sha256, StoredPrediction.filename)
-        .where(StoredPrediction.project_id == project.id, StoredPrediction.feedback.is_(None))
-        .order_by(StoredPrediction.id.desc())
-        .limit(MAX_POOL)
-    ):
-        if pred.sha256 not in labeled:
-            entries.setdefault(pred.sha256, ("prediction", pred.id, pred.filename))
+    entries, labeled = unlabeled_pool(db=db, project=project, limit=MAX_POOL)
     if not entries:
         return model, [], 0
     shas = list(entries)
@@ -91,16 +109,16 @@ def suggest(
     margin = margins(probs)
     out = []
     for i, priority in order:
-        source, row_id, filename = entries[shas[i]]
+        entry = entries[shas[i]]
         best = int(probs[i].argmax())
         score = float(probs[i, best])
         out.append(
             Suggestion(
-                source=source,
-                image_id=row_id if source == "image" else None,
-                prediction_id=row_id if source == "prediction" else None,
+                source=entry.source,
+                image_id=entry.id if entry.source == "image" else None,
+                prediction_id=entry.id if entry.source == "prediction" else None,
                 sha256=shas[i],
-                filename=filename,
+                filename=entry.filename,
                 suggested_label=model.classes[best],
                 score=score,
                 margin=float(margin[i]),

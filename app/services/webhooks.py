@@ -270,21 +270,30 @@ def emit(
     return rows
 
 
+#: ``Job.method`` of a batch prediction (:data:`app.services.jobs.BATCH_PREDICT`; that
+#: module imports this one).
+_BATCH_PREDICT = "batch_predict"
+
+
 def job_summary(session: Session, job: Job) -> dict[str, Any]:
-    """What ``job.finished`` says of a job: id, project, method, status, error code and
-    detail, its model (id and version) and whether it was promoted."""
+    """What ``job.finished`` says of a job: id, project, kind (``training`` or
+    ``batch_prediction``), method, status, error code and detail, its model (id and
+    version: the one trained, or the one a batch prediction used) and whether it was
+    promoted (a batch prediction never promotes: ``null``)."""
     model = session.get(Model, job.model_id) if job.model_id else None
     error = job.error
+    batch = job.method == _BATCH_PREDICT
     return {
         "job": {
             "id": job.id,
             "project_id": job.project_id,
+            "kind": "batch_prediction" if batch else "training",
             "method": job.method,
             "status": job.status,
             "error": {"code": error.get("code"), "detail": error.get("detail")} if error else None,
             "model_id": job.model_id,
             "model_version": model.version if model is not None else None,
-            "promotion": job.promotion,
+            "promotion": None if batch else job.promotion,
             "finished_at": _iso(job.finished_at) if job.finished_at else None,
         }
     }

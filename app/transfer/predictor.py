@@ -11,11 +11,11 @@ import hashlib
 import threading
 import weakref
 from collections import OrderedDict, deque
-from collections.abc import Callable, Collection, Hashable, Iterator, Sequence
+from collections.abc import Callable, Collection, Hashable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Generic, Literal, TypeVar
+from typing import Any, Generic, Literal, TypeVar
 
 import numpy as np
 import torch
@@ -186,12 +186,13 @@ def model_backbone(
 
 
 def reject_threshold(
-    model: TrainedModel, reject_below: float | Literal["default"] | None
+    metrics: Mapping[str, Any], reject_below: float | Literal["default"] | None
 ) -> float | None:
-    """The rejection threshold asked for; ``"default"`` is the model's ``reject_below``."""
+    """The rejection threshold asked for; ``"default"`` is the model's ``reject_below``
+    (in its ``metrics``)."""
     if reject_below != "default":
         return reject_below
-    stored = model.metrics.get("reject_below")
+    stored = metrics.get("reject_below")
     if stored is None:
         raise NoRejectDefault(
             "This model has no default rejection threshold (it had no labeled validation "
@@ -436,7 +437,7 @@ class Predictor:
         is flagged as a negative class. Images are decoded and embedded ``batch_size`` at a
         time, within the predictor's :class:`ImageBudget`."""
         model = self.load(model_key, read)
-        threshold = reject_threshold(model, reject_below)
+        threshold = reject_threshold(model.metrics, reject_below)
         backbone = self._backbone_for(model_key, model)
         out: list[Prediction] = []
         for start in self._chunks(len(images)):

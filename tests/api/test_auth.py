@@ -62,6 +62,7 @@ def test_every_v1_route_requires_a_key(anonymous: TestClient) -> None:
             name="x",
             prediction_id="prd_x",
             webhook_id="whk_x",
+            batch_prediction_id="bpj_x",
         )
         for method in operations:
             r = anonymous.request(method.upper(), url)

@@ -6,6 +6,7 @@ Backends: the embedded default (SQLite database + kombu's SQLite broker) and pro
 
 from __future__ import annotations
 
+import json
 import os
 import sys
 import time
@@ -21,7 +22,7 @@ from app.config import Settings
 from app.db.models import Job
 from app.db.session import session_scope
 from tests.conftest import API_KEY, make_settings, migrate
-from tests.factories import digit_images
+from tests.factories import digit_images, make_zip
 from tests.integration.processes import Process
 
 pytestmark = pytest.mark.integration
@@ -90,10 +91,16 @@ def upload(client: TestClient, project_id: str, items: list[tuple[str, bytes]], 
         assert r.status_code == 201, r.text
 
 
-def wait_for(client: TestClient, job_id: str, until: set[str], timeout: float = 240.0) -> dict:
+def wait_for(
+    client: TestClient,
+    job_id: str,
+    until: set[str],
+    timeout: float = 240.0,
+    resource: str = "jobs",
+) -> dict:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        job = client.get(f"/v1/jobs/{job_id}").json()
+        job = client.get(f"/v1/{resource}/{job_id}").json()
         if job["status"] in until:
             return job
         time.sleep(0.2)
@@ -128,6 +135,26 @@ def test_worker_trains_digits_and_predicts_held_out_images(
             held_out
         )
         assert accuracy >= 0.5, (accuracy, predicted)  # chance is 0.1
+
+        # The same images as a batch prediction, run by the worker: predict's answers.
+        names = [f"{i:02d}-{label}.png" for i, (label, _) in enumerate(held_out)]
+        archive = make_zip(dict(zip(names, [d for _, d in held_out], strict=True)))
+        r = client.post(
+            f"/v1/models/{job['model_id']}/batch-predictions",
+            files=[("files", ("held_out.zip", archive))],
+        )
+        assert r.status_code == 202, r.text
+        batch = wait_for(
+            client, r.json()["id"], {"succeeded", "failed"}, resource="batch-predictions"
+        )
+        assert batch["status"] == "succeeded", (
+            batch,
+            (tmp_path / "worker.log").read_text()[-3000:],
+        )
+        assert batch["counts"]["predicted"] == len(held_out)
+        rows = client.get(batch["results"]["jsonl"]).text.splitlines()
+        assert [json.loads(row)["filename"] for row in rows] == names
+        assert [json.loads(row)["label"] for row in rows] == predicted
 
 
 def test_killed_worker_job_ends_succeeded_once_or_failed_clearly(

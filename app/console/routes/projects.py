@@ -16,6 +16,7 @@ from app.console.templating import render
 from app.db.models import Job, Model
 from app.errors import DovecoteError
 from app.services import images as images_service
+from app.services import jobs as jobs_service
 from app.services import projects as service
 from app.services import quotas
 from app.services.scoping import newest_in_project
@@ -127,7 +128,10 @@ def project_context(
         unlabeled=True if label == UNLABELED else None,
         split=filters["split"] or None, domain=filters["domain"] or None,
     )  # fmt: skip
-    jobs = newest_in_project(db, Job, project=project, limit=10)
+    # training jobs only, as /v1/projects/{id}/jobs lists them (no batch predictions)
+    jobs = newest_in_project(
+        db, Job, project=project, limit=10, where=Job.method != jobs_service.BATCH_PREDICT
+    )
     models = newest_in_project(db, Model, project=project, limit=50)
     return {
         "tenant": tenant, "project": out, "thumbs": thumbs, "images": images,
