@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import json
+import time
 from pathlib import Path
 
 import pytest
+from fastapi.testclient import TestClient
 
 from app.services.webhooks import signature
 from tests.conftest import make_settings, migrate
@@ -14,6 +16,10 @@ from tests.integration.test_worker import WorkerProcess, client_for, upload, wai
 from tests.receiver import receiver
 
 pytestmark = pytest.mark.integration
+
+
+def delivered(client: TestClient, webhook_id: str) -> list[dict]:
+    return client.get(f"/v1/webhooks/{webhook_id}/deliveries").json()["items"]
 
 
 def test_worker_delivers_one_signed_webhook_per_job_end(
@@ -42,7 +48,11 @@ def test_worker_delivers_one_signed_webhook_per_job_end(
             assert body["data"]["job"]["id"] == job_id
             assert body["data"]["job"]["model_id"] == job["model_id"]
             assert got.headers["Dovecote-Signature"] == signature(webhook["secret"], got.body)
-            deliveries = client.get(f"/v1/webhooks/{webhook['id']}/deliveries").json()["items"]
+            # The receiver has the body before the worker records the answer: wait for it.
+            deadline = time.monotonic() + 30
+            while (deliveries := delivered(client, webhook["id"]))[0]["status"] == "pending":
+                assert time.monotonic() < deadline, deliveries
+                time.sleep(0.1)
             assert [(d["status"], d["attempts"]) for d in deliveries] == [("succeeded", 1)]
             assert len(hook.received) == 1
     finally:
