@@ -89,3 +89,18 @@ def screenshot(driver: Any, name: str) -> Path:
     driver.set_window_size(max(width, 400), min(max(height, 600), 6000))
     driver.save_screenshot(str(path))
     return path
+
+
+def assert_fits_phone(driver: Any) -> None:
+    """Emulate a 390 px phone screen and assert no element of ``main`` reaches past its right
+    edge (no sideways scrolling); the emulation stays on until the caller clears it."""
+    driver.execute_cdp_cmd(
+        "Emulation.setDeviceMetricsOverride",
+        {"width": 390, "height": 844, "deviceScaleFactor": 1, "mobile": True},
+    )
+    wide = driver.execute_script(
+        "return [...document.querySelectorAll('main *')]"
+        ".filter(e => e.getBoundingClientRect().right > window.innerWidth + 1)"
+        ".map(e => e.tagName + '.' + e.className + ' ' + Math.round(e.getBoundingClientRect().right))"
+    )
+    assert not wide, wide

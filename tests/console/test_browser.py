@@ -14,7 +14,7 @@ import pytest
 
 from app.api.main import create_app
 from app.config import Settings
-from tests.browser import ARTIFACTS, chrome, screenshot, serve
+from tests.browser import ARTIFACTS, assert_fits_phone, chrome, screenshot, serve
 from tests.conftest import API_KEY
 from tests.factories import digit_images, make_zip
 from worker.runner import run_job
@@ -175,14 +175,5 @@ def test_sign_in_upload_train_watch_and_open_the_model(
         # The project page on a phone-sized screen: no sideways scrolling.
         driver.find_element(By.CSS_SELECTOR, ".crumbs a").click()
         wait.until(ec.presence_of_element_located((By.ID, "upload-h")))
-        driver.execute_cdp_cmd(
-            "Emulation.setDeviceMetricsOverride",
-            {"width": 390, "height": 844, "deviceScaleFactor": 1, "mobile": True},
-        )
-        wide = driver.execute_script(
-            "return [...document.querySelectorAll('main *')]"
-            ".filter(e => e.getBoundingClientRect().right > window.innerWidth + 1)"
-            ".map(e => e.tagName + '.' + e.className + ' ' + Math.round(e.getBoundingClientRect().right))"
-        )
-        assert not wide, wide
+        assert_fits_phone(driver)
         driver.save_screenshot(str(ARTIFACTS / "console" / "07-project-phone.png"))

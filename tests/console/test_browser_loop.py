@@ -16,7 +16,7 @@ import pytest
 
 from app.api.main import create_app
 from app.config import Settings
-from tests.browser import ARTIFACTS, chrome, screenshot, serve
+from tests.browser import ARTIFACTS, assert_fits_phone, chrome, screenshot, serve
 from tests.conftest import API_KEY
 from tests.console.test_browser import UNLABELED
 from tests.factories import digit_images, make_zip
@@ -153,16 +153,7 @@ def test_quick_test_label_suggestions_retrain_and_see_the_promotion(
         assert len(labeled) == 3 and all(i["label"] == truth[i["filename"]] for i in labeled)
 
         # The same page on a phone-sized screen: no sideways scrolling.
-        driver.execute_cdp_cmd(
-            "Emulation.setDeviceMetricsOverride",
-            {"width": 390, "height": 844, "deviceScaleFactor": 1, "mobile": True},
-        )
-        wide = driver.execute_script(
-            "return [...document.querySelectorAll('main *')]"
-            ".filter(e => e.getBoundingClientRect().right > window.innerWidth + 1)"
-            ".map(e => e.tagName + '.' + e.className)"
-        )
-        assert not wide, wide
+        assert_fits_phone(driver)
         driver.save_screenshot(str(ARTIFACTS / "console" / "15-label-next-phone.png"))
         driver.execute_cdp_cmd("Emulation.clearDeviceMetricsOverride", {})
 
