@@ -11,6 +11,8 @@ computes what is missing; ``--fresh finetune`` recomputes a method.
 
     python -m bench.transfer_suite            # full: 7 data sets, 1/5/20 shots, 3 seeds
     python -m bench.transfer_suite --quick    # 1 seed, 5 and 20 shots, fewer test images
+    python -m bench.transfer_suite --quick --seeds 3 --compare '' kfold  # finetune variants
+                                              # (``--tag``s) against their probe, from the cache
 """
 
 from __future__ import annotations
@@ -76,7 +78,7 @@ def finetune_run(
     )
     impl = get_method("finetune")
     m = impl.fit(data, impl.parse_params({"seed": seed, **params})).metrics
-    keep = ("accuracy", "selected", "wise_alpha", "best_epoch")
+    keep = ("accuracy", "selected", "wise_alpha", "best_epoch", "selected_epoch")
     return {k: m[k] for k in keep if k in m} | {"probe": m["baseline"]["accuracy"]}
 
 
@@ -98,6 +100,10 @@ def main() -> None:
         "--cache", type=Path, default=Path(tempfile.gettempdir()) / "dovecote-suite"
     )
     parser.add_argument("--no-readme", action="store_true")
+    parser.add_argument(
+        "--compare", nargs="*", metavar="TAG", default=None,
+        help="only print finetune - probe of these finetune tags ('' untagged) from the cache",
+    )  # fmt: skip
     args = parser.parse_args()
     shots_list = args.shots or ([5, 20] if args.quick else [1, 5, 20])
     n_seeds = args.seeds or (1 if args.quick else 3)
@@ -105,6 +111,9 @@ def main() -> None:
     args.cache.mkdir(parents=True, exist_ok=True)
     store = args.cache / f"results-test{n_test}.json"
     results: dict[str, Any] = json.loads(store.read_text()) if store.exists() else {}
+    if args.compare is not None:
+        print("\n".join(compare(results, args.compare, args.datasets, shots_list, n_seeds)))
+        return
     backbone = shared_backbone("efficientnet_lite0", None, False)
     started = time.perf_counter()
     table: dict[tuple[str, int], dict[str, list[float]]] = {}
@@ -186,6 +195,46 @@ def render(
             if all(c.get(m) for c in per_set)
         }
         lines.append(row("**suite mean**", shots, means))
+    return lines
+
+
+def compare(
+    results: dict[str, Any], tags: list[str], datasets: list[str], shots_list: list[int],
+    n_seeds: int,
+) -> list[str]:  # fmt: skip
+    """Per data set and shots, each finetune variant's accuracy minus its own baseline probe
+    (same shots, same test images), mean over the cached seeds, and how many of those runs
+    selected a finetuned candidate; then the suite mean over data sets."""
+    names = [f"`{t or 'default'}` − probe" for t in tags]
+    head = f"| data set | shots | probe | {' | '.join(names)} |"
+    lines = [head, "|" + "---|" * (head.count("|") - 1)]
+    means: dict[tuple[int, str], list[float]] = {}
+    for shots in shots_list:
+        for name in datasets:
+            runs = {
+                t: [results.get(f"{name}/{shots}/{s}/finetune{'@' + t if t else ''}")
+                    for s in range(n_seeds)]
+                for t in tags
+            }  # fmt: skip
+            done = {t: [r for r in rs if r and "accuracy" in r] for t, rs in runs.items()}
+            probes = [r["probe"] for rs in done.values() for r in rs]
+            if not probes:
+                continue
+            cells = []
+            for t in tags:
+                gaps = [r["accuracy"] - r["probe"] for r in done[t]]
+                if gaps:
+                    means.setdefault((shots, t), []).append(float(np.mean(gaps)))
+                tuned = sum(r.get("selected") == "finetuned" for r in done[t])
+                cells.append(f"{np.mean(gaps):+.3f} ({tuned}/{len(gaps)} ft)" if gaps else "n/a")
+            lines.append(f"| {name} | {shots} | {np.mean(probes):.3f} | {' | '.join(cells)} |")
+    for shots in shots_list:
+        cells = [
+            f"{np.mean(means[shots, t]):+.3f} (min {min(means[shots, t]):+.3f})"
+            if (shots, t) in means else "n/a"
+            for t in tags
+        ]  # fmt: skip
+        lines.append(f"| **suite mean** | {shots} | | {' | '.join(cells)} |")
     return lines
 
 

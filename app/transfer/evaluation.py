@@ -178,3 +178,16 @@ def stratified_holdout(
         return idx, idx[:0]
     rest, carved = train_test_split(idx, test_size=size, stratify=y[idx], random_state=seed)
     return np.sort(rest), np.sort(carved)
+
+
+def stratified_folds(
+    idx: np.ndarray, y: np.ndarray, k: int, seed: int
+) -> list[tuple[np.ndarray, np.ndarray]]:
+    """Stratified ``(rest, held)`` folds of ``idx`` (labels ``y[idx]``): every row is held
+    out once; ``min(k, smallest class size)`` folds, none if a class has fewer than two."""
+    counts = np.bincount(y[idx])
+    n_folds = int(min(k, counts[counts > 0].min())) if len(idx) else 0
+    if n_folds < 2:
+        return []
+    skf = StratifiedKFold(n_splits=n_folds, shuffle=True, random_state=seed)
+    return [(np.sort(idx[a]), np.sort(idx[b])) for a, b in skf.split(idx, y[idx])]

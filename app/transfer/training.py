@@ -9,6 +9,13 @@ The loop: AdamW with the head at ``lr`` and moving backbone blocks at
 (1 + \\cos(\\pi t / T))`, bf16 autocast and channels-last on CUDA, gradient-norm
 clipping, and early stopping on validation accuracy (then cross-entropy) with the best
 epoch's weights restored. Frozen blocks keep their BatchNorm statistics (eval mode).
+
+L2-SP (Li et al., 2018, "Explicit Inductive Bias for Transfer Learning with Convolutional
+Networks"), when ``l2sp`` is set: the loss gains
+:math:`\\tfrac{\\alpha}{2}\\lVert w_S - w_S^0\\rVert^2 + \\tfrac{\\beta}{2}\\lVert w_h\\rVert^2`,
+:math:`w_S` the moving backbone weights, :math:`w_S^0` their values when training starts (the
+pretrained ones), :math:`w_h` the classifier; it replaces AdamW's weight decay (set to 0),
+which would pull the backbone toward 0 instead of toward its start.
 """
 
 from __future__ import annotations
@@ -44,6 +51,17 @@ Trainable = (
 )
 
 
+class L2SP(BaseModel):
+    """The L2-SP penalty's strengths (Li et al. 2018 use alpha 0.1 or 0.01, beta 0.01)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    alpha: float = Field(
+        0.01, gt=0, le=100, description="Pull of the moving backbone weights toward the start."
+    )
+    beta: float = Field(0.01, ge=0, le=100, description="L2 on the classifier's weights.")
+
+
 class TrainingParams(BaseModel):
     """The loop's knobs; a method's params extend them (``FinetuneParams``, ...)."""
 
@@ -66,6 +84,12 @@ class TrainingParams(BaseModel):
         False,
         description="Every BatchNorm layer keeps its pretrained statistics (eval mode), also "
         "in blocks that train (their scale and shift still learn).",
+    )
+    l2sp: L2SP | None = Field(
+        None,
+        description="L2-SP: penalise the backbone's distance to its pretrained weights "
+        "(alpha/2 * |w - w0|^2) and the classifier (beta/2 * |w_head|^2) instead of weight "
+        "decay; null: plain AdamW weight decay.",
     )
     seed: Seed = 0
 
@@ -129,8 +153,29 @@ def setup_training(
             "lr": p.lr * p.backbone_lr_mult,
         },
     ]
-    optimizer = torch.optim.AdamW([g for g in groups if g["params"]], weight_decay=p.weight_decay)
+    decay = 0.0 if p.l2sp is not None else p.weight_decay  # L2-SP replaces weight decay
+    optimizer = torch.optim.AdamW([g for g in groups if g["params"]], weight_decay=decay)
     return optimizer, moving, frozen_norms
+
+
+def l2sp_penalty(
+    model: torch.nn.Module, moving: list[torch.nn.Parameter], cfg: L2SP
+) -> Callable[[], torch.Tensor]:
+    """:math:`\\tfrac{\\alpha}{2}\\sum_{w \\in S}\\lVert w - w^0\\rVert^2 +
+    \\tfrac{\\beta}{2}\\lVert w_h\\rVert^2` over the ``moving`` parameters, :math:`S` those
+    outside the classifier (anchored at their values now), :math:`w_h` the classifier's
+    weight matrix (its bias is not penalised)."""
+    classifier = model.get_classifier()  # type: ignore[operator]
+    head_ids = {id(q) for q in classifier.parameters()}
+    backbone = [q for q in moving if id(q) not in head_ids]
+    anchors = [q.detach().clone() for q in backbone]
+    head_weight = classifier.weight
+
+    def penalty() -> torch.Tensor:
+        pulled = sum(((q - a) ** 2).sum() for q, a in zip(backbone, anchors, strict=True))
+        return cfg.alpha / 2 * pulled + cfg.beta / 2 * (head_weight**2).sum()
+
+    return penalty
 
 
 #: ``loss_fn(logits (B, C), targets of the batch as the loader yields them) -> scalar``
@@ -182,17 +227,28 @@ def run_epochs(
     progress: Progress,
     loss_fn: LossFn = cross_entropy,
     evaluate_start: bool = False,
+    on_eval: Callable[[int, np.ndarray], None] | None = None,
+    stop_after: int | None = None,
 ) -> tuple[list[dict[str, Any]], int]:
     """Train ``model`` (classifier already sized) under ``p``: AdamW with a cosine schedule,
     early stopping on validation accuracy (then loss), best epoch's weights restored.
 
     With ``evaluate_start`` (and a validation split) the untrained model is measured first
     as epoch 0 and is itself a candidate: an epoch must beat it to be kept, and when none
-    does the weights come back unchanged (best epoch 0).
+    does the weights come back unchanged (best epoch 0). ``on_eval(epoch, probabilities)``
+    sees every validation pass (the model still holds that epoch's weights);
+    ``stop_after`` ends training after that epoch of the ``p.epochs`` schedule.
 
     Returns the per-epoch history and the best epoch. Progress runs from 0.05 to 0.95.
     """
     optimizer, moving, frozen_norms = setup_training(model, p)
+    penalty = l2sp_penalty(model, moving, p.l2sp) if p.l2sp is not None else None
+
+    def objective(logits: torch.Tensor, target: Any) -> torch.Tensor:
+        loss = loss_fn(logits, target)
+        return loss if penalty is None else loss + penalty()
+
+    last = min(p.epochs, stop_after if stop_after is not None else p.epochs)
     steps = p.epochs * len(train_loader)
     scheduler = torch.optim.lr_scheduler.LambdaLR(
         optimizer, lambda step: 0.5 * (1 + math.cos(math.pi * min(step, steps) / max(1, steps)))
@@ -208,25 +264,29 @@ def run_epochs(
         progress(0.05, "measuring the starting point")
         val_probs, val_loss = predict(model, val_loader, device)
         val_acc = float((val_probs.argmax(1) == y_val).mean())
+        if on_eval is not None:
+            on_eval(0, val_probs)
         history.append({"epoch": 0, "val_accuracy": val_acc, "val_loss": val_loss})
         best_key = (val_acc, -val_loss)
         progress(0.05, "measured the starting point", history[-1])
     started = time.monotonic()
-    for epoch in range(1, p.epochs + 1):
+    for epoch in range(1, last + 1):
         epoch_start = time.monotonic()
         set_train_mode(model, frozen_norms)
         train_loss = train_epoch(
             model, train_loader, optimizer, scheduler, device, moving, p.max_grad_norm,
             on_batch=lambda step, epoch=epoch: progress(
-                0.05 + 0.9 * (epoch - 1 + (step + 1) / len(train_loader)) / p.epochs,
-                f"epoch {epoch}/{p.epochs}",
+                0.05 + 0.9 * (epoch - 1 + (step + 1) / len(train_loader)) / last,
+                f"epoch {epoch}/{last}",
             ),  # cancellation takes effect within one batch
-            loss_fn=loss_fn,
+            loss_fn=objective,
         )  # fmt: skip
         record: dict[str, Any] = {"epoch": epoch, "train_loss": train_loss}
         if val_loader is not None:
             val_probs, val_loss = predict(model, val_loader, device)
             val_acc = float((val_probs.argmax(1) == y_val).mean())
+            if on_eval is not None:
+                on_eval(epoch, val_probs)
             record.update(val_accuracy=val_acc, val_loss=val_loss)
             key = (val_acc, -val_loss)
         else:
@@ -234,7 +294,7 @@ def run_epochs(
         elapsed = time.monotonic() - started
         record.update(
             seconds=round(time.monotonic() - epoch_start, 3),
-            eta_seconds=round(elapsed / epoch * (p.epochs - epoch), 1),
+            eta_seconds=round(elapsed / epoch * (last - epoch), 1),
         )
         history.append(record)
         if key > best_key:
@@ -246,7 +306,7 @@ def run_epochs(
             )
         else:
             since_best += 1
-        progress(0.05 + 0.9 * epoch / p.epochs, f"epoch {epoch}/{p.epochs}", record)
+        progress(0.05 + 0.9 * epoch / last, f"epoch {epoch}/{last}", record)
         if since_best >= p.patience or elapsed > p.max_minutes * 60:
             break
     model.load_state_dict(best_state)

@@ -68,3 +68,32 @@ def test_auto_job_reports_candidates(api: Api) -> None:
     assert model["method"] == "auto"
     assert set(model["metrics"]["candidates"]) == {"linear_probe", "knn"}
     assert model["metrics"]["selected"] in {"linear_probe", "knn"}
+
+
+def test_bad_selection_and_l2sp_params_are_refused_at_creation(api: Api) -> None:
+    project = api.project()
+    api.upload_labeled(project["id"], digit_images(3, [0, 1]))
+    url = f"/v1/projects/{project['id']}/jobs"
+    bad = (
+        {"selection": "leave-one-out"},
+        {"folds": 1},
+        {"folds": 11},
+        {"l2sp": {"alpha": 0}},
+        {"l2sp": {"alpha": -1}},
+        {"l2sp": {"beta": -0.5}},
+        {"l2sp": {"alpha": 0.1, "gamma": 1}},
+        {"l2sp": 0.1},
+    )
+    for params in bad:
+        r = api.client.post(url, json={"method": "finetune", "params": params})
+        assert r.status_code == 422 and r.json()["code"] == "invalid_params", (params, r.text)
+        assert any(e["loc"][0] in ("selection", "folds", "l2sp") for e in r.json()["errors"])
+    r = api.client.post(
+        url, json={"method": "auto", "params": {"params": {"finetune": {"l2sp": {"alpha": -1}}}}}
+    )
+    assert r.status_code == 422 and r.json()["code"] == "invalid_params", r.text
+    assert api.client.get(f"/v1/projects/{project['id']}/jobs").json()["items"] == []
+    good = {"selection": "k-fold", "folds": 2, "l2sp": {"alpha": 0.1, "beta": 0.01}}
+    r = api.client.post(url, json={"method": "finetune", "params": good})
+    assert r.status_code == 202, r.text
+    assert r.json()["params"]["l2sp"] == {"alpha": 0.1, "beta": 0.01}
