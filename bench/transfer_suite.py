@@ -65,17 +65,26 @@ def frozen_accuracy(name: str, X: np.ndarray, d: SuiteData, train: np.ndarray) -
     return float((pred == d.y[d.test]).mean())
 
 
-def finetune_run(
+def shots_data(
     d: SuiteData, samples: list[Sample], blobs: dict[str, bytes], train: np.ndarray,
-    params: dict[str, Any], seed: int, cache: Path,
-) -> dict[str, Any]:  # fmt: skip
+    seed: int, cache: Path,
+) -> TrainingData:  # fmt: skip
+    """The shots as the ``train`` split and the suite's test images as the ``test`` split,
+    features cached under ``cache / "features"``: what a method's real ``fit`` gets."""
     rows = [(i, "train") for i in train.tolist()] + [(i, "test") for i in d.test.tolist()]
-    data = TrainingData(
+    return TrainingData(
         samples=[Sample(key=samples[i].key, label=d.classes[d.y[i]], split=s) for i, s in rows],
         load_bytes=lambda s: blobs[s.key],
         feature_cache_dir=cache / "features",
         seed=seed,
     )
+
+
+def finetune_run(
+    d: SuiteData, samples: list[Sample], blobs: dict[str, bytes], train: np.ndarray,
+    params: dict[str, Any], seed: int, cache: Path,
+) -> dict[str, Any]:  # fmt: skip
+    data = shots_data(d, samples, blobs, train, seed, cache)
     impl = get_method("finetune")
     m = impl.fit(data, impl.parse_params({"seed": seed, **params})).metrics
     keep = ("accuracy", "selected", "wise_alpha", "best_epoch", "selected_epoch")

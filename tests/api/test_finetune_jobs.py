@@ -5,6 +5,9 @@ from __future__ import annotations
 import threading
 import time
 
+import pytest
+
+from tests.api.helpers import assert_problem
 from tests.conftest import Api
 from tests.factories import digit_images
 from worker.runner import run_job
@@ -97,3 +100,45 @@ def test_bad_selection_and_l2sp_params_are_refused_at_creation(api: Api) -> None
     r = api.client.post(url, json={"method": "finetune", "params": good})
     assert r.status_code == 202, r.text
     assert r.json()["params"]["l2sp"] == {"alpha": 0.1, "beta": 0.01}
+
+
+def test_auto_job_chooses_the_backbone_and_predictions_use_it(api: Api) -> None:
+    """The job names the backbone it started from; the model, the one ``auto`` chose, and
+    /predict serves it: the test images predicted over HTTP score what the model reports."""
+    classes = [3, 5, 8, 9]
+    project = api.project()
+    api.upload_labeled(project["id"], digit_images(6, classes))
+    test = digit_images(5, classes, offset=6)
+    api.upload_labeled(project["id"], test, split="test")
+    params = {"candidates": ["linear_probe"], "backbones": ["mobilenetv2_100"]}
+    job = api.train(project["id"], "auto", params=params)
+    assert job["backbone"] == "efficientnet_lite0"
+    model = api.client.get(f"/v1/models/{job['model_id']}").json()
+    m = model["metrics"]
+    assert set(m["candidates"]) == {"linear_probe", "linear_probe@mobilenetv2_100"}
+    assert model["backbone"] == m["selected_backbone"] == m["candidates"][m["selected"]]["backbone"]
+    files = [("files", (f"{label}-{i}.png", png)) for i, (label, png) in enumerate(test)]
+    r = api.client.post(f"/v1/models/{model['id']}/predict", files=files)
+    assert r.status_code == 200, r.text
+    served = [
+        p["label"] == label for p, (label, _) in zip(r.json()["predictions"], test, strict=True)
+    ]
+    assert m["validation"] == "test-split" and m["n_validation"] == len(test)
+    assert sum(served) / len(test) == pytest.approx(m["accuracy"])
+
+
+@pytest.mark.parametrize(
+    ("backbones", "code"),
+    [(["no_such_net"], "invalid_params"), (["convnext_tiny"], "backbone_unavailable")],
+)
+def test_auto_backbones_without_weights_are_refused_at_creation(
+    api: Api, backbones: list[str], code: str
+) -> None:
+    project = api.project()
+    api.upload_labeled(project["id"], digit_images(4, [0, 1]))
+    r = api.client.post(
+        f"/v1/projects/{project['id']}/jobs",
+        json={"method": "auto", "params": {"candidates": ["knn"], "backbones": backbones}},
+    )
+    assert_problem(r, 422, code)
+    assert api.client.get(f"/v1/projects/{project['id']}/jobs").json()["items"] == []

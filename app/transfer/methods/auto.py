@@ -6,10 +6,18 @@ by accuracy, then macro-F1. The winner is refit on all training images by its ow
 ``fit``, so its reported metrics follow the usual protocol (the ``test`` split when there
 is one); ``candidates`` lists every candidate's selection scores, failures included.
 
-The linear probe is the floor: it is always scored (added when ``candidates`` omit it,
-marked ``reference`` in the report), and it wins ties, so ``auto`` never returns a model
-whose selection score — accuracy, then macro-F1 — is below the probe's on the same
-holdout.
+The backbone is chosen too: the frozen-feature candidates (heads on cached features:
+``linear_probe``, ``knn``) are also scored on each backbone of ``backbones`` (registered
+backbones whose weights are on the machine; ``"available"``: all of them), each one
+more feature extraction per image, cached like the job's own. Those candidates are
+reported as ``"<method>@<backbone>"``; the model stands on the winner's backbone
+(``selected_backbone``, and the artifact's backbone, which prediction uses).
+
+The linear probe on the job's backbone is the floor: it is always scored (added when
+``candidates`` omit it, marked ``reference`` in the report), and it wins ties (other ties
+go to the candidate listed first, the job's backbone before the others), so ``auto`` never
+returns a model whose selection score — accuracy, then macro-F1 — is below that probe's
+on the same holdout.
 
 ``zero_shot`` is a candidate like the others: it never trains, so on the same holdout it
 is compared honestly with the few-shot methods, and ``auto`` switches to them as soon as
@@ -21,12 +29,13 @@ from __future__ import annotations
 
 import dataclasses
 import time
-from typing import Any, ClassVar
+from typing import Annotated, Any, ClassVar, Literal
 
 import numpy as np
 from pydantic import Field
 
 from app.errors import (
+    BackboneUnavailable,
     ClassTooSmall,
     DovecoteError,
     InvalidParams,
@@ -34,10 +43,11 @@ from app.errors import (
     ProjectHasNoLabels,
 )
 from app.transfer.artifacts import TrainedModel
+from app.transfer.backbones import list_backbones, resolve_weights
 from app.transfer.data import Progress, TrainingData, no_progress, sub_progress
 from app.transfer.evaluation import stratified_holdout
 from app.transfer.methods import get_method, register_method
-from app.transfer.methods.base import MAX_GRID, Method, MethodParams, Seed
+from app.transfer.methods.base import MAX_GRID, FeatureMethod, Method, MethodParams, Seed
 
 #: Always scored, and preferred on ties: no selected candidate scores below it.
 FLOOR = "linear_probe"
@@ -55,6 +65,14 @@ class AutoParams(MethodParams):
         default_factory=dict,
         max_length=MAX_GRID,
         description="Per-candidate params, e.g. {'finetune': {'epochs': 5}}.",
+    )
+    backbones: Annotated[list[str], Field(max_length=MAX_GRID)] | Literal["available"] = Field(
+        default_factory=list,
+        description="Other registered backbones (`GET /v1/backbones`) on which the "
+        "frozen-feature candidates (`linear_probe`, `knn`) are scored too, each one more "
+        "feature extraction per image; `available`: every registered backbone whose weights "
+        "are on this machine. The job's backbone is always scored first, and its linear "
+        "probe wins ties.",
     )
     finetune_budget_minutes: float = Field(10.0, gt=0, le=24 * 60)
     selection_fraction: float = Field(0.25, gt=0, lt=0.6)
@@ -78,7 +96,40 @@ class Auto(Method):
             if name == self.name:
                 raise InvalidParams("`auto` cannot be one of its own candidates.")
             get_method(name).parse_params(self._candidate_raw(parsed, name))
+        if isinstance(parsed.backbones, list):
+            registered = {spec.name for spec in list_backbones()}
+            unknown = [b for b in parsed.backbones if b not in registered]
+            if unknown:
+                raise InvalidParams(
+                    f"Unknown backbones {unknown} in `backbones`: name registered backbones "
+                    f"({sorted(registered)}) or give 'available'."
+                )
         return parsed
+
+    def check(self, data: TrainingData, params: MethodParams) -> None:
+        """The data, and the weights of every backbone named in ``backbones``."""
+        super().check(data, params)
+        assert isinstance(params, AutoParams)
+        self.scored_backbones(data, params)
+
+    @staticmethod
+    def scored_backbones(data: TrainingData, p: AutoParams) -> list[str]:
+        """The backbones to score frozen-feature candidates on, the job's first. A named
+        one without weights on this machine raises; ``available`` skips those (and any
+        that only the hub has)."""
+        if p.backbones == "available":
+            names = []
+            for spec in list_backbones():
+                try:
+                    resolve_weights(spec.name, weights_dir=data.weights_dir)
+                except BackboneUnavailable:
+                    continue
+                names.append(spec.name)
+        else:
+            for name in p.backbones:
+                resolve_weights(name, weights_dir=data.weights_dir, allow_hub=data.allow_hub)
+            names = p.backbones
+        return list(dict.fromkeys([data.backbone, *names]))
 
     def trains_backbone(self, params: MethodParams) -> bool:
         """When one of its candidates does (``finetune``, among the defaults)."""
@@ -131,24 +182,33 @@ class Auto(Method):
             ],
         )
         names = p.candidates if FLOOR in p.candidates else [FLOOR, *p.candidates]
-        n = len(names) + 1
+        runs = [(name, data.backbone) for name in names] + [
+            (name, backbone)
+            for backbone in self.scored_backbones(data, p)[1:]
+            for name in names
+            if isinstance(get_method(name), FeatureMethod)
+        ]
+        n = len(runs) + 1
         report: dict[str, dict[str, Any]] = {}
-        for k, name in enumerate(names):
+        for k, (name, backbone) in enumerate(runs):
+            key = name if backbone == data.backbone else f"{name}@{backbone}"
             impl = get_method(name)
             started = time.monotonic()
             try:
                 trained = impl.fit(
-                    selection,
+                    dataclasses.replace(selection, backbone=backbone),
                     impl.parse_params(self._candidate_raw(p, name)),
-                    sub_progress(progress, k / n, (k + 1) / n, f"{name}: ", records=False),
+                    sub_progress(progress, k / n, (k + 1) / n, f"{key}: ", records=False),
                 )
             except JobCancelled:
                 raise
             except DovecoteError as exc:
-                report[name] = {"error": exc.problem()}
+                report[key] = {"method": name, "backbone": backbone, "error": exc.problem()}
                 continue
             m = trained.metrics
-            report[name] = {
+            report[key] = {
+                "method": name,
+                "backbone": backbone,
                 "accuracy": m["accuracy"],
                 "macro_f1": m["macro_f1"],
                 "validation": "selection-holdout",
@@ -157,16 +217,16 @@ class Auto(Method):
                 "seconds": round(time.monotonic() - started, 2),
             }
             if name not in p.candidates:
-                report[name]["reference"] = True
+                report[key]["reference"] = True
         scored = {k: v for k, v in report.items() if "accuracy" in v}
         if not scored:
             raise DovecoteError("No candidate method could be trained.", candidates=report)
         best = max(scored, key=lambda k: (scored[k]["accuracy"], scored[k]["macro_f1"], k == FLOOR))
-        impl = get_method(best)
+        impl = get_method(scored[best]["method"])
         final = impl.fit(
-            data,
-            impl.parse_params(self._candidate_raw(p, best)),
-            sub_progress(progress, len(names) / n, 1.0, f"{best} (final): "),
+            dataclasses.replace(data, backbone=scored[best]["backbone"]),
+            impl.parse_params(self._candidate_raw(p, scored[best]["method"])),
+            sub_progress(progress, len(runs) / n, 1.0, f"{best} (final): "),
         )
         return self._selected(final, p, best, report)
 
@@ -174,6 +234,7 @@ class Auto(Method):
         self, final: TrainedModel, p: AutoParams, best: str, report: dict[str, Any]
     ) -> TrainedModel:
         final.metrics["selected"] = best
+        final.metrics["selected_backbone"] = final.backbone
         final.metrics["candidates"] = report
         final.params = {"auto": p.model_dump(), "selected": best, best: final.params}
         return dataclasses.replace(final, method=self.name)
