@@ -198,6 +198,25 @@ class Settings(BaseSettings):
         description="Distinct images a monitoring window needs for a drift score (fewer: "
         "`drift_score: null`, too noisy to say).",
     )
+    drift_check_seconds: float = Field(
+        3600.0,
+        ge=0,
+        description="How often each worker computes the drift of the day windows of models "
+        "with stored predictions of the last two days, sending `model.drift` for newly "
+        "flagged ones (0: only when `GET /v1/models/{id}/monitoring` is called).",
+    )
+    audit_inline_max_images: int = Field(
+        1000,
+        ge=0,
+        description="Projects with up to this many images are audited in the request of "
+        "`GET /v1/projects/{id}/audit`; larger ones by a job on the worker (`202`).",
+    )
+    metrics_cache_seconds: float = Field(
+        60.0,
+        ge=0,
+        description="`/metrics` counts the stored predictions at most this often per API "
+        "process (a scan of their table); scrapes in between get the last count.",
+    )
     metrics_key: str | None = Field(
         None, description="When set, `/metrics` needs `Authorization: Bearer <this key>`."
     )

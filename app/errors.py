@@ -379,8 +379,17 @@ class BatchPredictionFailed(DovecoteError):
     title = "Batch prediction failed"
 
 
-class AuditTooLarge(InvalidInput):
-    """A project with more images than a synchronous audit reads: ``limit`` names it."""
+class AuditFailed(DovecoteError):
+    """An audit job stopped on an unexpected internal error."""
 
-    code = "audit_too_large"
-    title = "Too many images to audit in one request"
+    code = "audit_failed"
+    status = 500
+    title = "The audit failed"
+
+
+class AuditJobFailed(Conflict):
+    """The audit job of the project's current images failed: ``job`` is the job, and
+    ``?retry=true`` starts it again."""
+
+    code = "audit_job_failed"
+    title = "The audit job failed"

@@ -6,10 +6,15 @@ import hashlib
 import io
 import zipfile
 from functools import lru_cache
+from typing import Any
 
 import numpy as np
 from PIL import Image
+from sqlalchemy.orm import Session
 
+from app.db import models as db_models
+from app.db.models import Job, Model, Project, Tenant
+from app.services import aliases
 from app.transfer.data import Sample, TrainingData
 
 
@@ -115,3 +120,37 @@ def photo(name: str = "chelsea") -> np.ndarray:
     from skimage import data
 
     return getattr(data, name)()
+
+
+def project_row(db: Session, labels: list[str]) -> Project:
+    """A tenant and a project with one (fake, bytes-less) image row per label."""
+    tenant = Tenant(name="t")
+    db.add(tenant)
+    db.flush()
+    project = Project(tenant_id=tenant.id, name="p")
+    db.add(project)
+    db.flush()
+    for i, label in enumerate(labels):
+        db.add(db_models.Image(project_id=project.id, filename=f"{i}.png", label=label,
+                               format="png", width=1, height=1, size_bytes=1,
+                               sha256=f"{i:064d}"))  # fmt: skip
+    db.flush()
+    return project
+
+
+def model_row(
+    db: Session, project: Project, classes: list[str], labeled: int, metrics: dict[str, Any],
+    promote: str = "auto",
+) -> tuple[Job, Model]:  # fmt: skip
+    """A job and its model row (no artifact) in ``project``, at its next version."""
+    job = Job(project_id=project.id, method="knn", backbone="b", params={}, promote=promote)
+    db.add(job)
+    db.flush()
+    model = Model(
+        project_id=project.id, job_id=job.id, method="knn", backbone="b", classes=classes,
+        metrics=metrics, artifact_prefix="x", labeled_images=labeled,
+        version=aliases.next_version(db=db, project_id=project.id),
+    )  # fmt: skip
+    db.add(model)
+    db.flush()
+    return job, model

@@ -16,6 +16,7 @@ from app.config import get_settings
 from app.db.session import session_scope
 from app.queue import TRAIN_TASK, enqueue_training, make_celery
 from app.services import jobs as jobs_service
+from app.services import monitoring as monitoring_service
 from app.services import predictions as predictions_service
 from app.services import webhooks as webhooks_service
 from app.storage import open_store
@@ -90,10 +91,32 @@ def _deliver_forever() -> None:
             return
 
 
+def check_drift_once() -> dict[str, int]:
+    """Compute the recent drift of every model with recent stored predictions, alerting
+    on newly flagged windows (:func:`app.services.monitoring.check_recent`)."""
+    with session_scope(settings.resolved_database_url) as db:
+        store = open_store(settings.resolved_storage_url)
+        return monitoring_service.check_recent(db=db, settings=settings, store=store)
+
+
+def _check_drift_forever() -> None:
+    """Drift is checked from its own thread, every ``drift_check_seconds``: it reads
+    cached features (a backbone pass only for images never embedded) and never waits
+    behind a job. Workers that check at the same moment send each alert once (the
+    ``drift_alerts`` key)."""
+    while not _stopping.wait(settings.drift_check_seconds):
+        try:
+            log.info("drift check: %s", check_drift_once())
+        except Exception:
+            log.exception("drift check failed")
+
+
 @worker_ready.connect
 def _start_sweeper(**_: object) -> None:
     threading.Thread(target=_sweep_forever, name="recovery-sweep", daemon=True).start()
     threading.Thread(target=_deliver_forever, name="webhook-delivery", daemon=True).start()
+    if settings.drift_check_seconds > 0:
+        threading.Thread(target=_check_drift_forever, name="drift-check", daemon=True).start()
 
 
 #: Set by ``dovecote worker --ready-file`` (``dovecote serve``): written, with this process's

@@ -1,7 +1,9 @@
 """One job run: claim the job, build the inputs, do the work, record the outcome.
 
 A training run calls its method and stores the model; a batch prediction
-(:func:`app.services.batch_predictions.run`) predicts its images and stores the results.
+(:func:`app.services.batch_predictions.run`) predicts its images and stores the results;
+an audit (:func:`app.services.audit.run_job`) audits its project's images and stores the
+result.
 The worker looks methods up by name and never branches on them. A run heartbeats from a
 background thread, reports progress through the ``progress`` callback (which raises
 :class:`~app.errors.JobCancelled` when the job was cancelled), and writes its output
@@ -24,6 +26,7 @@ from app.config import Settings
 from app.db.models import Job, Project
 from app.db.session import session_scope
 from app.errors import (
+    AuditFailed,
     BatchPredictionFailed,
     DovecoteError,
     JobCancelled,
@@ -93,11 +96,11 @@ def _progress_reporter(settings: Settings, job_id: str, token: str) -> Progress:
 @dataclass(frozen=True)
 class _Work:
     """What a claimed job does: ``run(progress)`` returns the id of the model the job ends
-    with (the one a training made, the one a batch prediction used). An unexpected error
+    with (the one a training made, the one a batch prediction used; an audit: None). An unexpected error
     fails the job as ``failure`` ("``what`` stopped on an unexpected internal error");
     ``discard`` removes what a run that did not succeed leaves behind."""
 
-    run: Callable[[Progress], str]
+    run: Callable[[Progress], str | None]
     failure: type[DovecoteError]
     what: str
     discard: Callable[[], None] = lambda: None
@@ -144,9 +147,22 @@ def _batch_prediction(db: Session, settings: Settings, job: Job) -> _Work:
     )
 
 
+def _audit(db: Session, settings: Settings, job: Job) -> _Work:
+    job_id = job.id
+
+    def run(progress: Progress) -> None:
+        audit_service.run_job(settings=settings, job_id=job_id, progress=progress)
+
+    return _Work(run, AuditFailed, "The audit")
+
+
+#: How the work of each kind of job that is not a training is prepared.
+_PREPARE = {jobs_service.BATCH_PREDICT: _batch_prediction, jobs_service.AUDIT: _audit}
+
+
 def _prepare(settings: Settings, job_id: str) -> _Work | None:
-    """The work of the claimed job's kind (training, or a batch prediction), with its
-    inputs loaded (None when the job is gone).
+    """The work of the claimed job's kind (training, a batch prediction, an audit), with
+    its inputs loaded (None when the job is gone).
 
     Runs under the job's error handling: data that changed since the job was created fails
     it with its own code (a missing image is ``image_missing``), anything else with
@@ -157,8 +173,7 @@ def _prepare(settings: Settings, job_id: str) -> _Work | None:
             if job is None:
                 return None
             log.info("running job %s (%s, queue %s)", job_id, job.method, job.queue)
-            prepare = _batch_prediction if job.method == jobs_service.BATCH_PREDICT else _training
-            return prepare(db, settings, job)
+            return _PREPARE.get(job.method, _training)(db, settings, job)
     except DovecoteError:
         raise
     except Exception as exc:

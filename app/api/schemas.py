@@ -236,27 +236,44 @@ def job_create_examples() -> dict[str, dict[str, Any]]:
     }
 
 
-class JobOut(BaseModel):
+class JobStateOut(BaseModel):
+    """Where a background job (a batch prediction, an audit) stands."""
+
+    status: JobStatus
+    progress: float = Field(ge=0, le=1, description="Fraction done, 0 to 1.")
+    stage: str = Field(description="What it is doing now, for people: `queued`, ..., `done`.")
+    error: dict[str, Any] | None = Field(
+        description="The problem document (`code`, `detail`, ...) of a failed job."
+    )
+    attempts: int
+    cancel_requested: bool
+    created_at: UTCDatetime
+    started_at: UTCDatetime | None
+    finished_at: UTCDatetime | None
+    heartbeat_at: UTCDatetime | None
+
+
+def job_state(job: Any) -> dict[str, Any]:
+    """The :class:`JobStateOut` fields of a ``jobs`` row."""
+    return {name: getattr(job, name) for name in JobStateOut.model_fields}
+
+
+class JobOut(JobStateOut):
     model_config = ConfigDict(from_attributes=True)
     id: str
     project_id: str
     method: str = _method_field()
     backbone: str
     params: dict[str, Any]
-    status: JobStatus
     queue: QueueName = Field(
         "train",
         description="The worker queue it was sent to: `gpu` for a job that trains through a "
         "backbone when the server has GPU workers (`DOVECOTE_GPU_QUEUE`), else `train`.",
     )
-    progress: float = Field(ge=0, le=1, description="Fraction done, 0 to 1.")
     stage: str = Field(
         description="What the job is doing now, for people: `queued`, `starting`, `loading "
         "backbone`, `embedding class names`, `extracting features`, `epoch 3/10`, `evaluating`, "
         "..., then `done`, `failed` or `cancelled`."
-    )
-    error: dict[str, Any] | None = Field(
-        description="The problem document (`code`, `detail`, ...) of a failed job."
     )
     history: list[dict[str, Any]] = Field(
         default_factory=list,
@@ -267,12 +284,6 @@ class JobOut(BaseModel):
     promotion: PromotionOut | None = Field(
         None, description="Set when the job made a model: whether it was promoted, and why."
     )
-    attempts: int
-    cancel_requested: bool
-    created_at: UTCDatetime
-    started_at: UTCDatetime | None
-    finished_at: UTCDatetime | None
-    heartbeat_at: UTCDatetime | None
 
 
 # --- models and prediction --------------------------------------------------------------
@@ -640,7 +651,7 @@ class BatchResultsOut(BaseModel):
     csv: str = Field(description="Path of the results as CSV.")
 
 
-class BatchPredictionOut(BaseModel):
+class BatchPredictionOut(JobStateOut):
     """A batch prediction: a background job that predicts many images with one model."""
 
     id: str
@@ -651,22 +662,12 @@ class BatchPredictionOut(BaseModel):
     filename: str | None = Field(description="The zip's name (`source: zip`).")
     top_k: int
     reject_below: float | Literal["default"] | None
-    status: JobStatus
     progress: float = Field(ge=0, le=1, description="Fraction of the images processed.")
     stage: str = Field(description="`queued`, `predicting 640/1000 images`, ..., `done`.")
-    error: dict[str, Any] | None = Field(
-        description="The problem document (`code`, `detail`, ...) of a failed job."
-    )
     counts: BatchCountsOut
     results: BatchResultsOut | None = Field(
         description="Where to download the results, once the job has succeeded."
     )
-    attempts: int
-    cancel_requested: bool
-    created_at: UTCDatetime
-    started_at: UTCDatetime | None
-    finished_at: UTCDatetime | None
-    heartbeat_at: UTCDatetime | None
 
 
 # --- catalogue --------------------------------------------------------------------------
@@ -752,12 +753,23 @@ class AuditOut(BaseModel):
     digest: str = Field(description="Of the audited image set: changes when images change.")
     summary: dict[str, int] = Field(description="Findings per kind.")
     leakage: dict[str, int] = Field(
-        description="`test_images_with_train_near_duplicates`: test images in a `leakage` "
-        "finding."
+        description="`test_images_with_train_near_duplicates`: test images in a `leakage` finding."
     )
     truncated: dict[str, int] = Field(description="Findings per kind left out of `findings`.")
     balance: AuditBalance
     findings: list[AuditFinding]
+
+
+class AuditJobOut(JobStateOut):
+    """The audit job of a project too large to audit in the request: poll
+    `GET /v1/projects/{project_id}/audit` until it answers `200` with the result."""
+
+    job_id: str
+    project_id: str
+    backbone: str
+    digest: str = Field(description="Of the image set the job was started for.")
+    image_count: int = Field(description="Images the job was started for.")
+    stage: str = Field(description="`queued`, `extracting features`, `reading pixels`, ...")
 
 
 # --- monitoring ---------------------------------------------------------------------------

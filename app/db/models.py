@@ -333,3 +333,20 @@ class WebhookDelivery(Base):
     created_at: Mapped[datetime] = mapped_column(Timestamp, default=utcnow)
     last_attempt_at: Mapped[datetime | None] = mapped_column(Timestamp)
     delivered_at: Mapped[datetime | None] = mapped_column(Timestamp)
+
+
+class DriftAlert(Base):
+    """A monitoring window of a model that sent ``model.drift``: one row per model, window
+    kind and window start, the primary key, inserted or ignored in the transaction that
+    records the event's deliveries (:func:`app.services.monitoring.alert`), so two
+    computations of the same window at once send it once."""
+
+    __tablename__ = "drift_alerts"
+
+    model_id: Mapped[str] = mapped_column(
+        ForeignKey("models.id", ondelete="CASCADE"), primary_key=True
+    )
+    window: Mapped[str] = mapped_column(String(8), primary_key=True)  # "day" | "hour"
+    window_start: Mapped[datetime] = mapped_column(Timestamp, primary_key=True)
+    drift_score: Mapped[float] = mapped_column(Float)
+    created_at: Mapped[datetime] = mapped_column(Timestamp, default=utcnow)

@@ -3,9 +3,11 @@ state machine: claim, heartbeat, progress, finish, and the recovery sweep.
 
 ``queued -> running -> succeeded | failed | cancelled``. The job row is the truth.
 
-The queue runs one other kind of job on the same machinery (durability, fair scheduling,
-cancel, time limit, heartbeat): batch predictions (:mod:`app.services.batch_predictions`),
-rows whose ``method`` is :data:`BATCH_PREDICT`. The training-job reads here never show them.
+The queue runs two other kinds of job on the same machinery (durability, fair scheduling,
+cancel, time limit, heartbeat, the active-job quota): batch predictions
+(:mod:`app.services.batch_predictions`), rows whose ``method`` is :data:`BATCH_PREDICT`,
+and dataset audits of large projects (:mod:`app.services.audit`), :data:`AUDIT`. The
+training-job reads here never show them.
 """
 
 from __future__ import annotations
@@ -38,6 +40,10 @@ Enqueue = Callable[[str, str], None]
 #: ``Job.method`` of a batch prediction: never a training method's name (a test holds it),
 #: so the column tells the two kinds of job apart.
 BATCH_PREDICT = "batch_predict"
+#: ``Job.method`` of a dataset audit (likewise never a training method's name).
+AUDIT = "audit"
+#: The ``Job.method`` values that are not training methods.
+NOT_TRAINING = (BATCH_PREDICT, AUDIT)
 
 
 class QueueUnavailable(DovecoteError):
@@ -102,9 +108,10 @@ def submit(*, db: Session, job: Job, enqueue: Enqueue) -> Job:
 
 
 def get(*, db: Session, tenant_id: str, job_id: str) -> Job:
-    """A training job of the tenant (a batch prediction's id reads like a missing one)."""
+    """A training job of the tenant (a batch prediction's or an audit's id reads like a
+    missing one)."""
     job = get_owned(db, Job, job_id, tenant_id=tenant_id, resource="job")
-    if job.method == BATCH_PREDICT:
+    if job.method in NOT_TRAINING:
         raise NotFound(f"No job {job_id!r}.", resource="job")
     return job
 
@@ -114,8 +121,9 @@ def list_(
 ) -> tuple[list[Job], str | None]:
     """The project's training jobs."""
     return list_in_project(
-        db, Job, project=project, limit=limit, cursor=cursor, where=Job.method != BATCH_PREDICT
-    )
+        db, Job, project=project, limit=limit, cursor=cursor,
+        where=Job.method.not_in(NOT_TRAINING),
+    )  # fmt: skip
 
 
 def cancel(*, db: Session, job: Job) -> Job:
@@ -301,7 +309,7 @@ def _finish(db: Session, job_id: str, token: str | None, **values: Any) -> bool:
     return bool(done)
 
 
-def succeed(*, db: Session, job_id: str, token: str, model_id: str) -> bool:
+def succeed(*, db: Session, job_id: str, token: str, model_id: str | None) -> bool:
     return _finish(
         db, job_id, token, status="succeeded", stage="done", progress=1.0, model_id=model_id
     )

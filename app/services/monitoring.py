@@ -8,9 +8,12 @@ feature cache (keyed by sha256, like training's): only images not cached yet tak
 backbone pass, and are cached.
 
 A window newly flagged sends the ``model.drift`` webhook event (:func:`alert`) once per
-model and window (a marker blob under the model's artifact prefix remembers it), for
+model and window (a ``drift_alerts`` row, inserted or ignored on its primary key in the
+transaction that records the event: of two computations at once, one sends it), for
 windows that ended less than :data:`ALERT_MAX_AGE` ago: a first look at months of history
-does not send months of alerts.
+does not send months of alerts. Besides ``GET /v1/models/{id}/monitoring``, each worker
+computes the day windows of models with recent stored predictions every
+``DOVECOTE_DRIFT_CHECK_SECONDS`` (:func:`check_recent`).
 
 The model's training images (the drift reference) are the project's ``target``-domain
 images outside the ``test`` split that existed when its job started: the images it could
@@ -20,6 +23,7 @@ learn from, not those added since (feedback on its own predictions among them). 
 
 from __future__ import annotations
 
+import logging
 from collections import Counter
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
@@ -27,11 +31,13 @@ from typing import Any
 
 import numpy as np
 from sqlalchemy import select
+from sqlalchemy.dialects.postgresql import insert as pg_insert
+from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.orm import Session
 
 from app.config import Settings
 from app.db.base import utcnow
-from app.db.models import Image, Job, Model, Project, StoredPrediction
+from app.db.models import DriftAlert, Image, Job, Model, Project, StoredPrediction
 from app.errors import InvalidInput
 from app.services import backbones, webhooks
 from app.services.images import blob_key
@@ -39,6 +45,8 @@ from app.services.predict import get_predictor
 from app.storage import BlobStore
 from app.transfer.data import Sample
 from app.transfer.drift import DriftParams, bandwidth, drift_score
+
+log = logging.getLogger(__name__)
 
 WINDOWS: dict[str, timedelta] = {"day": timedelta(days=1), "hour": timedelta(hours=1)}
 #: Windows covered when ``since`` is not given: a week of days, a day of hours.
@@ -137,7 +145,7 @@ def monitor(
     now: datetime | None = None,
 ) -> dict[str, Any]:
     """The model's monitoring as a JSON-able dict (the ``MonitoringOut`` schema); windows
-    without predictions are left out."""
+    without predictions are left out. Newly flagged windows alert (:func:`alert`)."""
     now = _utc(now or utcnow())
     start, end = _span(window, since, until, now)
     params = drift_params(settings)
@@ -197,7 +205,7 @@ def monitor(
                 "drift": None if score is None else score >= params.threshold,
             }
         )
-    alert(db=db, store=store, model=model, window=window, windows=out_windows, now=now,
+    alert(db=db, model=model, window=window, windows=out_windows, now=now,
           threshold=params.threshold)  # fmt: skip
     return {
         "model_id": model.id,
@@ -267,10 +275,20 @@ def _drift(
     return out
 
 
+def _insert_once(db: Session, **values: Any) -> bool:
+    """Insert a ``drift_alerts`` row unless one with its key exists (``ON CONFLICT DO
+    NOTHING``: a concurrent insert of the same key waits for the first to commit, then
+    does nothing); whether this call inserted it."""
+    dialect = db.get_bind().dialect.name
+    insert = pg_insert if dialect == "postgresql" else sqlite_insert
+    stmt = insert(DriftAlert).values(**values).on_conflict_do_nothing()
+    # RETURNING, not rowcount: the row comes back only when this statement inserted it.
+    return db.execute(stmt.returning(DriftAlert.model_id)).first() is not None
+
+
 def alert(
     *,
     db: Session,
-    store: BlobStore,
     model: Model,
     window: str,
     windows: list[dict[str, Any]],
@@ -279,15 +297,13 @@ def alert(
 ) -> int:
     """Send ``model.drift`` for each flagged window (of :func:`monitor`'s answer) that
     ended less than :data:`ALERT_MAX_AGE` before ``now`` and has not alerted yet; returns
-    how many were sent. The event is committed before its marker is written: a crash in
-    between sends it again later rather than never (two calls at the same instant may
-    both send it; the event's ``data`` names the window, so a receiver can tell)."""
+    how many were sent. The alert's row and the event's deliveries commit together."""
     sent = 0
     for w in windows:
         if not w["drift"] or w["end"] <= now - ALERT_MAX_AGE:
             continue
-        marker = f"{model.artifact_prefix}/drift-alerts/{window}-{w['start']:%Y%m%dT%H}"
-        if store.exists(marker):
+        if not _insert_once(db, model_id=model.id, window=window, window_start=w["start"],
+                            drift_score=w["drift_score"], created_at=utcnow()):  # fmt: skip
             continue
         webhooks.emit(
             db,
@@ -307,7 +323,42 @@ def alert(
                 "rejection_rate": w["rejection_rate"],
             },
         )
-        db.commit()
-        store.put(marker, b"{}")
         sent += 1
+    db.commit()
     return sent
+
+
+#: Day windows a scheduled check covers: the current one and the one before (whose last
+#: predictions came after the previous check).
+CHECKED_DAYS = 2
+
+
+def check_recent(
+    *, db: Session, settings: Settings, store: BlobStore, now: datetime | None = None
+) -> dict[str, int]:
+    """The worker's periodic drift check: :func:`monitor` (which alerts) over the last
+    :data:`CHECKED_DAYS` day windows of every model with stored predictions in them. A
+    model whose check fails is logged and skipped. Returns ``{"checked", "failed"}``
+    (models)."""
+    now = _utc(now or utcnow())
+    since = window_start(now, "day") - (CHECKED_DAYS - 1) * WINDOWS["day"]
+    model_ids = list(
+        db.scalars(
+            select(StoredPrediction.model_id).where(StoredPrediction.created_at >= since).distinct()
+        )
+    )
+    db.commit()
+    counts = {"checked": 0, "failed": 0}
+    for model_id in model_ids:
+        model = db.get(Model, model_id)
+        if model is None:  # deleted since its predictions were stored
+            continue
+        try:
+            monitor(db=db, settings=settings, store=store, model=model, window="day",
+                    since=since, until=now, now=now)  # fmt: skip
+            counts["checked"] += 1
+        except Exception:
+            db.rollback()
+            log.exception("drift check of model %s failed", model_id)
+            counts["failed"] += 1
+    return counts

@@ -270,30 +270,31 @@ def emit(
     return rows
 
 
-#: ``Job.method`` of a batch prediction (:data:`app.services.jobs.BATCH_PREDICT`; that
+#: The kind a ``job.finished`` event names for each ``Job.method`` that is not a training
+#: method (:data:`app.services.jobs.BATCH_PREDICT`, :data:`~app.services.jobs.AUDIT`; that
 #: module imports this one).
-_BATCH_PREDICT = "batch_predict"
+_OTHER_KINDS = {"batch_predict": "batch_prediction", "audit": "audit"}
 
 
 def job_summary(session: Session, job: Job) -> dict[str, Any]:
-    """What ``job.finished`` says of a job: id, project, kind (``training`` or
-    ``batch_prediction``), method, status, error code and detail, its model (id and
-    version: the one trained, or the one a batch prediction used) and whether it was
-    promoted (a batch prediction never promotes: ``null``)."""
+    """What ``job.finished`` says of a job: id, project, kind (``training``,
+    ``batch_prediction`` or ``audit``), method, status, error code and detail, its model
+    (id and version: the one trained, or the one a batch prediction used; none for an
+    audit) and whether it was promoted (only a training job promotes; else ``null``)."""
     model = session.get(Model, job.model_id) if job.model_id else None
     error = job.error
-    batch = job.method == _BATCH_PREDICT
+    kind = _OTHER_KINDS.get(job.method, "training")
     return {
         "job": {
             "id": job.id,
             "project_id": job.project_id,
-            "kind": "batch_prediction" if batch else "training",
+            "kind": kind,
             "method": job.method,
             "status": job.status,
             "error": {"code": error.get("code"), "detail": error.get("detail")} if error else None,
             "model_id": job.model_id,
             "model_version": model.version if model is not None else None,
-            "promotion": None if batch else job.promotion,
+            "promotion": job.promotion if kind == "training" else None,
             "finished_at": _iso(job.finished_at) if job.finished_at else None,
         }
     }

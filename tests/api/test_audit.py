@@ -2,17 +2,21 @@
 
 from __future__ import annotations
 
+import hashlib
 import io
 import json
+import shutil
+from collections.abc import Iterator
+from pathlib import Path
 
 import numpy as np
 import pytest
 from PIL import Image
 
-from app.services import audit as audit_service
+from app.services.images import blob_key
 from app.storage import open_store
-from tests.api.helpers import assert_problem, png
-from tests.conftest import Api
+from tests.api.helpers import assert_problem
+from tests.conftest import Api, make_settings, migrate
 from tests.factories import digit_images
 
 
@@ -20,6 +24,10 @@ def _encode(pixels: np.ndarray) -> bytes:
     buf = io.BytesIO()
     Image.fromarray(pixels).save(buf, format="PNG")
     return buf.getvalue()
+
+
+def _sha(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
 
 
 def test_audit_finds_leakage_mislabel_and_blank_image(api: Api) -> None:
@@ -87,14 +95,80 @@ def test_audit_finds_leakage_mislabel_and_blank_image(api: Api) -> None:
     assert "leakage" not in clean and "warnings" not in clean
 
 
-def test_audit_of_too_large_a_project_says_the_limit(
-    api: Api, monkeypatch: pytest.MonkeyPatch
-) -> None:
+@pytest.fixture
+def jobs_api(tmp_path: Path) -> Iterator[Api]:
+    """An API on which projects of more than 10 images are audited by a job."""
+    settings = make_settings(tmp_path, audit_inline_max_images=10)
+    migrate(settings)
+    api = Api(settings)
+    with api.client:
+        yield api
+
+
+def test_a_large_projects_audit_is_a_job_cached_until_the_images_change(jobs_api: Api) -> None:
+    api = jobs_api
     pid = api.project()["id"]
-    api.upload(pid, [("a.png", png(1)), ("b.png", png(2))], label="x")
-    monkeypatch.setattr(audit_service, "MAX_IMAGES", 1)
-    body = assert_problem(api.client.get(f"/v1/projects/{pid}/audit"), 422, "audit_too_large")
-    assert body["limit"] == 1
+    items = digit_images(6, classes=range(4))
+    api.upload_labeled(pid, items)
+    one = np.asarray(Image.open(io.BytesIO(items[0][1])).convert("L")).copy()
+    one[0, 0] ^= 1  # the first "0" again, new bytes, in the test split: it leaks
+    assert (
+        api.upload(pid, [("again.png", _encode(one))], label="0", split="test").status_code == 201
+    )
+    url = f"/v1/projects/{pid}/audit"
+
+    r = api.client.get(url)
+    assert r.status_code == 202, r.text
+    pending = r.json()
+    assert r.headers["Location"] == url and int(r.headers["Retry-After"]) > 0
+    assert pending["status"] == "queued" and pending["image_count"] == 25
+    assert api.client.get(url).json()["job_id"] == pending["job_id"]  # no second job
+    assert api.queued == [pending["job_id"]]
+    # not a training job: the training routes do not show it
+    assert api.client.get(f"/v1/jobs/{pending['job_id']}").status_code == 404
+    assert api.client.get(f"/v1/projects/{pid}/jobs").json()["items"] == []
+
+    cancelled = api.client.post(f"{url}/cancel")
+    assert cancelled.status_code == 202 and cancelled.json()["status"] == "cancelled"
+    assert_problem(api.client.post(f"{url}/cancel"), 409, "job_not_cancellable")
+    api.queued.clear()
+    again = api.client.get(url).json()  # a cancelled job does not block: a new one
+    assert again["job_id"] != pending["job_id"] and again["status"] == "queued"
+    assert api.run_queued() == ["succeeded"]
+
+    r = api.client.get(url)
+    assert r.status_code == 200, r.text
+    body = r.json()
+    assert body["image_count"] == 25 and body["digest"] == pending["digest"]
+    assert body["summary"]["leakage"] == 1 and body["leakage"] == {
+        "test_images_with_train_near_duplicates": 1
+    }
+    assert api.client.get(url).json() == body and api.queued == []  # from the cache
+
+    # A model trained now records that audit (it is current); none is computed in the job.
+    metrics = api.client.get(f"/v1/models/{api.train(pid)['model_id']}").json()["metrics"]
+    assert metrics["audit"] == {k: body[k] for k in ("digest", "backbone", "summary")}
+    assert metrics["leakage"] == {"test_images_with_train_near_duplicates": 1}
+
+    # An image moved: the cached audit is stale; training records none, GET starts a job.
+    leaked = next(f["image_ids"] for f in body["findings"] if f["kind"] == "leakage")
+    r = api.client.patch(f"/v1/projects/{pid}/images/{leaked[0]}", json={"split": "train"})
+    assert r.status_code == 200, r.text
+    stale = api.client.get(f"/v1/models/{api.train(pid)['model_id']}").json()["metrics"]
+    assert "DOVECOTE_AUDIT_INLINE_MAX_IMAGES" in stale["audit"]["skipped"]
+    assert "leakage" not in stale
+    r = api.client.get(url)
+    assert r.status_code == 202 and r.json()["digest"] != body["digest"]
+
+    # A failed job (an image's bytes gone, its features not cached) is a 409 naming it,
+    # until ?retry=true.
+    open_store(api.settings.resolved_storage_url).delete(blob_key(pid, _sha(items[1][1])))
+    shutil.rmtree(api.settings.feature_cache_dir)
+    assert api.run_queued() == ["failed"]
+    failed = assert_problem(api.client.get(url), 409, "audit_job_failed")
+    assert failed["job_id"] == r.json()["job_id"] and failed["error"]["code"] == "image_missing"
+    retried = api.client.get(url, params={"retry": "true"})
+    assert retried.status_code == 202 and retried.json()["job_id"] != failed["job_id"]
 
 
 def test_audit_of_an_empty_project_and_of_another_tenants(api: Api, acme) -> None:

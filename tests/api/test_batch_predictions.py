@@ -331,8 +331,8 @@ def test_a_deleted_model_fails_its_queued_batch(api: Api) -> None:
     assert not any(b.startswith(prefix) for b in blob_files(api.settings))
 
 
-def test_no_training_method_is_named_like_batch_predictions() -> None:
-    assert jobs_service.BATCH_PREDICT not in {m.name for m in list_methods()}
+def test_no_training_method_is_named_like_batch_predictions_or_audits() -> None:
+    assert not set(jobs_service.NOT_TRAINING) & {m.name for m in list_methods()}
 
 
 def test_batch_goes_to_train_reports_its_kind_and_stays_off_the_console(tmp_path: Path) -> None:

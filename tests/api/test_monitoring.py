@@ -17,6 +17,8 @@ from app.config import Settings
 from app.db.base import utcnow
 from app.db.models import StoredPrediction
 from app.db.session import session_scope
+from app.services import monitoring, stats
+from app.storage import open_store
 from app.transfer import features
 from tests.api.helpers import assert_problem
 from tests.conftest import Api, make_settings, migrate
@@ -146,6 +148,12 @@ def test_monitoring_flags_shifted_images_and_not_images_like_the_training_ones(
     (this_hour,) = hours["windows"]
     assert this_hour["predictions"] == 34 and this_hour["drift"] is True
     assert len(drift_events()) == 3  # the hour window alerts once too; days not again
+    # The worker's periodic check covers today and yesterday: both alerted already.
+    with session_scope(api.settings.resolved_database_url) as db:
+        store = open_store(api.settings.resolved_storage_url)
+        checked = monitoring.check_recent(db=db, settings=api.settings, store=store)
+    assert checked == {"checked": 1, "failed": 0}
+    assert len(drift_events()) == 3
 
     # /metrics: service-wide aggregates only, no series per model
     text = api.client.get("/metrics").text
@@ -154,6 +162,14 @@ def test_monitoring_flags_shifted_images_and_not_images_like_the_training_ones(
     assert 'dovecote_prediction_feedback{feedback="confirmed"} 1' in text
     assert 'dovecote_prediction_feedback{feedback="corrected"} 1' in text
     assert model_id not in text and pid not in text
+    # Counted at most once per DOVECOTE_METRICS_CACHE_SECONDS (60): one more stored
+    # prediction shows at the next count, not at the next scrape.
+    _predict(api, pid, held_out[:1])
+    assert 'dovecote_stored_predictions{answer="answered"} 90' in api.client.get("/metrics").text
+    with session_scope(api.settings.resolved_database_url) as db:
+        fresh = stats.stored_predictions(db=db, max_age=0)
+    assert fresh["answered"] == 91
+    assert 'dovecote_stored_predictions{answer="answered"} 91' in api.client.get("/metrics").text
 
 
 def test_monitoring_of_a_model_without_stored_predictions_and_bad_queries(api: Api, acme) -> None:

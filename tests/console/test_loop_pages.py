@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import io
 import re
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -16,7 +17,7 @@ from app.console.figures import DARK_FROM, blend, confusion_cells, heatmap_overl
 from app.db.models import Model
 from app.db.session import session_scope
 from tests.api.helpers import digit, new_key, png
-from tests.conftest import API_KEY, Api
+from tests.conftest import API_KEY, Api, make_settings, migrate
 from tests.console.helpers import console_client, csrf, sign_in
 from tests.factories import digit_images
 
@@ -292,6 +293,23 @@ def test_audit_page_offers_one_click_fixes(api: Api, console: TestClient) -> Non
     )
     assert (r.status_code, r.headers["location"]) == (303, f"/console/projects/{pid}/audit")
     assert api.client.get(f"/v1/projects/{pid}/images/{dropped}").status_code == 404
+
+
+def test_audit_page_of_a_large_project_shows_its_job_then_the_findings(tmp_path: Path) -> None:
+    settings = make_settings(tmp_path, audit_inline_max_images=4)  # 8 images: a job
+    migrate(settings)
+    api = Api(settings)
+    with api.client:
+        pid = api.project("large")["id"]
+        api.upload_labeled(pid, digit_images(4, [0, 1]))
+        console = console_client(api)
+        assert sign_in(console, API_KEY).status_code == 303
+        page = console.get(f"/console/projects/{pid}/audit")
+        assert page.status_code == 202, page.text
+        assert "8 images: the audit is being computed by a job (queued" in page.text
+        assert api.run_queued() == ["succeeded"]
+        page = console.get(f"/console/projects/{pid}/audit")
+        assert page.status_code == 200 and "8 images, on efficientnet_lite0 features" in page.text
 
 
 def test_another_tenants_ids_are_404_on_every_page(api: Api) -> None:

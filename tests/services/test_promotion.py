@@ -6,45 +6,14 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
-from sqlalchemy.orm import Session
 
 from app.config import Settings
-from app.db.models import Image, Job, Model, Project, Tenant
+from app.db.models import Image
 from app.db.session import session_scope
 from app.services import aliases
+from tests.factories import model_row, project_row
 
 GOOD = {"accuracy": 0.9, "baseline": {"name": "majority_class", "accuracy": 0.4}}
-
-
-def _project(db: Session, labels: list[str]) -> Project:
-    tenant = Tenant(name="t")
-    db.add(tenant)
-    db.flush()
-    project = Project(tenant_id=tenant.id, name="p")
-    db.add(project)
-    db.flush()
-    for i, label in enumerate(labels):
-        db.add(Image(project_id=project.id, filename=f"{i}.png", label=label, format="png",
-                     width=1, height=1, size_bytes=1, sha256=f"{i:064d}"))  # fmt: skip
-    db.flush()
-    return project
-
-
-def _model(
-    db: Session, project: Project, classes: list[str], labeled: int, metrics: dict[str, Any],
-    promote: str = "auto",
-) -> tuple[Job, Model]:  # fmt: skip
-    job = Job(project_id=project.id, method="knn", backbone="b", params={}, promote=promote)
-    db.add(job)
-    db.flush()
-    model = Model(
-        project_id=project.id, job_id=job.id, method="knn", backbone="b", classes=classes,
-        metrics=metrics, artifact_prefix="x", labeled_images=labeled,
-        version=aliases.next_version(db=db, project_id=project.id),
-    )  # fmt: skip
-    db.add(model)
-    db.flush()
-    return job, model
 
 
 @pytest.mark.parametrize(
@@ -60,10 +29,10 @@ def test_auto_promotes_over_a_stale_production_only_a_sound_model(
     settings: Settings, metrics: dict[str, Any], promoted: bool, words: str
 ) -> None:
     with session_scope(settings.resolved_database_url) as db:
-        project = _project(db, ["a", "a", "b", "b", "c"])
-        job, old = _model(db, project, ["a", "b"], 4, GOOD)
+        project = project_row(db, ["a", "a", "b", "b", "c"])
+        job, old = model_row(db, project, ["a", "b"], 4, GOOD)
         assert aliases.promote_trained(db=db, job=job, model=old)["promoted"] is True
-        job, new = _model(db, project, ["a", "b", "c"], 5, metrics)
+        job, new = model_row(db, project, ["a", "b", "c"], 5, metrics)
         outcome = aliases.promote_trained(db=db, job=job, model=new)
         assert outcome["promoted"] is promoted, outcome
         assert "production v1 " in outcome["reason"] and "new classes ['c']" in outcome["reason"]
@@ -76,18 +45,18 @@ def test_auto_leaves_an_up_to_date_production_and_unknown_counts_alone(
     settings: Settings,
 ) -> None:
     with session_scope(settings.resolved_database_url) as db:
-        project = _project(db, ["a", "a", "b", "b"])
-        job, old = _model(db, project, ["a", "b"], 4, GOOD)
+        project = project_row(db, ["a", "a", "b", "b"])
+        job, old = model_row(db, project, ["a", "b"], 4, GOOD)
         aliases.promote_trained(db=db, job=job, model=old)
-        job, new = _model(db, project, ["a", "b"], 4, GOOD)
+        job, new = model_row(db, project, ["a", "b"], 4, GOOD)
         assert aliases.promote_trained(db=db, job=job, model=new)["promoted"] is False
         old.labeled_images = None  # a model from before counts were recorded: not stale by count
         db.add(Image(project_id=project.id, filename="x.png", label="a", format="png", width=1,
                      height=1, size_bytes=1, sha256="f" * 64))  # fmt: skip
-        job, newer = _model(db, project, ["a", "b"], 5, GOOD)
+        job, newer = model_row(db, project, ["a", "b"], 5, GOOD)
         assert aliases.promote_trained(db=db, job=job, model=newer)["promoted"] is False
         old.labeled_images = 4
-        job, newest = _model(db, project, ["a", "b"], 5, GOOD)
+        job, newest = model_row(db, project, ["a", "b"], 5, GOOD)
         outcome = aliases.promote_trained(db=db, job=job, model=newest)
         assert outcome["promoted"] is True and "now holds 5" in outcome["reason"], outcome
         assert (newest.version, project.last_model_version) == (4, 4)

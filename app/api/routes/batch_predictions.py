@@ -30,6 +30,7 @@ from app.api.schemas import (
     BatchPredictionOut,
     BatchResultsOut,
     Page,
+    job_state,
 )
 from app.db.models import Job
 from app.errors import InvalidInput
@@ -79,20 +80,11 @@ def batch_prediction_out(job: Job) -> BatchPredictionOut:
         filename=params.get("filename"),
         top_k=params["top_k"],
         reject_below=params.get("reject_below"),
-        status=job.status,  # type: ignore[arg-type]
-        progress=job.progress,
-        stage=job.stage,
-        error=job.error,
         counts=BatchCountsOut(**dataclasses.asdict(service.counts(job))),
         results=BatchResultsOut(jsonl=f"{path}?format=jsonl", csv=f"{path}?format=csv")
         if job.status == "succeeded"
         else None,
-        attempts=job.attempts,
-        cancel_requested=job.cancel_requested,
-        created_at=job.created_at,
-        started_at=job.started_at,
-        finished_at=job.finished_at,
-        heartbeat_at=job.heartbeat_at,
+        **job_state(job),
     )
 
 

@@ -48,8 +48,9 @@ def readyz(request: Request, db: SessionDep, store: StoreDep) -> JSONResponse:
 @router.get("/metrics", tags=["health"], response_class=PlainTextResponse)
 def metrics(request: Request, db: SessionDep, settings: SettingsDep) -> PlainTextResponse:
     """Prometheus text exposition: jobs by status, totals, stored predictions (answered,
-    rejected) and their feedback, predictor cache sizes; service-wide only, no series per
-    tenant, project or model. Its counts span all tenants: with `DOVECOTE_METRICS_KEY` set it needs that key as a Bearer token."""
+    rejected) and their feedback (counted at most once per `DOVECOTE_METRICS_CACHE_SECONDS`
+    per process), predictor cache sizes; service-wide only, no series per tenant, project
+    or model. Its counts span all tenants: with `DOVECOTE_METRICS_KEY` set it needs that key as a Bearer token."""
     # Read by hand, not through the `ApiKey` scheme: a tenant's key is not this one.
     sent = request.headers.get("authorization", "").removeprefix("Bearer ").strip()
     if settings.metrics_key and not hmac.compare_digest(
@@ -61,7 +62,7 @@ def metrics(request: Request, db: SessionDep, settings: SettingsDep) -> PlainTex
         lines.append(f'dovecote_jobs{{status="{status}"}} {count}')
     for name, count in stats.totals(db=db).items():
         lines += [f"# TYPE dovecote_{name} gauge", f"dovecote_{name} {count}"]
-    counts = stats.stored_predictions(db=db)
+    counts = stats.stored_predictions(db=db, max_age=settings.metrics_cache_seconds)
     lines.append("# TYPE dovecote_stored_predictions gauge")
     for kind in ("answered", "rejected"):
         lines.append(f'dovecote_stored_predictions{{answer="{kind}"}} {counts[kind]}')

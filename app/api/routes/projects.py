@@ -3,11 +3,13 @@ from __future__ import annotations
 from typing import Annotated
 
 from fastapi import APIRouter, Query, Response, status
+from fastapi.responses import JSONResponse
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from app.api.deps import (
     CursorQuery,
+    EnqueueDep,
     LimitQuery,
     ProjectDep,
     SessionDep,
@@ -16,6 +18,7 @@ from app.api.deps import (
     TenantDep,
 )
 from app.api.schemas import (
+    AuditJobOut,
     AuditOut,
     ClassOut,
     LabelSetOut,
@@ -23,8 +26,9 @@ from app.api.schemas import (
     ProjectCreate,
     ProjectOut,
     ProjectUpdate,
+    job_state,
 )
-from app.db.models import Model, Project
+from app.db.models import Job, Model, Project
 from app.services import audit, label_sets, quotas
 from app.services import projects as service
 
@@ -127,18 +131,61 @@ def delete_label_set(name: str, project: ProjectDep, db: SessionDep) -> Response
     return Response(status_code=status.HTTP_204_NO_CONTENT)
 
 
-@router.get("/{project_id}/audit", tags=["audit"])
+def audit_job_out(job: Job) -> AuditJobOut:
+    return AuditJobOut(
+        job_id=job.id,
+        project_id=job.project_id,
+        backbone=job.backbone,
+        digest=job.params["digest"],
+        image_count=job.params["images"],
+        **job_state(job),
+    )
+
+
+@router.get(
+    "/{project_id}/audit",
+    tags=["audit"],
+    response_model=AuditOut,
+    responses={
+        202: {"model": AuditJobOut, "description": "A large project: the audit job computing it."}
+    },
+)
 def audit_project(
     project: ProjectDep,
     db: SessionDep,
     settings: SettingsDep,
     store: StoreDep,
+    enqueue: EnqueueDep,
     backbone: Annotated[str | None, Query(max_length=200)] = None,
-) -> AuditOut:
+    retry: Annotated[
+        bool, Query(description="Start the audit job again when the last one failed.")
+    ] = False,
+) -> AuditOut | JSONResponse:
     """Dataset audit: cross-label duplicates, near-duplicates and train/test leakage, likely
     mislabels (confident learning) with a suggested label, class balance, outliers and
-    image quality. Computed in the request (at most 2000 images, else `audit_too_large`)
-    on the backbone's cached features, and cached until the project's images change."""
-    return AuditOut.model_validate(
-        audit.run(db=db, settings=settings, store=store, project=project, backbone=backbone)
-    )
+    image quality, on the backbone's cached features, cached until the project's images
+    change. A project of up to `DOVECOTE_AUDIT_INLINE_MAX_IMAGES` images is audited in the
+    request; a larger one by a job on the worker: `202` with the job (`Location`,
+    `Retry-After`) until its result is ready, then `200`. A failed job of these images is
+    `409 audit_job_failed` (`?retry=true` starts another)."""
+    result = audit.get_or_start(
+        db=db, settings=settings, store=store, project=project, backbone=backbone,
+        enqueue=enqueue, retry=retry,
+    )  # fmt: skip
+    if isinstance(result, Job):
+        return JSONResponse(
+            audit_job_out(result).model_dump(mode="json"),
+            status_code=status.HTTP_202_ACCEPTED,
+            headers={
+                "Location": f"/v1/projects/{project.id}/audit",
+                "Retry-After": str(audit.RETRY_AFTER),
+            },
+        )
+    return AuditOut.model_validate(result)
+
+
+@router.post("/{project_id}/audit/cancel", tags=["audit"], status_code=status.HTTP_202_ACCEPTED)
+def cancel_audit(project: ProjectDep, db: SessionDep) -> AuditJobOut:
+    """Cancel the project's queued or running audit job (`409 job_not_cancellable` when
+    there is none)."""
+    return audit_job_out(audit.cancel(db=db, project=project))

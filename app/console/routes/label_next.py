@@ -16,7 +16,7 @@ from app.api.deps import EnqueueDep, SessionDep, SettingsDep, StoreDep
 from app.console.deps import ConsoleProject, ConsoleTenant
 from app.console.templating import redirect_back, render
 from app.db.models import Image, Job, Project
-from app.errors import AuditTooLarge, ProjectHasNoModel
+from app.errors import AuditJobFailed, ProjectHasNoModel, TooManyActiveJobs
 from app.services import aliases, audit, jobs
 from app.services import images as images_service
 from app.services import predictions as predictions_service
@@ -148,15 +148,22 @@ def audit_page(
     db: SessionDep,
     settings: SettingsDep,
     store: StoreDep,
+    enqueue: EnqueueDep,
     tenant: ConsoleTenant,
     project: ConsoleProject,
 ) -> Response:
-    """The dataset audit (computed on cached features, cached until the images change)."""
+    """The dataset audit (computed on cached features, cached until the images change; by
+    a job for a large project, whose progress the page shows until it is done)."""
     context: dict[str, Any] = {"tenant": tenant, "project": project}
     try:
-        report = audit.run(db=db, settings=settings, store=store, project=project, backbone=None)
-    except AuditTooLarge as exc:
+        report = audit.get_or_start(
+            db=db, settings=settings, store=store, project=project, backbone=None,
+            enqueue=enqueue,
+        )  # fmt: skip
+    except (AuditJobFailed, TooManyActiveJobs) as exc:
         return render(request, "audit.html", {**context, "error": exc.detail}, exc.status)
+    if isinstance(report, Job):
+        return render(request, "audit.html", {**context, "job": report}, 202)
     ids = {i for f in report["findings"] for i in f["image_ids"]}
     images = (
         {

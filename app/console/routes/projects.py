@@ -130,7 +130,7 @@ def project_context(
     )  # fmt: skip
     # training jobs only, as /v1/projects/{id}/jobs lists them (no batch predictions)
     jobs = newest_in_project(
-        db, Job, project=project, limit=10, where=Job.method != jobs_service.BATCH_PREDICT
+        db, Job, project=project, limit=10, where=Job.method.not_in(jobs_service.NOT_TRAINING)
     )
     models = newest_in_project(db, Model, project=project, limit=50)
     return {
