@@ -2,7 +2,11 @@
 
 A frozen-backbone model stores only its head (``head.safetensors``) and names its backbone
 by registry name and weights digest; models that changed the backbone add
-``backbone.safetensors``.
+``backbone.safetensors``: every tensor of the network, or, when ``model.json`` says
+``backbone_delta``, only those that differ from the pretrained weights it names (AdaBN's
+BatchNorm statistics, ~170 KB instead of the ~19 MB network); the predictor loads them over
+those weights, which must then be the ones named. Artifacts without ``backbone_delta``
+(every one before it) hold the whole network.
 
 Head tensors that are not the model's own (:attr:`Head.shared_buffers`: a zero-shot head's
 copy of the backbone's 1000-class ImageNet classifier and ImageNet's class-text vectors,
@@ -85,6 +89,8 @@ class TrainedModel:
     metrics: dict[str, Any]
     params: dict[str, Any] = field(default_factory=dict)
     backbone_state: dict[str, torch.Tensor] | None = None
+    #: ``backbone_state`` holds only what differs from the pretrained ``backbone_digest``.
+    backbone_delta: bool = False
 
     def manifest(self, shared: dict[str, str] | None = None) -> dict[str, Any]:
         """``shared``: head tensor name -> digest of its shared file (:meth:`to_files`)."""
@@ -99,6 +105,7 @@ class TrainedModel:
             "classes": self.classes,
             "head": head,
             "finetuned_backbone": self.backbone_state is not None,
+            "backbone_delta": self.backbone_delta,
             "params": self.params,
             "metrics": self.metrics,
             "versions": library_versions(),
@@ -150,4 +157,5 @@ class TrainedModel:
             backbone_state=(
                 load_tensors(read(BACKBONE_FILE)) if manifest.get("finetuned_backbone") else None
             ),
+            backbone_delta=bool(manifest.get("backbone_delta", False)),
         )

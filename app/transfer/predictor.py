@@ -172,16 +172,17 @@ def model_backbone(
     graph_dir: Path | None = None,
 ) -> Backbone:
     """The network ``model`` runs on, ready for inference: its registry backbone, with the
-    model's own finetuned tensors loaded when it has them."""
+    model's own finetuned tensors loaded when it has them (all of the network's, or only
+    those that differ from the pretrained weights: ``backbone_delta``)."""
     backbone = load_backbone(model.backbone, weights_dir=weights_dir, allow_hub=allow_hub)
+    over_pretrained = model.backbone_state is None or model.backbone_delta
+    if over_pretrained and backbone.weights_digest != model.backbone_digest:
+        raise RuntimeError(f"backbone {model.backbone} weights changed since the model was trained")
     if model.backbone_state is not None:
         loaded = backbone.model.load_state_dict(model.backbone_state, strict=False)
-        if loaded.unexpected_keys or set(loaded.missing_keys) - classifier_param_names(
-            backbone.model
-        ):
+        missing = set(loaded.missing_keys) - classifier_param_names(backbone.model)
+        if loaded.unexpected_keys or (missing and not model.backbone_delta):
             raise ValueError(f"finetuned backbone of {model_key} does not fit {model.backbone}")
-    elif backbone.weights_digest != model.backbone_digest:
-        raise RuntimeError(f"backbone {model.backbone} weights changed since the model was trained")
     return prepare_backbone(backbone, graph_dir)
 
 

@@ -113,10 +113,13 @@ class Method(ABC):
         metrics: dict[str, Any],
         params: MethodParams | dict[str, Any],
         backbone_state: dict[str, torch.Tensor] | None = None,
+        backbone_delta: bool = False,
         preprocessing: Preprocessing | None = None,
     ) -> TrainedModel:
         """The model this method trained: ``head`` on ``backbone`` (finetuned when
-        ``backbone_state`` is given), preprocessed as the backbone's unless overridden."""
+        ``backbone_state`` is given: the whole network's, or with ``backbone_delta`` only
+        what differs from ``backbone``'s weights), preprocessed as the backbone's unless
+        overridden."""
         return TrainedModel(
             method=self.name,
             backbone=backbone.name,
@@ -127,6 +130,7 @@ class Method(ABC):
             metrics=metrics,
             params=params if isinstance(params, dict) else params.model_dump(),
             backbone_state=backbone_state,
+            backbone_delta=backbone_delta,
         )
 
 
