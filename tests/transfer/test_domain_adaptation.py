@@ -4,23 +4,30 @@ scikit-learn (unlabeled target, other writers, scanner and resolution), 10 class
 from __future__ import annotations
 
 import dataclasses
+import json
+from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
+from safetensors.torch import load as load_tensors
 
 from app.errors import ClassTooSmall, SourceHasNoLabels, TargetHasNoImages
 from app.transfer import Predictor, TrainedModel, TrainingData, get_method
 from app.transfer.backbones import load_backbone
-from app.transfer.data import Sample
-from app.transfer.domain import ON_ADABN
+from app.transfer.data import Sample, no_progress
+from app.transfer.domain import ALGORITHMS, ON_ADABN
 from app.transfer.domain.adabn import estimate_statistics
-from app.transfer.domain.base import fit_linear
+from app.transfer.domain.base import accuracy, fit_linear
 from app.transfer.domain.coral import coral_transform
 from app.transfer.domain.dann import GradientReverse, grl_schedule
 from app.transfer.domain.gap import proxy_a_distance
+from app.transfer.domain.reverse_validation import choose, reverse_validate, tied
 from app.transfer.domain.self_training import pseudo_labels
+from app.transfer.evaluation import stratified_holdout
+from app.transfer.methods.domain_adaptation import problem
 from app.transfer.preprocess import load_for_model
+from bench.domain_adaptation import PAIRS, build, training_data
 from tests.factories import digit_domain_pair, digit_images
 
 DA = get_method("domain_adaptation")
@@ -72,11 +79,13 @@ def test_adaptation_beats_source_only_on_mnist_to_uci_digits(
     adabn = m["candidates"]["adabn"]
     assert adabn["target_accuracy"] >= m["candidates"]["source_only"]["target_accuracy"] + 0.05
     assert adabn["domain_gap_after"] <= m["domain_gap"]["before"] - 1.0
-    # ... and reverse validation, which never saw a target label, picked a winner over it.
-    by_rv = m["reverse_validation"]["by_algorithm"]
-    assert (
-        m["selected"] == max(by_rv, key=by_rv.__getitem__) not in {"source_only", "self_training"}
-    )
+    # ... and reverse validation, which never saw a target label, picked a winner over it
+    # (among the scores within noise of the best, the smallest gap after adaptation).
+    rv = m["reverse_validation"]
+    by_rv, n_holdout = rv["by_algorithm"], rv["n_source_holdout"]
+    gaps = {a: c["domain_gap_after"] for a, c in m["candidates"].items()}
+    assert rv["tied"] == tied(by_rv, n_holdout) and m["selected"] in rv["tied"]
+    assert m["selected"] == choose(by_rv, gaps, n_holdout) not in {"source_only", "self_training"}
     assert m["accuracy"] >= m["source_only"]["accuracy"] + 0.05
     assert m["negative_transfer"] is False
     # A real gap, measured before and after.
@@ -117,6 +126,84 @@ def test_served_artifact_predicts_target_images(adapted: TrainedModel) -> None:
     assert len(preds) == 200 and all(len(p.scores) == 3 for p in preds)
     served = np.mean([p.label == label for p, (label, _) in zip(preds, test, strict=True)])
     assert served == pytest.approx(adapted.metrics["accuracy"], abs=0.011)
+
+
+def test_adabn_artifact_holds_only_its_statistics_and_serves_the_reported_accuracy(
+    pair: TrainingData,
+) -> None:
+    """An AdaBN model stores its BatchNorm statistics and head, not the pretrained network;
+    served from those files it reproduces the reported target accuracy, and an artifact
+    holding the whole network (as AdaBN models were stored before) predicts the same."""
+    model = DA.fit(pair, DA.parse_params({"algorithm": "adabn"}))
+    m = model.metrics
+    assert m["selected"] == "adabn" and model.backbone_delta
+    files = model.to_files()
+    manifest = json.loads(files["model.json"])
+    assert manifest["finetuned_backbone"] and manifest["backbone_delta"]
+    state = load_tensors(files["backbone.safetensors"])
+    assert state and all(".running_" in k or k.endswith(".num_batches_tracked") for k in state)
+    assert len(files["backbone.safetensors"]) < 300_000  # the network is ~19 MB
+    test = digit_images(20, offset=30, smooth=True)  # the pair's target test images
+    pngs = [png for _, png in test]
+    preds = Predictor().predict("adabn", files.__getitem__, pngs, top_k=1)
+    served = np.mean([p.label == label for p, (label, _) in zip(preds, test, strict=True)])
+    assert served == pytest.approx(m["accuracy"], abs=0.011)
+    assert m["accuracy"] > m["source_only"]["accuracy"]  # the statistics are what serve
+
+    network = load_backbone("efficientnet_lite0").model
+    network.reset_classifier(0)
+    network.load_state_dict(state, strict=False)  # an old artifact: every tensor, no flag
+    old = dataclasses.replace(model, backbone_state=network.state_dict(), backbone_delta=False)
+    old_files = old.to_files()
+    assert len(old_files["backbone.safetensors"]) > 50 * len(files["backbone.safetensors"])
+    assert not json.loads(old_files["model.json"])["backbone_delta"]
+    old_preds = Predictor().predict("old", old_files.__getitem__, pngs, top_k=1)
+    assert [p.label for p in old_preds] == [p.label for p in preds]
+    for a, b in zip(old_preds, preds, strict=True):
+        assert a.score == pytest.approx(b.score, abs=1e-4)
+
+    other = dict(files, **{"model.json": files["model.json"].replace(
+        model.backbone_digest.encode(), b"0" * len(model.backbone_digest)
+    )})  # fmt: skip
+    with pytest.raises(RuntimeError, match="weights changed"):  # statistics need their weights
+        Predictor().predict("moved", other.__getitem__, pngs[:1])
+
+
+def test_reverse_validation_ties_go_to_the_candidate_with_the_smaller_domain_gap(
+    tmp_path: Path,
+) -> None:
+    """Inverted textures (the bench's pair, seed 0): three easy classes, so on the 12
+    held-out source images every candidate's reverse model scores 1.0. The best score alone
+    kept the first listed, source-only; the tie goes to the candidate whose source and target
+    features lie closest after adaptation, and it reads the target test images better."""
+    pair = build(PAIRS["textures-inverted"], 20, 20, 15, seed=0)
+    data, _ = training_data(pair, tmp_path)
+    pb = problem(data, load_backbone("efficientnet_lite0"), no_progress)
+    task, params = pb.task, DA.parse_params({})
+    s_train, s_hold = stratified_holdout(task.source, task.y, 0.2, 0)
+    forward = dataclasses.replace(task, source=s_train, y=task.y[s_train])
+    scores, gaps, target = {}, {}, {}
+    for name in ("source_only", "coral", "self_training"):
+        rv = reverse_validate(
+            ALGORITHMS[name], forward, s_hold, task.y[s_hold], params.grid(name)[0], 0
+        )
+        scores[name], target[name] = rv.score, accuracy(rv.forward, task.pool, pb.test, pb.y_test)
+        gaps[name] = proxy_a_distance(*rv.forward.aligned(), seed=0)
+    print(f"\nscores {scores}\ngaps {gaps}\ntarget accuracy {target}")
+    assert len(s_hold) == 12 and tied(scores, len(s_hold)) == list(scores)  # a real tie
+    assert max(scores, key=scores.__getitem__) == "source_only"  # the best score alone
+    chosen = choose(scores, gaps, len(s_hold))
+    assert gaps[chosen] == min(gaps.values()) < gaps["source_only"]
+    assert target[chosen] > target["source_only"]
+
+
+def test_scores_within_one_standard_error_tie() -> None:
+    """40 held-out images, best 0.9: one standard error is sqrt(0.9 * 0.1 / 40) = 0.047."""
+    scores = {"a": 0.9, "b": 0.86, "c": 0.85, "d": 0.7}
+    assert tied(scores, 40) == ["a", "b"]
+    assert tied(scores, 40, k=0.0) == ["a"]
+    assert choose(scores, {"a": 1.5, "b": 0.4, "c": 0.1, "d": 0.0}, 40) == "b"
+    assert choose({"a": 1.0, "b": 1.0}, {"a": 0.3, "b": 0.3}, 12) == "a"  # then by order
 
 
 def test_adabn_moves_batchnorm_statistics_to_the_target_moments() -> None:

@@ -11,17 +11,33 @@ Transfer Learning". The labeled source is split into :math:`S_{tr}` and a held-o
 A candidate that labels the target well gives the reverse model good training labels, so
 its score tracks the (unobservable) target accuracy; one that collapses the target onto a
 few classes cannot come back to the source. No target label is read.
+
+Choosing (:func:`choose`): the score is an accuracy on :math:`n = |S_{va}|` images, so
+scores that differ by less than their sampling noise do not rank candidates (on an easy
+source several candidates score 1.0). Among the candidates within ``TIE_STANDARD_ERRORS``
+binomial standard errors of the best score :math:`s^*`,
+
+.. math:: s \\ge s^* - k \\sqrt{s^* (1 - s^*) / n}
+
+(only exact ties when :math:`s^* \\in \\{0, 1\\}`), the one whose source and target
+features lie closest after adaptation (the smallest proxy A-distance, :mod:`.gap`) is
+chosen: of two classifiers equally good on the source, the one that sees the domains more
+alike has the smaller bound on its target error (Ben-David et al. 2010).
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import math
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
 from app.transfer.domain.base import Adapted, Algorithm, Task, accuracy
+
+#: Scores within this many standard errors of the best tie (chosen on bench/domain_adaptation.py).
+TIE_STANDARD_ERRORS = 1.0
 
 
 @dataclass
@@ -51,3 +67,21 @@ def reverse_validate(
         source_accuracy=accuracy(forward, task.pool, holdout, y_holdout),
         forward=forward,
     )
+
+
+def tied(scores: Mapping[str, float], n_holdout: int, k: float = TIE_STANDARD_ERRORS) -> list[str]:
+    """The candidates whose score is within ``k`` standard errors of the best, in order."""
+    best = max(scores.values())
+    margin = k * math.sqrt(best * (1.0 - best) / max(n_holdout, 1))
+    return [name for name, s in scores.items() if s >= best - margin - 1e-9]
+
+
+def choose(
+    scores: Mapping[str, float],
+    gaps: Mapping[str, float],
+    n_holdout: int,
+    k: float = TIE_STANDARD_ERRORS,
+) -> str:
+    """The candidate of the best score, ties (:func:`tied`) broken by the smallest domain gap
+    after adaptation ``gaps``, then by order."""
+    return min(tied(scores, n_holdout, k), key=gaps.__getitem__)

@@ -10,7 +10,9 @@ on a backbone with BatchNorm, ``adabn``, ``adabn_coral`` and ``adabn_self_traini
 of them with ``algorithm: auto``, else the one named), each over its hyperparameter grid
 (the AdaBN combinations over their inner algorithm's) — is scored by reverse validation
 on a stratified source holdout (:mod:`app.transfer.domain.reverse_validation`). The best configuration of each algorithm
-is kept; ``auto`` selects the algorithm with the best score. The selection and the
+is kept; ``auto`` selects the algorithm with the best score, among scores within their
+noise the one with the smallest domain gap after adaptation
+(:func:`~app.transfer.domain.reverse_validation.choose`). The selection and the
 ``source_only`` baseline are refit on all source images and measured on the target test
 split when there is one (``validation: test-split``), else on the source holdout
 (``validation: source-holdout``, with a warning: without target labels no one can say
@@ -36,9 +38,15 @@ from app.transfer.artifacts import TrainedModel
 from app.transfer.backbones import Backbone, load_backbone, require_trainable
 from app.transfer.data import Progress, Sample, TrainingData, no_progress, sub_progress
 from app.transfer.domain import ALGORITHMS, ON_ADABN, Adapted, DomainStatistics, Pool, Task
+from app.transfer.domain.adabn import statistics_state
 from app.transfer.domain.base import accuracy, source_only
 from app.transfer.domain.gap import proxy_a_distance
-from app.transfer.domain.reverse_validation import ReverseValidation, reverse_validate
+from app.transfer.domain.reverse_validation import (
+    ReverseValidation,
+    choose,
+    reverse_validate,
+    tied,
+)
 from app.transfer.evaluation import classification_metrics, stratified_holdout
 from app.transfer.features import extract_features
 from app.transfer.methods import register_method
@@ -143,7 +151,7 @@ class DomainAdaptationParams(MethodParams):
 
 
 @dataclass
-class _Problem:
+class Problem:
     """A job's rows: the adaptation ``task`` and the labeled target ``test`` rows."""
 
     classes: list[str]
@@ -161,7 +169,7 @@ class _Best:
     report: dict[str, Any]
 
 
-def _problem(data: TrainingData, backbone: Backbone, progress: Progress) -> _Problem:
+def problem(data: TrainingData, backbone: Backbone, progress: Progress) -> Problem:
     """Features of the labeled source, the unlabeled target and the labeled target test."""
     classes = sorted(data.class_counts(domain="source"))
     groups: tuple[list[Sample], list[Sample], list[Sample]] = ([], [], [])
@@ -206,10 +214,10 @@ def _problem(data: TrainingData, backbone: Backbone, progress: Progress) -> _Pro
         Pool(feats, images, load_network, adabn), source=np.arange(ns), y=labels(groups[0]),
         target=np.arange(ns, ns + nt), n_classes=len(classes),
     )  # fmt: skip
-    return _Problem(classes, task, np.arange(ns + nt, len(samples)), labels(groups[2]))
+    return Problem(classes, task, np.arange(ns + nt, len(samples)), labels(groups[2]))
 
 
-def _public(config: dict[str, Any]) -> dict[str, Any]:
+def public_config(config: dict[str, Any]) -> dict[str, Any]:
     """A configuration as reported: what was searched or set for this algorithm."""
     return {k: v for k, v in config.items() if k not in ("backbone_lr_mult", "weight_decay")}
 
@@ -267,7 +275,7 @@ class DomainAdaptation(Method):
         self.check(data, p)
         progress(0.0, "loading backbone")
         backbone = shared_backbone(data.backbone, data.weights_dir, data.allow_hub)
-        pb = _problem(data, backbone, sub_progress(progress, 0.0, 0.3))
+        pb = problem(data, backbone, sub_progress(progress, 0.0, 0.3))
         task = pb.task
         algorithms = p.algorithms()
         if task.pool.adabn is None:  # a backbone without BatchNorm: AdaBN changes nothing
@@ -282,10 +290,11 @@ class DomainAdaptation(Method):
             progress(0.3, stage)
             task.pool.adabn.features(lambda: progress(0.3, stage))
         sel = _select(pb, p, algorithms, progress)
+        scores = {a: b.rv.score for a, b in sel.best.items()}
+        gaps_after = {a: c["domain_gap_after"] for a, c in sel.candidates.items()}
+        ties = tied(scores, len(sel.holdout))
         selected = (
-            max(sel.best, key=lambda a: sel.best[a].rv.score)
-            if p.algorithm == "auto"
-            else p.algorithm
+            choose(scores, gaps_after, len(sel.holdout)) if p.algorithm == "auto" else p.algorithm
         )
 
         def tick() -> None:
@@ -322,14 +331,15 @@ class DomainAdaptation(Method):
         source_accuracy = sel.best[selected].rv.source_accuracy
         metrics.update(
             selected=selected,
-            selected_config=_public(sel.best[selected].config),
+            selected_config=public_config(sel.best[selected].config),
             source_only=baseline_metrics,
             baseline=baseline_metrics,
             domain_gap=gap,
             source_accuracy=source_accuracy,
             reverse_validation={
                 "selected": sel.best[selected].rv.score,
-                "by_algorithm": {a: b.rv.score for a, b in sel.best.items()},
+                "by_algorithm": scores,
+                "tied": ties,
                 "n_source_holdout": 0 if sel.no_holdout else len(sel.holdout),
             },
             candidates=sel.candidates,
@@ -338,9 +348,16 @@ class DomainAdaptation(Method):
         if protocol == "test-split":
             metrics["negative_transfer"] = metrics["accuracy"] < baseline_metrics["accuracy"]
         progress(1.0, "done")
-        state = None if final.network is None else {
-            k: v.detach().cpu().clone().contiguous() for k, v in final.network.state_dict().items()
-        }  # fmt: skip
+        adabn = selected in ON_ADABN  # the pretrained network but its BatchNorm statistics
+        if final.network is None:
+            state = None
+        elif adabn:
+            state = statistics_state(final.network)
+        else:
+            state = {
+                k: v.detach().cpu().clone().contiguous()
+                for k, v in final.network.state_dict().items()
+            }
         return self.trained(
             backbone,
             classes=pb.classes,
@@ -348,6 +365,7 @@ class DomainAdaptation(Method):
             metrics=metrics,
             params=p,
             backbone_state=state,
+            backbone_delta=adabn,
         )
 
 
@@ -360,7 +378,7 @@ class _Selection:
 
 
 def _select(
-    pb: _Problem, p: DomainAdaptationParams, algorithms: list[str], progress: Progress
+    pb: Problem, p: DomainAdaptationParams, algorithms: list[str], progress: Progress
 ) -> _Selection:
     """Reverse-validate every configuration of ``algorithms`` on one source holdout."""
     task = pb.task
@@ -380,7 +398,7 @@ def _select(
             tick=lambda f=fraction, s=stage: progress(f, s),
         )  # fmt: skip
         report: dict[str, Any] = {
-            "config": _public(config),
+            "config": public_config(config),
             "reverse_validation": rv.score,
             "source_accuracy": rv.source_accuracy,
         }
