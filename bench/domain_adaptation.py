@@ -1,7 +1,7 @@
 """Domain adaptation on the suite's shifted pairs: every algorithm, the label-free choice,
 and the in-domain ceiling.
 
-    python -m bench.domain_adaptation                   # every pair, seeds 0 and 1
+    python -m bench.domain_adaptation                   # every pair, seeds 0, 1 and 2
     python -m bench.domain_adaptation --pairs mnist-uci --seeds 1 --detail
 
 Each pair (:data:`PAIRS`) takes two images sets from :mod:`bench.suite_data`: labeled
@@ -10,13 +10,18 @@ domain (other images than the source's), and ``--test`` labeled target images pe
 the ``test`` split, which only *report* accuracy (selection is reverse validation on the
 source). The seed draws which pool images are source and which target, and seeds the
 method. Per pair, target test accuracy of: source-only, every algorithm (its configuration
-kept by reverse validation, the forward model trained without the source holdout), the
-selected algorithm (refit on every source image, as served), and the ceiling: the linear
-probe trained on the target images *with* their labels. "gap closed" is
-(selected − source-only) / (ceiling − source-only); "picked best" says whether reverse
-validation chose the algorithm of highest true target accuracy (ties count). Results are
-cached per (pair, sizes, seed) in ``--cache``; the table goes to ``bench/README.md``
-between the ``domain-adaptation`` markers. ``--detail`` prints every configuration.
+kept by reverse validation, refit on every source image as the method refits the one it
+serves), the selected algorithm, and the ceiling: the linear probe trained on the target
+images *with* their labels. The choice is recomputed from each algorithm's cached score
+and domain gap after adaptation, by the best score alone (first listed among equals: the
+chooser before the tie-break) and by :func:`~app.transfer.domain.reverse_validation.choose`
+(ties within noise to the smaller gap), so a change of the chooser needs no rerun. "gap
+closed" is (selected − source-only) / (ceiling − source-only); "picked best" says whether
+the choice is an algorithm of highest true target accuracy (ties count). Results are cached
+one file per (pair, sizes, seed) under ``--cache``/results (runs over different pairs may go
+in parallel); the table goes to ``bench/README.md`` between the ``domain-adaptation``
+markers. ``--detail`` prints every configuration (scores of the forward models, trained
+without the source holdout).
 """
 
 from __future__ import annotations
@@ -35,10 +40,13 @@ import torch
 from PIL import Image, ImageFilter
 
 from app.transfer import get_method
-from app.transfer.data import Sample, TrainingData
+from app.transfer.data import Sample, TrainingData, no_progress
 from app.transfer.domain import ALGORITHMS
+from app.transfer.domain.base import accuracy
+from app.transfer.domain.reverse_validation import TIE_STANDARD_ERRORS, choose
 from app.transfer.features import extract_features
 from app.transfer.methods.base import shared_backbone
+from app.transfer.methods.domain_adaptation import DomainAdaptationParams, problem, public_config
 from bench._common import machine, write_readme_block
 from bench.suite_data import DATASETS, SuiteData
 from tests.factories import content_key, encode
@@ -168,22 +176,42 @@ def ceiling(pair: Pair, data: TrainingData, groups: dict[str, list[Sample]], cac
     return float((pred == pair.y["test"]).mean())
 
 
+def refit(
+    data: TrainingData, params: DomainAdaptationParams, candidates: dict[str, Any]
+) -> dict[str, float]:
+    """Target test accuracy of every algorithm's kept configuration refit on every source
+    image, as the method refits the one it selects: what any chooser's pick would serve."""
+    backbone = shared_backbone(data.backbone, data.weights_dir, data.allow_hub)
+    pb = problem(data, backbone, no_progress)  # features and AdaBN statistics: from the cache
+    out = {}
+    for a, c in candidates.items():
+        config = next(cfg for cfg in params.grid(a) if public_config(cfg) == c["config"])
+        model = ALGORITHMS[a](pb.task, config, params.seed, lambda: None)
+        out[a] = accuracy(model, pb.task.pool, pb.test, pb.y_test)
+    return out
+
+
 def run(pair: Pair, seed: int, cache: Path) -> dict[str, Any]:
     data, groups = training_data(pair, cache)
     method = get_method("domain_adaptation")
+    params = method.parse_params({"seed": seed})
+    assert isinstance(params, DomainAdaptationParams)
     started = time.perf_counter()
-    m = method.fit(data, method.parse_params({"seed": seed})).metrics
+    m = method.fit(data, params).metrics
+    seconds = round(time.perf_counter() - started, 1)
+    refits = refit(data, params, m["candidates"])
     return {
-        "seconds": round(time.perf_counter() - started, 1),
+        "seconds": seconds,
         "source_only": m["source_only"]["accuracy"],
         "selected": m["selected"],
         "selected_accuracy": m["accuracy"],
         "ceiling": ceiling(pair, data, groups, cache),
         "gap": m["domain_gap"],
+        "n_source_holdout": m["reverse_validation"]["n_source_holdout"],
         "candidates": {
-            a: {"target_accuracy": c["target_accuracy"], "reverse_validation": c["reverse_validation"],
-                "config": c["config"], "domain_gap_after": c["domain_gap_after"],
-                "configs": c["configs"]}
+            a: {"target_accuracy": c["target_accuracy"], "refit_accuracy": refits[a],
+                "reverse_validation": c["reverse_validation"], "config": c["config"],
+                "domain_gap_after": c["domain_gap_after"], "configs": c["configs"]}
             for a, c in m["candidates"].items()
         },
     }  # fmt: skip
@@ -206,63 +234,107 @@ def detail(name: str, seed: int, r: dict[str, Any]) -> list[str]:
     return lines
 
 
-def picked_best(r: dict[str, Any]) -> bool:
-    """Reverse validation chose an algorithm of the highest true target accuracy."""
-    accs = {a: c["target_accuracy"] for a, c in r["candidates"].items()}
-    return accs[r["selected"]] >= max(accs.values())
+def selection(r: dict[str, Any], k: float | None) -> str:
+    """The algorithm chosen from a cached result: by :func:`choose` with ``k`` standard
+    errors, or (``None``) the best score alone, the first listed among equal scores (the
+    chooser before the domain-gap tie-break)."""
+    scores = {a: c["reverse_validation"] for a, c in r["candidates"].items()}
+    if k is None:
+        return max(scores, key=scores.__getitem__)
+    gaps = {a: c["domain_gap_after"] for a, c in r["candidates"].items()}
+    return choose(scores, gaps, r["n_source_holdout"], k)
+
+
+def picked_best(r: dict[str, Any], k: float | None) -> bool:
+    """The choice is an algorithm of the highest true target accuracy (refit; ties count)."""
+    accs = {a: c["refit_accuracy"] for a, c in r["candidates"].items()}
+    return accs[selection(r, k)] >= max(accs.values())
+
+
+def outcome(rs: list[dict[str, Any]], k: float | None) -> dict[str, np.ndarray]:
+    """Per seed: target accuracy of source-only, every algorithm, the choice and the ceiling."""
+    return {
+        "source-only": np.array([r["candidates"]["source_only"]["refit_accuracy"] for r in rs]),
+        **{a: np.array([r["candidates"][a]["refit_accuracy"] for r in rs])
+           for a in rs[0]["candidates"] if a != "source_only"},
+        "selected": np.array([r["candidates"][selection(r, k)]["refit_accuracy"] for r in rs]),
+        "ceiling": np.array([r["ceiling"] for r in rs]),
+    }  # fmt: skip
+
+
+def closed(o: dict[str, np.ndarray]) -> np.ndarray:
+    """Share of the source-only -> ceiling gap the choice closes (NaN: no gap), per seed."""
+    gap = o["ceiling"] - o["source-only"]
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return np.where(gap > 0, (o["selected"] - o["source-only"]) / gap, np.nan)
+
+
+def closed_on_means(o: dict[str, np.ndarray]) -> str:
+    """:func:`closed` of the means over seeds (one pair's seeds are too few for a ratio's ±)."""
+    ratio = closed({c: np.mean(v, keepdims=True) for c, v in o.items()})[0]
+    return "n/a" if np.isnan(ratio) else f"{ratio:+.0%}"
 
 
 def render(
     results: dict[str, list[dict[str, Any]]], args: argparse.Namespace, seconds: float
 ) -> list[str]:
-    algorithms = [
-        a for a in ALGORITHMS
-        if a != "source_only" and any(a in r["candidates"] for rs in results.values() for r in rs)
-    ]  # fmt: skip
+    """The table: per pair mean ± std over seeds (refit accuracies), the choice before and
+    after the domain-gap tie-break, and a sweep of the tie width on the same results."""
+    first = next(iter(results.values()))[0]["candidates"]
+    algorithms = [a for a in first if a != "source_only"]
     short = {"self_training": "self-train", "adabn_coral": "adabn+coral",
              "adabn_self_training": "adabn+self-train"}  # fmt: skip
-    head = (f"| pair | shift | source-only | {' | '.join(short.get(a, a) for a in algorithms)} "
-            "| selected (refit) | ceiling | gap closed | picked best |")  # fmt: skip
-    n_seeds = len(next(iter(results.values())))
+    common = set.intersection(*({r["seed"] for r in rs} for rs in results.values()))
+    n_seeds = f"{len(common)} seed(s)" + (
+        "" if all(len(rs) == len(common) for rs in results.values())
+        else " (the suite mean; per pair over the seeds it has, `seeds`)"
+    )  # fmt: skip
+    head = (f"| pair | seeds | source-only | {' | '.join(short.get(a, a) for a in algorithms)} "
+            "| selected, best score | selected, gap tie-break | ceiling | gap closed "
+            "(before → after) | picked best (before → after) |")  # fmt: skip
     lines = [
         f"Domain adaptation on the suite's pairs, efficientnet_lite0, default params "
         f"(`algorithm: auto`), {args.source} source / {args.target} unlabeled target / "
-        f"{args.test} test images per class, target test accuracy, mean over {n_seeds} seed(s); "
-        f"{machine()}, {seconds:.0f} s (cached results reused). "
-        f"`python -m bench.domain_adaptation --seeds {args.seeds}`",
+        f"{args.test} test images per class; target test accuracy of each model refit on every "
+        f"source image, mean ± std over {n_seeds}; {machine()}, {seconds:.0f} s "
+        f"(cached results reused). `python -m bench.domain_adaptation --seeds {args.seeds}`",
         "",
         head,
         "|" + "---|" * (head.count("|") - 1),
     ]
-    mean = lambda xs: float(np.mean(xs))  # noqa: E731
-    per_pair: dict[str, dict[str, float]] = {}
-    picks = []
+    fmt = lambda x: f"{np.mean(x):.3f} ± {np.std(x):.3f}"  # noqa: E731
+    pct = lambda x: f"{np.nanmean(x):+.0%} ± {np.nanstd(x):.0%}"  # noqa: E731
+    suite: dict[float | None, list[dict[str, np.ndarray]]] = {None: [], TIE_STANDARD_ERRORS: []}
     for name, rs in results.items():
-        row = {
-            "source-only": mean([r["source_only"] for r in rs]),
-            "selected": mean([r["selected_accuracy"] for r in rs]),
-            "ceiling": mean([r["ceiling"] for r in rs]),
-            **{a: mean([r["candidates"][a]["target_accuracy"] for r in rs]) for a in algorithms},
-        }
-        per_pair[name] = row
-        picks += [picked_best(r) for r in rs]
-        chosen = ", ".join(sorted({r["selected"] for r in rs}))
-        gap = row["ceiling"] - row["source-only"]
-        closed = f"{(row['selected'] - row['source-only']) / gap:+.0%}" if gap > 0 else "n/a"
+        before, after = (outcome(rs, k) for k in suite)
+        for k in suite:
+            suite[k].append(outcome([r for r in rs if r["seed"] in common], k))
+        chosen = {k: ", ".join(sorted({selection(r, k) for r in rs})) for k in suite}
+        picks = [sum(picked_best(r, k) for r in rs) for k in suite]
         lines.append(
-            f"| {name} | {PAIRS[name].shift} | {row['source-only']:.3f} | "
-            + " | ".join(f"{row[a]:.3f}" for a in algorithms)
-            + f" | {row['selected']:.3f} ({chosen}) | {row['ceiling']:.3f} | {closed} | "
-            f"{sum(picked_best(r) for r in rs)}/{len(rs)} |"
+            f"| {name} | {len(rs)} | {fmt(before['source-only'])} | "
+            + " | ".join(fmt(before[a]) for a in algorithms)
+            + f" | {fmt(before['selected'])} ({chosen[None]}) | {fmt(after['selected'])} "
+            f"({chosen[TIE_STANDARD_ERRORS]}) | {fmt(before['ceiling'])} | "
+            f"{closed_on_means(before)} → {closed_on_means(after)} | {picks[0]} → {picks[1]} of {len(rs)} |"
         )
-    suite = {k: mean([row[k] for row in per_pair.values()]) for k in next(iter(per_pair.values()))}
-    gap = suite["ceiling"] - suite["source-only"]
+    means = {k: {c: np.mean([o[c] for o in os], axis=0) for c in os[0]} for k, os in suite.items()}
+    n = sum(len(rs) for rs in results.values())
+    picks = [sum(picked_best(r, k) for rs in results.values() for r in rs) for k in suite]
+    b, a = means[None], means[TIE_STANDARD_ERRORS]
     lines.append(
-        f"| **suite mean** | | {suite['source-only']:.3f} | "
-        + " | ".join(f"{suite[a]:.3f}" for a in algorithms)
-        + f" | {suite['selected']:.3f} | {suite['ceiling']:.3f} | "
-        f"{(suite['selected'] - suite['source-only']) / gap:+.0%} | {sum(picks)}/{len(picks)} |"
+        f"| **suite mean** | {len(common)} | {fmt(b['source-only'])} | "
+        + " | ".join(fmt(b[x]) for x in algorithms)
+        + f" | {fmt(b['selected'])} | {fmt(a['selected'])} | {fmt(b['ceiling'])} | "
+        f"{pct(closed(b))} → {pct(closed(a))} | {picks[0]} → {picks[1]} of {n} |"
     )
+    lines += ["", f"Tie width k (standard errors of the best score; default {TIE_STANDARD_ERRORS:g}) "
+              "on the same results: suite-mean selected accuracy, gap closed, picked best:", ""]  # fmt: skip
+    for k in (0.0, 0.5, 1.0, 2.0):
+        os = [outcome([r for r in rs if r["seed"] in common], k) for rs in results.values()]
+        o = {c: np.mean([x[c] for x in os], axis=0) for c in b}
+        hits = sum(picked_best(r, k) for rs in results.values() for r in rs)
+        lines.append(f"- k = {k:g}: {fmt(o['selected'])}, {pct(closed(o))}, {hits} of {n}")
     return lines
 
 
@@ -272,27 +344,31 @@ def main() -> None:
     parser.add_argument("--source", type=int, default=20, help="labeled source images per class")
     parser.add_argument("--target", type=int, default=20, help="unlabeled target images per class")
     parser.add_argument("--test", type=int, default=15, help="labeled target test images per class")
-    parser.add_argument("--seeds", type=int, default=2)
+    parser.add_argument("--seeds", type=int, default=3)
     parser.add_argument("--detail", action="store_true", help="every configuration's scores")
     parser.add_argument("--fresh", action="store_true", help="recompute cached results")
+    parser.add_argument(
+        "--cached-only", action="store_true", help="render the cached results, compute none"
+    )
     parser.add_argument("--no-readme", action="store_true")
     parser.add_argument(
         "--cache", type=Path, default=Path(tempfile.gettempdir()) / "dovecote-bench-da"
     )
     args = parser.parse_args()
     args.cache.mkdir(parents=True, exist_ok=True)
-    store = args.cache / "results.json"
-    cached: dict[str, Any] = json.loads(store.read_text()) if store.exists() else {}
+    (args.cache / "results").mkdir(exist_ok=True)
     started = time.perf_counter()
     results: dict[str, list[dict[str, Any]]] = {}
     for name in args.pairs:
         for seed in range(args.seeds):
             key = f"{name}/{args.source}-{args.target}-{args.test}/{seed}"
-            if key not in cached or args.fresh:
+            store = args.cache / "results" / f"{key.replace('/', '_')}.json"
+            if args.cached_only and not store.exists():
+                continue
+            if not store.exists() or args.fresh:  # one file a key: runs may go in parallel
                 pair = build(PAIRS[name], args.source, args.target, args.test, seed)
-                cached[key] = run(pair, seed, args.cache)
-                store.write_text(json.dumps(cached, indent=1))
-            r = cached[key]
+                store.write_text(json.dumps(run(pair, seed, args.cache), indent=1))
+            r = {**json.loads(store.read_text()), "seed": seed}
             results.setdefault(name, []).append(r)
             print(f"{key}: source-only {r['source_only']:.3f}, selected {r['selected']} "
                   f"{r['selected_accuracy']:.3f}, ceiling {r['ceiling']:.3f} "
@@ -301,7 +377,7 @@ def main() -> None:
                 print("\n".join(detail(name, seed, r)), flush=True)
     lines = render(results, args, time.perf_counter() - started)
     print("\n".join(lines))
-    if not args.no_readme and set(args.pairs) == set(PAIRS):
+    if not args.no_readme and set(results) == set(PAIRS):
         write_readme_block("domain-adaptation", "Domain adaptation on the suite's pairs", lines)
 
 
