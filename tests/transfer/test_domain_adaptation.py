@@ -203,6 +203,7 @@ def test_scores_within_one_standard_error_tie() -> None:
     assert tied(scores, 40) == ["a", "b"]
     assert tied(scores, 40, k=0.0) == ["a"]
     assert choose(scores, {"a": 1.5, "b": 0.4, "c": 0.1, "d": 0.0}, 40) == "b"
+    assert choose(scores, {"a": 0.2, "b": 0.2, "c": 0.0, "d": 0.0}, 40) == "a"  # then score
     assert choose({"a": 1.0, "b": 1.0}, {"a": 0.3, "b": 0.3}, 12) == "a"  # then by order
 
 

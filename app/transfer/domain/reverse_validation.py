@@ -21,8 +21,9 @@ binomial standard errors of the best score :math:`s^*`,
 
 (only exact ties when :math:`s^* \\in \\{0, 1\\}`), the one whose source and target
 features lie closest after adaptation (the smallest proxy A-distance, :mod:`.gap`) is
-chosen: of two classifiers equally good on the source, the one that sees the domains more
-alike has the smaller bound on its target error (Ben-David et al. 2010).
+chosen (equal gaps: the better score): of two classifiers equally good on the source, the
+one that sees the domains more alike has the smaller bound on its target error (Ben-David
+et al. 2010).
 """
 
 from __future__ import annotations
@@ -83,5 +84,5 @@ def choose(
     k: float = TIE_STANDARD_ERRORS,
 ) -> str:
     """The candidate of the best score, ties (:func:`tied`) broken by the smallest domain gap
-    after adaptation ``gaps``, then by order."""
-    return min(tied(scores, n_holdout, k), key=gaps.__getitem__)
+    after adaptation ``gaps``, then by the better score, then by order."""
+    return min(tied(scores, n_holdout, k), key=lambda name: (gaps[name], -scores[name]))
