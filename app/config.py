@@ -192,6 +192,13 @@ class Settings(BaseSettings):
         "images, `GET /v1/models/{id}/monitoring`) at or above which the window says "
         "`drift: true`; chosen in `python -m bench.drift`.",
     )
+    drift_pixel_threshold: float = Field(
+        0.12,
+        gt=0,
+        description="Second drift score (MMD² between the windows' and the training images' "
+        "pixel signatures: grey-level histogram, colour means and spreads) at or above which "
+        "a window says `drift: true` too; chosen in `python -m bench.drift`.",
+    )
     drift_min_images: int = Field(
         20,
         ge=2,

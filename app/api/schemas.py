@@ -801,7 +801,16 @@ class MonitoringWindow(BaseModel):
         description="MMD² between the window's images and the model's training images "
         "(0: alike, up to 2); null with fewer than `drift_min_images` distinct images."
     )
-    drift: bool | None = Field(description="`drift_score >= drift_threshold`.")
+    drift_score_pixels: float | None = Field(
+        None,
+        description="MMD² between the pixel signatures (grey-level histogram, colour means "
+        "and spreads) of the window's images and of the training images: what the backbone "
+        "barely sees (an inverted photo is still a photo to it); null as `drift_score`.",
+    )
+    drift: bool | None = Field(
+        description="`drift_score >= drift_threshold` or `drift_score_pixels >= "
+        "drift_pixel_threshold`."
+    )
 
 
 class MonitoringOut(BaseModel):
@@ -818,6 +827,7 @@ class MonitoringOut(BaseModel):
     drift: bool = Field(description="Some window covered is flagged `drift: true`.")
     drift_measure: Literal["mmd2"]
     drift_threshold: float = Field(description="`DOVECOTE_DRIFT_THRESHOLD`.")
+    drift_pixel_threshold: float = Field(description="`DOVECOTE_DRIFT_PIXEL_THRESHOLD`.")
     drift_min_images: int = Field(description="`DOVECOTE_DRIFT_MIN_IMAGES`.")
     drift_max_images: int = Field(
         description="Most distinct images of one window compared (a fixed sample by content)."

@@ -44,7 +44,14 @@ from app.services.images import blob_key
 from app.services.predict import get_predictor
 from app.storage import BlobStore
 from app.transfer.data import Sample
-from app.transfer.drift import DriftParams, bandwidth, drift_score
+from app.transfer.drift import (
+    SIGNATURE_KEY,
+    DriftParams,
+    bandwidth,
+    drift_score,
+    pixel_signature_of_bytes,
+)
+from app.transfer.features import FeatureCache
 
 log = logging.getLogger(__name__)
 
@@ -77,7 +84,11 @@ def window_start(t: datetime, window: str) -> datetime:
 
 
 def drift_params(settings: Settings) -> DriftParams:
-    return DriftParams(threshold=settings.drift_threshold, min_images=settings.drift_min_images)
+    return DriftParams(
+        threshold=settings.drift_threshold,
+        pixel_threshold=settings.drift_pixel_threshold,
+        min_images=settings.drift_min_images,
+    )
 
 
 @dataclass
@@ -183,7 +194,7 @@ def monitor(
     out_windows = []
     for w in ordered:
         confirmed, corrected = w.feedback["confirmed"], w.feedback["corrected"]
-        score = drift.scores.get(w.start)
+        score, pixels = drift.scores.get(w.start, (None, None))
         out_windows.append(
             {
                 "start": w.start,
@@ -202,11 +213,14 @@ def monitor(
                 },
                 "images": len(w.shas),
                 "drift_score": score,
-                "drift": None if score is None else score >= params.threshold,
+                "drift_score_pixels": pixels,
+                "drift": None
+                if score is None or pixels is None
+                else score >= params.threshold or pixels >= params.pixel_threshold,
             }
         )
     alert(db=db, model=model, window=window, windows=out_windows, now=now,
-          threshold=params.threshold)  # fmt: skip
+          threshold=params.threshold, pixel_threshold=params.pixel_threshold)  # fmt: skip
     return {
         "model_id": model.id,
         "project_id": model.project_id,
@@ -217,6 +231,7 @@ def monitor(
         "drift": any(w["drift"] for w in out_windows),
         "drift_measure": "mmd2",
         "drift_threshold": params.threshold,
+        "drift_pixel_threshold": params.pixel_threshold,
         "drift_min_images": params.min_images,
         "drift_max_images": params.max_images,
         "drift_note": drift.note,
@@ -228,7 +243,8 @@ def monitor(
 
 @dataclass
 class _Drift:
-    scores: dict[datetime, float] = field(default_factory=dict)
+    #: per window start: (MMD² of backbone features, MMD² of pixel signatures)
+    scores: dict[datetime, tuple[float, float]] = field(default_factory=dict)
     reference_images: int = 0
     note: str | None = None
 
@@ -267,12 +283,32 @@ def _drift(
         cache_dir=settings.feature_cache_dir,
     )
     row = {k: i for i, k in enumerate(dict.fromkeys(keys))}
-    reference = X[[row[k] for k in ref_keys]]
-    gamma = bandwidth(reference)
+    P = _signatures(settings, store, project_id, list(row))
+    ref_rows = [row[k] for k in ref_keys]
+    gammas = bandwidth(X[ref_rows]), bandwidth(P[ref_rows])
     for start, chunk in samples.items():
-        recent = X[np.array([row[k] for k in chunk])]
-        out.scores[start] = drift_score(reference, recent, gamma=gamma)
+        rows = np.array([row[k] for k in chunk])
+        out.scores[start] = (
+            drift_score(X[ref_rows], X[rows], gamma=gammas[0]),
+            drift_score(P[ref_rows], P[rows], gamma=gammas[1]),
+        )
     return out
+
+
+def _signatures(
+    settings: Settings, store: BlobStore, project_id: str, keys: list[str]
+) -> np.ndarray:
+    """The pixel signatures (:func:`app.transfer.drift.pixel_signature`) of the project's
+    images ``keys`` (sha256), cached beside the features: each image is decoded once."""
+    cache = FeatureCache(settings.feature_cache_dir, SIGNATURE_KEY)
+    rows = []
+    for key in keys:
+        vector = cache.get(key)
+        if vector is None:
+            vector = pixel_signature_of_bytes(store.get(blob_key(project_id, key)))
+            cache.put(key, vector)
+        rows.append(vector)
+    return np.stack(rows)
 
 
 def _insert_once(db: Session, **values: Any) -> bool:
@@ -294,6 +330,7 @@ def alert(
     windows: list[dict[str, Any]],
     now: datetime,
     threshold: float,
+    pixel_threshold: float,
 ) -> int:
     """Send ``model.drift`` for each flagged window (of :func:`monitor`'s answer) that
     ended less than :data:`ALERT_MAX_AGE` before ``now`` and has not alerted yet; returns
@@ -318,6 +355,8 @@ def alert(
                 },
                 "drift_score": w["drift_score"],
                 "drift_threshold": threshold,
+                "drift_score_pixels": w["drift_score_pixels"],
+                "drift_pixel_threshold": pixel_threshold,
                 "predictions": w["predictions"],
                 "images": w["images"],
                 "rejection_rate": w["rejection_rate"],

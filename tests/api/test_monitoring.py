@@ -107,6 +107,9 @@ def test_monitoring_flags_shifted_images_and_not_images_like_the_training_ones(
     assert old["drift"] is False and old["drift_score"] < body["drift_threshold"]
     assert yesterday["drift"] is True and yesterday["drift_score"] >= body["drift_threshold"]
     assert today["drift"] is True and today["drift_score"] >= body["drift_threshold"]
+    # the pixel signature sees the inverted digits too, and the held-out ones as alike
+    assert today["drift_score_pixels"] >= body["drift_pixel_threshold"]
+    assert old["drift_score_pixels"] < body["drift_pixel_threshold"]
     # the windows' other figures
     assert old["classes"] == {
         label: sum(p["label"] == label for p in like_training)
