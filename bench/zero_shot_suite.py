@@ -1,0 +1,105 @@
+"""Zero-shot from class names alone on a suite of name-only tasks: plain ConSE against the
+WordNet variants, per task and as the mean over tasks; writes the table to
+``bench/README.md`` (between the ``zero-shot-suite`` markers).
+
+    python -m bench.zero_shot_suite [--per-class 40] [--cache DIR]
+
+Every task is real images from installed packages, named by their class names only (no
+description, no labeled image used for anything but measuring; ``zero_shot`` trains on
+none):
+
+- ``silhouettes``: Animal-MNIST (``pip install --no-deps animal-mnist``), 10 animals;
+- ``textures``: scikit-image brick / grass / gravel, 48 px crops (:mod:`bench.suite_data`);
+- ``shapes``: scikit-image ``random_shapes``: circle / rectangle / triangle / ellipse;
+- ``photo-crops``: 48 px crops of six scikit-image photos, named by what they show
+  (astronaut, cat, coffee, rocket, motorcycle, galaxy);
+- ``digits``: scikit-learn's 8x8 digits named "zero" ... "nine".
+
+Each variant is a ``zero_shot`` params dict run through the method's real ``fit`` (features
+cached in ``--cache``); the default is the variant with the best mean over the tasks.
+"""
+
+from __future__ import annotations
+
+import argparse
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from app.transfer import TrainingData, get_method
+from bench._common import machine, write_readme_block
+from bench.suite_data import photo_crops, shapes, textures, uci_digits
+from bench.zero_shot_accuracy import silhouettes
+
+#: the suite's photo-crops classes by what each photo shows
+PHOTO_NAMES = ["astronaut", "cat", "coffee", "rocket", "motorcycle", "galaxy"]
+DIGIT_NAMES = ["zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine"]
+
+#: name -> zero_shot params; the first is the baseline
+VARIANTS: dict[str, dict[str, Any]] = {
+    "plain ConSE": {"mapping": "conse", "wordnet": False},
+}
+
+
+def tasks(per_class: int) -> dict[str, tuple[list[np.ndarray], list[str]]]:
+    """Name-only tasks: images and their class names."""
+    out = {"silhouettes": silhouettes(per_class)}
+    for build, names in (
+        (textures, None), (shapes, None), (photo_crops, PHOTO_NAMES), (uci_digits, DIGIT_NAMES),
+    ):  # fmt: skip
+        d = build(per_class)
+        classes = names or d.classes
+        out["digits" if d.name == "uci-digits" else d.name] = (
+            [d.images[i] for i in d.test],
+            [classes[c] for c in d.y[d.test]],
+        )
+    return out
+
+
+def accuracy(data: TrainingData, params: dict[str, Any]) -> float:
+    impl = get_method("zero_shot")
+    metrics = impl.fit(data, impl.parse_params(params)).metrics
+    return float(metrics["accuracy"])
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--per-class", type=int, default=40)
+    parser.add_argument("--cache", type=Path, default=Path(tempfile.gettempdir()) / "zs-suite")
+    args = parser.parse_args()
+    started = time.monotonic()
+    suite = {
+        name: TrainingData.from_arrays(images, labels, feature_cache_dir=args.cache)  # type: ignore[arg-type]
+        for name, (images, labels) in tasks(args.per_class).items()
+    }
+    table = {
+        variant: [accuracy(data, params) for data in suite.values()]
+        for variant, params in VARIANTS.items()
+    }
+    means = {variant: float(np.mean(accs)) for variant, accs in table.items()}
+    base = means["plain ConSE"]
+    header = ["variant", "params", *suite, "mean", "vs plain"]
+    lines = [
+        f"`python -m bench.zero_shot_suite --per-class {args.per_class}`; {machine()}; "
+        f"{time.monotonic() - started:.0f} s. Accuracy on every image of each task "
+        "(no image trains anything).",
+        "",
+        "| " + " | ".join(header) + " |",
+        "|" + "---|" * len(header),
+    ]
+    for variant, accs in table.items():
+        params = ", ".join(f"{k}={v}" for k, v in VARIANTS[variant].items())
+        cells = [variant, params, *(f"{a:.3f}" for a in accs), f"{means[variant]:.3f}",
+                 f"{means[variant] - base:+.3f}"]  # fmt: skip
+        lines.append("| " + " | ".join(cells) + " |")
+    best = max(means, key=means.__getitem__)
+    lines += ["", f"Best suite mean: {best} ({means[best]:.3f}, plain ConSE {base:.3f})."]
+    print("\n".join(lines))
+    write_readme_block("zero-shot-suite", "Zero-shot from class names: the suite", lines)
+
+
+if __name__ == "__main__":
+    main()
