@@ -29,6 +29,7 @@ from typing import Any
 
 import numpy as np
 
+from app.errors import InvalidParams
 from app.transfer import TrainingData, get_method
 from bench._common import machine, write_readme_block
 from bench.suite_data import photo_crops, shapes, textures, uci_digits
@@ -38,9 +39,20 @@ from bench.zero_shot_accuracy import silhouettes
 PHOTO_NAMES = ["astronaut", "cat", "coffee", "rocket", "motorcycle", "galaxy"]
 DIGIT_NAMES = ["zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine"]
 
-#: name -> zero_shot params; the first is the baseline
+#: name -> zero_shot params (over the defaults, ``mapping`` conse unless said); the first is
+#: the baseline, the defaults before WordNet
 VARIANTS: dict[str, dict[str, Any]] = {
-    "plain ConSE": {"mapping": "conse", "wordnet": False},
+    "plain ConSE": {"wordnet": False, "imagenet_text": "lemmas", "top_t": 10},
+    "ConSE, ImageNet glosses": {"wordnet": False, "top_t": 10},
+    "ConSE, ImageNet glosses, top_t 20": {"wordnet": False},
+    "WordNet (default)": {},
+    "WordNet, ImageNet lemmas": {"imagenet_text": "lemmas"},
+    "WordNet, top_t 10": {"top_t": 10},
+    "WordNet, weight 0.25": {"hierarchy_weight": 0.25},
+    "WordNet, weight 0.5": {"hierarchy_weight": 0.5},
+    "WordNet, temperature 0.03": {"temperature": 0.03},
+    "WordNet, temperature 0.1": {"temperature": 0.1},
+    "imagenet_sum (WordNet cover)": {"mapping": "imagenet_sum"},
 }
 
 
@@ -60,9 +72,18 @@ def tasks(per_class: int) -> dict[str, tuple[list[np.ndarray], list[str]]]:
 
 
 def accuracy(data: TrainingData, params: dict[str, Any]) -> float:
+    """Accuracy of ``zero_shot`` with ``params`` on every image; NaN where it does not
+    apply (``imagenet_sum`` when a name covers no ImageNet class)."""
     impl = get_method("zero_shot")
-    metrics = impl.fit(data, impl.parse_params(params)).metrics
+    try:
+        metrics = impl.fit(data, impl.parse_params({"mapping": "conse", **params})).metrics
+    except InvalidParams:
+        return float("nan")
     return float(metrics["accuracy"])
+
+
+def _fmt(value: float, spec: str) -> str:
+    return "n/a" if np.isnan(value) else format(value, spec)
 
 
 def main() -> None:
@@ -75,27 +96,31 @@ def main() -> None:
         name: TrainingData.from_arrays(images, labels, feature_cache_dir=args.cache)  # type: ignore[arg-type]
         for name, (images, labels) in tasks(args.per_class).items()
     }
-    table = {
-        variant: [accuracy(data, params) for data in suite.values()]
-        for variant, params in VARIANTS.items()
-    }
-    means = {variant: float(np.mean(accs)) for variant, accs in table.items()}
+    table = {}
+    for variant, params in VARIANTS.items():
+        table[variant] = [accuracy(data, params) for data in suite.values()]
+        print(variant, " ".join(f"{a:.3f}" for a in table[variant]), flush=True)
+    means = {variant: float(np.mean(accs)) for variant, accs in table.items()}  # NaN: n/a
     base = means["plain ConSE"]
     header = ["variant", "params", *suite, "mean", "vs plain"]
+    chance = ", ".join(
+        f"{name} {1 / len(set(data.class_counts())):.2f}" for name, data in suite.items()
+    )
     lines = [
         f"`python -m bench.zero_shot_suite --per-class {args.per_class}`; {machine()}; "
         f"{time.monotonic() - started:.0f} s. Accuracy on every image of each task "
-        "(no image trains anything).",
+        f"(no image trains anything). Chance: {chance}.",
         "",
         "| " + " | ".join(header) + " |",
         "|" + "---|" * len(header),
     ]
     for variant, accs in table.items():
-        params = ", ".join(f"{k}={v}" for k, v in VARIANTS[variant].items())
-        cells = [variant, params, *(f"{a:.3f}" for a in accs), f"{means[variant]:.3f}",
-                 f"{means[variant] - base:+.3f}"]  # fmt: skip
+        params = ", ".join(f"{k}={v}" for k, v in VARIANTS[variant].items()) or "defaults"
+        figures = [*accs, means[variant]]
+        cells = [variant, params, *(_fmt(a, ".3f") for a in figures),
+                 _fmt(means[variant] - base, "+.3f")]  # fmt: skip
         lines.append("| " + " | ".join(cells) + " |")
-    best = max(means, key=means.__getitem__)
+    best = max((v for v in means if not np.isnan(means[v])), key=means.__getitem__)
     lines += ["", f"Best suite mean: {best} ({means[best]:.3f}, plain ConSE {base:.3f})."]
     print("\n".join(lines))
     write_readme_block("zero-shot-suite", "Zero-shot from class names: the suite", lines)

@@ -51,9 +51,15 @@ class WordNet:
     """The noun synsets, their hyponyms (the inverse of the hypernym pointers) and the
     lemma index; read once per process by :func:`load_wordnet`."""
 
-    def __init__(self, synsets: dict[str, Synset], senses: dict[str, tuple[str, ...]]) -> None:
+    def __init__(
+        self,
+        synsets: dict[str, Synset],
+        senses: dict[str, tuple[str, ...]],
+        tagged: dict[str, int],
+    ) -> None:
         self.synsets = synsets
         self.senses = senses
+        self.tagged = tagged  # lemma -> how many of its first senses occur in SemCor
         self._ancestors: dict[str, dict[str, int]] = {}
 
     @cached_property
@@ -64,16 +70,18 @@ class WordNet:
                 children.setdefault(h, []).append(s.id)
         return {k: tuple(v) for k, v in children.items()}
 
-    def lookup(self, name: str) -> tuple[str, ...]:
-        """The noun synsets ``name`` is a lemma of, most frequent sense first; a regular
+    def lookup(self, name: str, *, frequent: bool = False) -> tuple[str, ...]:
+        """The noun synsets ``name`` is a lemma of, most frequent sense first (``frequent``:
+        only those seen in WordNet's sense-tagged corpus, at least the first); a regular
         plural ("cats", "boxes") is read as its singular. Empty if it is no noun."""
         key = "_".join(name.strip().lower().replace("-", " ").split())
-        if key in self.senses:
-            return self.senses[key]
-        for suffix, repl in _PLURALS:
-            if key.endswith(suffix) and (stem := key[: -len(suffix)] + repl) in self.senses:
-                return self.senses[stem]
-        return ()
+        if key not in self.senses:
+            stems = (
+                key[: -len(suffix)] + repl for suffix, repl in _PLURALS if key.endswith(suffix)
+            )
+            key = next((stem for stem in stems if stem in self.senses), key)
+        senses = self.senses.get(key, ())
+        return senses[: max(1, self.tagged[key])] if frequent and senses else senses
 
     def ancestors(self, synset: str) -> dict[str, int]:
         """Every hypernym of ``synset``, transitively, with its distance (``synset``: 0),
@@ -94,13 +102,13 @@ class WordNet:
         self, name: str, covering: frozenset[str], score: Callable[[str], float] | None = None
     ) -> str | None:
         """The sense of ``name`` to read (None when it is no noun): with ``score``, the
-        best-scored; else the most frequent sense that covers a target, else the most
-        frequent physical one (images show physical things), else the most frequent."""
-        senses = self.lookup(name)
+        best-scored; else, among its frequent senses (:meth:`lookup`), the first that covers
+        a target, else the first physical one (images show physical things), else the first."""
+        if score is not None:
+            return max(self.lookup(name), key=score, default=None)
+        senses = self.lookup(name, frequent=True)
         if not senses:
             return None
-        if score is not None:
-            return max(senses, key=score)
         return next(
             (s for s in senses if s in covering),
             next((s for s in senses if PHYSICAL_ENTITY in self.ancestors(s)), senses[0]),
@@ -175,9 +183,10 @@ def load_wordnet() -> WordNet | None:
     if folder is None:
         return None
     synsets = {s.id: s for s in map(parse_data_line, _lines(folder / "data.noun"))}
-    senses = {}
+    senses, tagged = {}, {}
     for line in _lines(folder / "index.noun"):
         f = line.split()
         n_synsets, n_pointers = int(f[2]), int(f[3])
         senses[f[0]] = tuple(f"n{o}" for o in f[6 + n_pointers : 6 + n_pointers + n_synsets])
-    return WordNet(synsets, senses)
+        tagged[f[0]] = int(f[5 + n_pointers])
+    return WordNet(synsets, senses, tagged)

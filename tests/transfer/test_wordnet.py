@@ -7,7 +7,12 @@ import pytest
 
 from app.transfer.data import ClassInfo
 from app.transfer.methods.zero_shot import imagenet_membership, wordnet_cover
-from app.transfer.text import imagenet_synsets, imagenet_texts, resolve_text_encoder, sentence_encoder
+from app.transfer.text import (
+    imagenet_synsets,
+    imagenet_texts,
+    resolve_text_encoder,
+    sentence_encoder,
+)
 from app.transfer.wordnet import WordNet, load_wordnet, parse_data_line
 
 CAT, FELINE, ANIMAL, BIG_CAT = "n02121620", "n02120997", "n00015388", "n02127808"

@@ -12,6 +12,7 @@ from app.transfer import Predictor, TrainedModel, TrainingData, get_method
 from app.transfer.artifacts import is_shared_file
 from app.transfer.backbones import load_backbone
 from app.transfer.data import ClassInfo, Sample
+from app.transfer.heads import ConSEHead
 from app.transfer.methods.zero_shot import imagenet_classifier, imagenet_membership
 from app.transfer.preprocess import load_for_model
 from tests.factories import digit_images, encode, photo
@@ -183,3 +184,38 @@ def test_generalized_model_covers_classes_without_images() -> None:
     assert m["validation"] == "test-split"
     assert m["accuracy"] >= 0.6
     assert m["unseen_accuracy"] > 0.25
+
+
+def test_wordnet_cover_joins_conse_and_travels_with_the_model() -> None:
+    data = dataset([], [ClassInfo(n) for n in ("cat", "coffee", "rocket")])
+    model = get_method("zero_shot").fit(data)
+    described = model.metrics["wordnet"]
+    assert described["cat"]["synset"] == "n02121620"  # feline, not "guy"
+    assert described["coffee"]["imagenet_classes"] >= 1  # espresso
+    head = model.head
+    assert isinstance(head, ConSEHead) and head.hierarchy_weight > 0
+    assert head.membership is not None and head.membership.dtype == torch.uint8
+    assert head.membership[0, 281:286].all() and not head.membership[1:, 281:286].any()
+    files = model.to_files()
+    loaded = TrainedModel.from_files(files.__getitem__)
+    x = torch.randn(2, 1280)
+    with torch.inference_mode():
+        assert torch.equal(model.head(x), loaded.head(x))
+    probes = [encode(photo(n)) for n in ("chelsea", "coffee", "rocket")]
+    got = Predictor().predict("zs-wordnet", files.__getitem__, probes, top_k=3)
+    assert [p.label for p in got] == ["cat", "coffee", "rocket"]
+
+
+def test_without_wordnet_the_method_says_so_and_still_serves(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from app.transfer.methods import zero_shot
+
+    monkeypatch.setattr(zero_shot, "load_wordnet", lambda: None)  # as if nothing installed it
+    data = dataset(photo_items(2)[:6], [])  # cat and coffee crops
+    model = get_method("zero_shot").fit(
+        data, get_method("zero_shot").parse_params({"mapping": "conse"})
+    )
+    assert model.metrics["wordnet"] == zero_shot.WORDNET_MISSING
+    assert model.head.membership is None  # type: ignore[union-attr]
+    assert model.metrics["accuracy"] >= 0.5

@@ -187,9 +187,11 @@ class ZeroShotDAP(SeenClassesMethod):
 
 
 class GeneralizedParams(ZeroShotParams):
+    # plain ConSE's defaults, as measured for this method (zero_shot's moved with WordNet)
     imagenet_text: Literal["lemmas", "definitions"] = Field(
         "lemmas", description="ImageNet class text: its lemmas, or first lemma + WordNet gloss."
     )
+    top_t: int = Field(10, ge=1, le=1000, description="ImageNet classes combined (ConSE's T).")
     beta: float = Field(1.0, gt=0, le=1e4, description="Pull of M towards the identity (ConSE).")
     max_iter: int = Field(100, ge=10, le=5000)
 

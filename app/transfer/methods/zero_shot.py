@@ -97,7 +97,7 @@ class ZeroShotParams(MethodParams):
         description="ImageNet class text: its lemmas, or first lemma + WordNet gloss.",
     )
     use_descriptions: bool = Field(True, description="Average class descriptions in.")
-    top_t: int = Field(10, ge=1, le=1000, description="ImageNet classes combined (ConSE's T).")
+    top_t: int = Field(20, ge=1, le=1000, description="ImageNet classes combined (ConSE's T).")
     temperature: float = Field(0.05, gt=0, le=10, description="Softmax temperature on cosines.")
     wordnet: bool = Field(
         True,
@@ -108,7 +108,7 @@ class ZeroShotParams(MethodParams):
         ),
     )
     hierarchy_weight: float = Field(
-        0.25,
+        0.1,
         ge=0,
         le=10,
         description="ConSE adds this times log(summed probability of the ImageNet classes "
