@@ -41,6 +41,8 @@ from app.transfer.data import ClassInfo
 
 ANIMALS = ["bear", "bird", "cat", "cow", "dog", "elephant", "giraffe", "horse", "sheep", "zebra"]
 UNSEEN = {"cat", "cow", "horse"}
+#: ConSE as it was before WordNet: ImageNet lemmas, top 10, no hierarchy
+PLAIN_CONSE = {"mapping": "conse", "wordnet": False, "imagenet_text": "lemmas", "top_t": 10}
 #: A small hand-written attribute table (common knowledge, AwA-style), one row per animal.
 ATTRIBUTES: dict[str, dict[str, float]] = {
     name: dict(zip(
@@ -164,7 +166,8 @@ def main() -> None:
     sil = TrainingData.from_arrays(images, labels, **common)  # type: ignore[arg-type]
     for params in (
         {"mapping": "conse"},
-        {"mapping": "conse", "imagenet_text": "definitions"},
+        PLAIN_CONSE,
+        {**PLAIN_CONSE, "imagenet_text": "definitions"},
         {"mapping": "conse", "templates": ["a black and white silhouette of a {}."]},
         {"mapping": "conse", "top_t": 1},
         {"mapping": "imagenet_sum"},
