@@ -213,7 +213,8 @@ def compare(
 ) -> list[str]:  # fmt: skip
     """Per data set and shots, each finetune variant's accuracy minus its own baseline probe
     (same shots, same test images), mean over the cached seeds, and how many of those runs
-    selected a finetuned candidate; then the suite mean over data sets."""
+    selected a finetuned candidate; then the suite mean (and worst) over the data sets every
+    variant ran on."""
     names = [f"`{t or 'default'}` − probe" for t in tags]
     head = f"| data set | shots | probe | {' | '.join(names)} |"
     lines = [head, "|" + "---|" * (head.count("|") - 1)]
@@ -232,17 +233,13 @@ def compare(
             cells = []
             for t in tags:
                 gaps = [r["accuracy"] - r["probe"] for r in done[t]]
-                if gaps:
+                if all(done.values()):  # the suite mean: rows where every variant ran
                     means.setdefault((shots, t), []).append(float(np.mean(gaps)))
                 tuned = sum(r.get("selected") == "finetuned" for r in done[t])
                 cells.append(f"{np.mean(gaps):+.3f} ({tuned}/{len(gaps)} ft)" if gaps else "n/a")
             lines.append(f"| {name} | {shots} | {np.mean(probes):.3f} | {' | '.join(cells)} |")
-    for shots in shots_list:
-        cells = [
-            f"{np.mean(means[shots, t]):+.3f} (min {min(means[shots, t]):+.3f})"
-            if (shots, t) in means else "n/a"
-            for t in tags
-        ]  # fmt: skip
+    for shots in (s for s in shots_list if (s, tags[0]) in means):
+        cells = [f"{np.mean(means[shots, t]):+.3f} (min {min(means[shots, t]):+.3f})" for t in tags]
         lines.append(f"| **suite mean** | {shots} | | {' | '.join(cells)} |")
     return lines
 
