@@ -10,6 +10,7 @@ from app.transfer.backbones import load_backbone
 from app.transfer.data import no_progress
 from app.transfer.finetune_parts import trainable_parameters
 from app.transfer.methods.base import frozen_features
+from app.transfer.methods.finetune import SelectionRun, pooled_epoch
 from app.transfer.methods.linear_probe import LinearProbe, LinearProbeParams
 from app.transfer.preprocess import decode_image
 from app.transfer.training import ImageDataset, TrainingParams, run_epochs, train_transform
@@ -91,3 +92,19 @@ def test_l2sp_pulls_the_backbone_toward_its_pretrained_weights() -> None:
     free, pulled = _moved(None), _moved({"alpha": 10.0, "beta": 0.01})
     assert free > 0
     assert pulled < free, (pulled, free)
+
+
+def test_the_stop_epoch_is_chosen_on_pooled_out_of_fold_predictions() -> None:
+    right, wrong = np.array([[0.9, 0.1]]), np.array([[0.2, 0.8]])
+    sure = np.array([[0.99, 0.01]])
+    y = np.array([0, 0])  # one held-out image per fold
+    a = SelectionRun(start={}, probs={0: wrong, 1: right, 2: sure, 3: sure})
+    b = SelectionRun(start={}, probs={0: right, 1: wrong, 2: right})  # stopped after epoch 2
+    epoch, rows = pooled_epoch(y, [a, b], with_start=True)
+    # Epoch 3 is not a candidate (fold b never ran it); 2 gets both right.
+    assert [r["epoch"] for r in rows] == [0, 1, 2] and epoch == 2
+    assert [r["val_accuracy"] for r in rows] == [0.5, 0.5, 1.0]
+    # Equal pooled scores: the earlier epoch; without the start, epoch 0 is no candidate.
+    c = SelectionRun(start={}, probs={0: right, 1: right, 2: right})
+    assert pooled_epoch(y[:1], [c], with_start=True)[0] == 0
+    assert pooled_epoch(y[:1], [c], with_start=False)[0] == 1
