@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from app.config import Settings
 from tests.conftest import make_settings, migrate
 from tests.factories import digit_images, encode
 from tests.integration.test_worker import WorkerProcess, client_for, upload, wait_for
@@ -25,15 +26,22 @@ def _inverted(data: bytes) -> bytes:
     return encode(255 - np.asarray(Image.open(io.BytesIO(data)).convert("L")))
 
 
+@pytest.fixture(params=["sqlite", "postgres+redis"])
+def settings(request: pytest.FixtureRequest, tmp_path: Path) -> Settings:
+    """Projects over 10 images audited by a job; a receiver on 127.0.0.1."""
+    urls = request.getfixturevalue("postgres_redis") if request.param != "sqlite" else {}
+    s = make_settings(tmp_path, audit_inline_max_images=10, webhook_allow_private=True, **urls)
+    migrate(s)
+    return s
+
+
 def test_worker_runs_the_audit_job_and_the_drift_check(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    settings: Settings, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     env = {"AUDIT_INLINE_MAX_IMAGES": "10", "DRIFT_CHECK_SECONDS": "1",
            "WEBHOOK_ALLOW_PRIVATE": "true", "WEBHOOK_POLL_SECONDS": "0.2", "PREWARM": "false"}  # fmt: skip
     for name, value in env.items():
         monkeypatch.setenv(f"DOVECOTE_{name}", value)
-    settings = make_settings(tmp_path, audit_inline_max_images=10, webhook_allow_private=True)
-    migrate(settings)
     worker = WorkerProcess(settings, tmp_path / "worker.log")
     try:
         with client_for(settings) as client, receiver() as hook:
