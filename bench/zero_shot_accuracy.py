@@ -11,7 +11,8 @@ Data (all real, all from installed packages):
   imports TensorFlow, so the bundled arrays are read here through a NumPy-only unpickler):
   28x28 silhouettes of bear, bird, cat, cow, dog, elephant, giraffe, horse, sheep, zebra
   (10 classes, chance 10%), ``--per-class`` images each; "without giraffe" (9 classes)
-  is again the subset ``imagenet_sum`` applies to.
+  would be the subset ``imagenet_sum`` applies to, but "cow" covers no ImageNet class either
+  (the ox is cattle, not a cow, in WordNet), so it answers n/a there too.
 - ``silhouettes, unseen split``: cat, cow and horse are held out as unseen (names and
   attributes only, their images only in the ``test`` split); the 7 seen classes have
   ``--per-class`` training images and as many test images each. DAP gets the attribute
