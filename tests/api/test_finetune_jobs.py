@@ -69,8 +69,11 @@ def test_auto_job_reports_candidates(api: Api) -> None:
     job = api.train(project["id"], "auto", params={"candidates": ["linear_probe", "knn"]})
     model = api.client.get(f"/v1/models/{job['model_id']}").json()
     assert model["method"] == "auto"
-    assert set(model["metrics"]["candidates"]) == {"linear_probe", "knn"}
-    assert model["metrics"]["selected"] in {"linear_probe", "knn"}
+    assert job["params"]["backbones"] is None  # the default: the job's and mobilenetv2_100
+    on_mobilenet = {"linear_probe@mobilenetv2_100", "knn@mobilenetv2_100"}
+    assert set(model["metrics"]["candidates"]) == {"linear_probe", "knn", *on_mobilenet}
+    assert model["metrics"]["selected"] in model["metrics"]["candidates"]
+    assert model["backbone"] == model["metrics"]["selected_backbone"]
 
 
 def test_bad_selection_and_l2sp_params_are_refused_at_creation(api: Api) -> None:

@@ -21,7 +21,9 @@ def test_auto_scores_every_candidate_on_one_holdout_and_keeps_the_best() -> None
     model = AUTO.fit(data, params)
     m = model.metrics
     candidates = m["candidates"]
-    assert set(candidates) == {"linear_probe", "knn", "finetune", "zero_shot"}
+    # by default the frozen-feature ones are scored on mobilenetv2_100 too
+    on_mobilenet = {"linear_probe@mobilenetv2_100", "knn@mobilenetv2_100"}
+    assert set(candidates) == {"linear_probe", "knn", "finetune", "zero_shot", *on_mobilenet}
     non_test = 8 * 4
     for name, c in candidates.items():
         assert c["validation"] == "selection-holdout", name
@@ -78,7 +80,9 @@ def _digits(classes: list[int], per_class: int = 8, test_per_class: int = 0) -> 
 def test_auto_never_returns_a_candidate_below_the_probe_it_was_not_asked_for() -> None:
     """Digits 0, 1 and 7 with kNN as the only candidate: on the selection holdout kNN
     scores below the linear probe, so the probe (scored as the floor) is the model."""
-    m = AUTO.fit(_digits([0, 1, 7]), AUTO.parse_params({"candidates": ["knn"]})).metrics
+    params = AUTO.parse_params({"candidates": ["knn"], "backbones": []})
+    m = AUTO.fit(_digits([0, 1, 7]), params).metrics
+    assert set(m["candidates"]) == {"knn", "linear_probe"}  # `[]`: the job's backbone alone
     knn, probe = m["candidates"]["knn"], m["candidates"]["linear_probe"]
     assert _score(knn) < _score(probe)  # the situation is real: the only candidate is worse
     assert probe["reference"] is True and "reference" not in knn
@@ -89,7 +93,7 @@ def test_auto_never_returns_a_candidate_below_the_probe_it_was_not_asked_for() -
 def test_auto_gives_a_tie_to_the_probe() -> None:
     """Digits 0 and 1: kNN, listed first, and the probe are both perfect on the holdout;
     the tie goes to the probe."""
-    params = AUTO.parse_params({"candidates": ["knn", "linear_probe"]})
+    params = AUTO.parse_params({"candidates": ["knn", "linear_probe"], "backbones": []})
     m = AUTO.fit(_digits([0, 1]), params).metrics
     knn, probe = m["candidates"]["knn"], m["candidates"]["linear_probe"]
     assert _score(knn) == _score(probe)  # a real tie on the same holdout
