@@ -29,8 +29,15 @@ from app.transfer.export import ExportFormat, export_model
 from app.transfer.features import FeatureCache, embed_tensors, extract_features, prepare_backbone
 from app.transfer.finetune_parts import classifier_param_names
 from app.transfer.heads import Head
-from app.transfer.localize import DEFAULT_THRESHOLD, Localization, localize
-from app.transfer.preprocess import load_for_model
+from app.transfer.localize import (
+    DEFAULT_FLIP,
+    DEFAULT_MASS,
+    DEFAULT_SCALES,
+    DEFAULT_THRESHOLD,
+    Localization,
+    localize,
+)
+from app.transfer.preprocess import decode_image, load_for_model
 
 K = TypeVar("K", bound=Hashable)
 V = TypeVar("V")
@@ -316,12 +323,16 @@ class Predictor:
         labels: Sequence[str | None],
         *,
         threshold: float = DEFAULT_THRESHOLD,
+        scales: Sequence[float] = DEFAULT_SCALES,
+        flip: bool = DEFAULT_FLIP,
+        mass: float | None = DEFAULT_MASS,
     ) -> list[Localization | None]:
         """Where class ``labels[i]`` is in ``images[i]`` (see :mod:`app.transfer.localize`),
         with the model's own (finetuned, where it is) backbone; None for a label the model
         does not have (a rejected prediction, say)."""
         model = self.load(model_key, read)
         wanted = [i for i, label in enumerate(labels) if label in model.classes]
+        draft = round(model.preprocessing.side * max(scales))
         out: list[Localization | None] = [None] * len(images)
         for start in self._chunks(len(wanted)):
             chunk = wanted[start : start + self.batch_size]
@@ -330,10 +341,17 @@ class Predictor:
                 found = localize(
                     backbone,
                     model.head,
-                    self._batch(model, [images[i] for i in chunk]),
+                    [
+                        decode_image(images[i], max_pixels=self.max_pixels, draft_size=draft)
+                        for i in chunk
+                    ],
                     model.classes,
                     [model.classes.index(labels[i]) for i in chunk],
+                    preprocessing=model.preprocessing,
                     threshold=threshold,
+                    scales=scales,
+                    flip=flip,
+                    mass=mass,
                 )
             for i, loc in zip(chunk, found, strict=True):
                 out[i] = loc

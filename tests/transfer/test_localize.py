@@ -73,7 +73,7 @@ def test_box_is_the_largest_component_normalised() -> None:
     heat = np.zeros((100, 200))
     heat[10:30, 20:60] = 1.0  # the largest region
     heat[70:75, 150:160] = 0.9  # a smaller one, above the threshold too
-    box = box_from_map(heat, threshold=0.5)
+    box = box_from_map(heat, threshold=0.5, mass=None)
     assert box == Box(left=0.1, top=0.1, width=0.2, height=0.2)
     assert box_from_map(np.zeros((4, 4))) == Box(0.0, 0.0, 1.0, 1.0)
     assert Box(0, 0, 0.5, 0.5).iou(Box(0.25, 0, 0.5, 0.5)) == pytest.approx(1 / 3)
