@@ -36,7 +36,16 @@ import torch
 from app.transfer import Predictor, TrainedModel, TrainingData, get_method
 from app.transfer.backbones import load_backbone
 from app.transfer.data import Sample
-from app.transfer.localize import Box, box_from_map, mean_map, view_maps
+from app.transfer.localize import (
+    DEFAULT_FLIP,
+    DEFAULT_MASS,
+    DEFAULT_SCALES,
+    DEFAULT_THRESHOLD,
+    Box,
+    box_from_map,
+    mean_map,
+    view_maps,
+)
 from app.transfer.preprocess import decode_image
 from tests.scenes import Scene, object_scenes
 
@@ -52,6 +61,12 @@ VIEW_SETS: dict[str, tuple[tuple[float, bool], ...]] = {
 }
 THRESHOLDS = (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8)
 MASSES: tuple[float | None, ...] = (None, 0.8, 0.9, 1.0)
+DEFAULT_VIEWS = next(
+    name
+    for name, views in VIEW_SETS.items()
+    if views
+    == tuple(itertools.product(DEFAULT_SCALES, (False, True) if DEFAULT_FLIP else (False,)))
+)
 TIE = 0.005  # mean IoU differences below this on the validation seed are noise
 CENTRED_SIDES = tuple(np.round(np.arange(0.15, 0.75, 0.05), 2))
 
@@ -155,6 +170,8 @@ def choose(
     print("validation seed, best 8 of", len(grid), "recipes (mean IoU over 10-50 %):")
     for r in ranked[:8]:
         print(f"  {score[r]:.3f}  {r.describe()}")
+    default = Recipe("", DEFAULT_VIEWS, DEFAULT_THRESHOLD, DEFAULT_MASS)
+    print(f"  {score[default]:.3f}  {default.describe()} (Dovecote's default)")
 
     def best(name: str, keep: Callable[[Recipe], bool]) -> Recipe:
         """The cheapest (fewest pixels through the network) of the kept recipes within
@@ -171,6 +188,7 @@ def choose(
         best("+ flip", lambda r: r.views == "224+flip"),
         best("448 input (14x14 map)", lambda r: r.views == "448"),
         best("chosen: best on validation (cheapest within 0.005)", lambda r: True),
+        Recipe("Dovecote's default", DEFAULT_VIEWS, DEFAULT_THRESHOLD, DEFAULT_MASS),
     ]
 
 
