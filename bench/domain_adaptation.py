@@ -275,20 +275,40 @@ def closed_on_means(o: dict[str, np.ndarray]) -> str:
     return "n/a" if np.isnan(ratio) else f"{ratio:+.0%}"
 
 
+def summary(
+    label: str, results: dict[str, list[dict[str, Any]]], seeds: set[int], algorithms: list[str]
+) -> str:
+    """A mean row over ``results``' pairs, ± over ``seeds`` (the per-seed mean over pairs)."""
+    ks: tuple[float | None, float] = (None, TIE_STANDARD_ERRORS)
+    kept = {name: [r for r in rs if r["seed"] in seeds] for name, rs in results.items()}
+    b, a = (
+        {c: np.mean([o[c] for o in os], axis=0) for c in os[0]}
+        for os in ([outcome(rs, k) for rs in kept.values()] for k in ks)
+    )
+    fmt = lambda x: f"{np.mean(x):.3f} ± {np.std(x):.3f}"  # noqa: E731
+    pct = lambda x: f"{np.nanmean(x):+.0%} ± {np.nanstd(x):.0%}"  # noqa: E731
+    picks = [sum(picked_best(r, k) for rs in kept.values() for r in rs) for k in ks]
+    return (
+        f"| **{label}** | {len(seeds)} | {fmt(b['source-only'])} | "
+        + " | ".join(fmt(b[x]) for x in algorithms)
+        + f" | {fmt(b['selected'])} | {fmt(a['selected'])} | {fmt(b['ceiling'])} | "
+        f"{pct(closed(b))} → {pct(closed(a))} | {picks[0]} → {picks[1]} of "
+        f"{sum(map(len, kept.values()))} |"
+    )
+
+
 def render(
     results: dict[str, list[dict[str, Any]]], args: argparse.Namespace, seconds: float
 ) -> list[str]:
     """The table: per pair mean ± std over seeds (refit accuracies), the choice before and
-    after the domain-gap tie-break, and a sweep of the tie width on the same results."""
+    after the domain-gap tie-break, the suite mean (over the seeds every pair has; when some
+    pairs have more, also their mean over those), and a sweep of the tie width."""
     first = next(iter(results.values()))[0]["candidates"]
     algorithms = [a for a in first if a != "source_only"]
     short = {"self_training": "self-train", "adabn_coral": "adabn+coral",
              "adabn_self_training": "adabn+self-train"}  # fmt: skip
-    common = set.intersection(*({r["seed"] for r in rs} for rs in results.values()))
-    n_seeds = f"{len(common)} seed(s)" + (
-        "" if all(len(rs) == len(common) for rs in results.values())
-        else " (the suite mean; per pair over the seeds it has, `seeds`)"
-    )  # fmt: skip
+    seeds = {name: {r["seed"] for r in rs} for name, rs in results.items()}
+    common = set.intersection(*seeds.values())
     head = (f"| pair | seeds | source-only | {' | '.join(short.get(a, a) for a in algorithms)} "
             "| selected, best score | selected, gap tie-break | ceiling | gap closed "
             "(before → after) | picked best (before → after) |")  # fmt: skip
@@ -296,45 +316,43 @@ def render(
         f"Domain adaptation on the suite's pairs, efficientnet_lite0, default params "
         f"(`algorithm: auto`), {args.source} source / {args.target} unlabeled target / "
         f"{args.test} test images per class; target test accuracy of each model refit on every "
-        f"source image, mean ± std over {n_seeds}; {machine()}, {seconds:.0f} s "
+        f"source image, mean ± std over seeds; {machine()}, {seconds:.0f} s "
         f"(cached results reused). `python -m bench.domain_adaptation --seeds {args.seeds}`",
         "",
         head,
         "|" + "---|" * (head.count("|") - 1),
     ]
     fmt = lambda x: f"{np.mean(x):.3f} ± {np.std(x):.3f}"  # noqa: E731
-    pct = lambda x: f"{np.nanmean(x):+.0%} ± {np.nanstd(x):.0%}"  # noqa: E731
-    suite: dict[float | None, list[dict[str, np.ndarray]]] = {None: [], TIE_STANDARD_ERRORS: []}
+    ks: tuple[float | None, float] = (None, TIE_STANDARD_ERRORS)
     for name, rs in results.items():
-        before, after = (outcome(rs, k) for k in suite)
-        for k in suite:
-            suite[k].append(outcome([r for r in rs if r["seed"] in common], k))
-        chosen = {k: ", ".join(sorted({selection(r, k) for r in rs})) for k in suite}
-        picks = [sum(picked_best(r, k) for r in rs) for k in suite]
+        before, after = (outcome(rs, k) for k in ks)
+        chosen = [", ".join(sorted({selection(r, k) for r in rs})) for k in ks]
+        picks = [sum(picked_best(r, k) for r in rs) for k in ks]
         lines.append(
             f"| {name} | {len(rs)} | {fmt(before['source-only'])} | "
             + " | ".join(fmt(before[a]) for a in algorithms)
-            + f" | {fmt(before['selected'])} ({chosen[None]}) | {fmt(after['selected'])} "
-            f"({chosen[TIE_STANDARD_ERRORS]}) | {fmt(before['ceiling'])} | "
-            f"{closed_on_means(before)} → {closed_on_means(after)} | {picks[0]} → {picks[1]} of {len(rs)} |"
+            + f" | {fmt(before['selected'])} ({chosen[0]}) | {fmt(after['selected'])} "
+            f"({chosen[1]}) | {fmt(before['ceiling'])} | {closed_on_means(before)} → "
+            f"{closed_on_means(after)} | {picks[0]} → {picks[1]} of {len(rs)} |"
         )
-    means = {k: {c: np.mean([o[c] for o in os], axis=0) for c in os[0]} for k, os in suite.items()}
+    lines.append(summary("suite mean", results, common, algorithms))
+    most = max(map(len, seeds.values()))
+    if most > len(common):
+        full = {name: rs for name, rs in results.items() if len(rs) == most}
+        both = set.intersection(*(seeds[name] for name in full))
+        lines.append(summary(f"mean of the {len(full)} pairs with {most} seeds", full, both,
+                             algorithms))  # fmt: skip
     n = sum(len(rs) for rs in results.values())
-    picks = [sum(picked_best(r, k) for rs in results.values() for r in rs) for k in suite]
-    b, a = means[None], means[TIE_STANDARD_ERRORS]
-    lines.append(
-        f"| **suite mean** | {len(common)} | {fmt(b['source-only'])} | "
-        + " | ".join(fmt(b[x]) for x in algorithms)
-        + f" | {fmt(b['selected'])} | {fmt(a['selected'])} | {fmt(b['ceiling'])} | "
-        f"{pct(closed(b))} → {pct(closed(a))} | {picks[0]} → {picks[1]} of {n} |"
-    )
     lines += ["", f"Tie width k (standard errors of the best score; default {TIE_STANDARD_ERRORS:g}) "
-              "on the same results: suite-mean selected accuracy, gap closed, picked best:", ""]  # fmt: skip
+              "on the same results: suite-mean selected accuracy and gap closed (the seeds every "
+              "pair has), picked best (every result):", ""]  # fmt: skip
     for k in (0.0, 0.5, 1.0, 2.0):
         os = [outcome([r for r in rs if r["seed"] in common], k) for rs in results.values()]
-        o = {c: np.mean([x[c] for x in os], axis=0) for c in b}
+        o = {c: np.mean([x[c] for x in os], axis=0) for c in os[0]}
+        gap = closed(o)
         hits = sum(picked_best(r, k) for rs in results.values() for r in rs)
-        lines.append(f"- k = {k:g}: {fmt(o['selected'])}, {pct(closed(o))}, {hits} of {n}")
+        lines.append(f"- k = {k:g}: {fmt(o['selected'])}, {np.nanmean(gap):+.0%} ± "
+                     f"{np.nanstd(gap):.0%}, {hits} of {n}")  # fmt: skip
     return lines
 
 
