@@ -126,13 +126,26 @@ class Settings(BaseSettings):
         64, ge=1, description="Files one predict request may carry; more is `413 too_many_files`."
     )
     predict_batch_size: int = Field(
-        16, ge=1, description="Images decoded and run through the backbone at once by predict."
+        8, ge=1, description="Images decoded and run through the backbone at once by predict."
     )
     inference_max_images: int = Field(
-        32,
+        16,
         ge=0,
         description="Images in inference at once in one API process, over all requests (0: "
         "no limit); the others wait. Bounds the API's memory under concurrent predicts.",
+    )
+    malloc_mmap_threshold: int = Field(
+        1024 * 1024,
+        ge=0,
+        description="glibc malloc's mmap threshold in the API process, in bytes: blocks from "
+        "this size up are mapped, and go back to the system when freed (0: glibc's default, "
+        "which rises to the largest block freed so far, up to 32 MiB, and then keeps them).",
+    )
+    malloc_arena_max: int = Field(
+        2,
+        ge=0,
+        description="glibc malloc arenas in the API process (0: glibc's default, 8 per core); "
+        "each keeps its own freed memory.",
     )
     prewarm: bool = Field(
         True,

@@ -37,6 +37,12 @@ def batches(n: int, batch_size: int, size: int) -> list[tuple[torch.Tensor, torc
     ]
 
 
+def _sync(device: torch.device) -> None:
+    """Wait for the device's queued kernels (CUDA runs them asynchronously)."""
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+
+
 def dovecote(trainable: str, data: list, device: torch.device) -> float:
     model = load_backbone("efficientnet_lite0").model
     model.reset_classifier(5)
@@ -46,10 +52,10 @@ def dovecote(trainable: str, data: list, device: torch.device) -> float:
     )
     set_train_mode(model, frozen_norms)
     train_epoch(model, data[:1], optimizer, None, device, moving, 1.0)  # warm-up
+    _sync(device)
     start = time.perf_counter()
     train_epoch(model, data[1:], optimizer, None, device, moving, 1.0)
-    if device.type == "cuda":
-        torch.cuda.synchronize()
+    _sync(device)
     return sum(len(t) for _, t in data[1:]) / (time.perf_counter() - start)
 
 
@@ -67,11 +73,11 @@ def plain(trainable: str, data: list, device: torch.device) -> float:
         optimizer.step()
 
     step(*data[0])
+    _sync(device)  # the warm-up step's kernels are not timed
     start = time.perf_counter()
     for x, t in data[1:]:
         step(x, t)
-    if device.type == "cuda":
-        torch.cuda.synchronize()
+    _sync(device)
     return sum(len(t) for _, t in data[1:]) / (time.perf_counter() - start)
 
 
@@ -82,9 +88,10 @@ def main() -> None:
     args = parser.parse_args()
     device = device_for_training()
     data = batches(args.batches + 1, args.batch_size, 224)
+    amp = "bf16 autocast (dovecote), fp32 (plain)" if device.type == "cuda" else "off (CPU)"
     print(
         f"device={device.type} threads={torch.get_num_threads()} batch={args.batch_size} "
-        f"batches={args.batches} backbone=efficientnet_lite0 224px"
+        f"batches={args.batches} backbone=efficientnet_lite0 224px amp={amp}"
     )
     # The first training steps of a process also build the kernels every later run reuses;
     # without this untimed pass the first row would pay for them.

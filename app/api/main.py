@@ -12,7 +12,7 @@ from fastapi.routing import APIRoute
 from fastapi_offline import FastAPIOffline
 
 import app
-from app import console
+from app import allocator, console
 from app.api import problems
 from app.api.guards import EarlyAuth, InputGuard
 from app.api.limits import BodySizeLimit
@@ -61,8 +61,12 @@ def create_app(
     ``worker_ready`` (``dovecote serve``) tells ``/readyz`` whether its worker is up.
 
     With ``DOVECOTE_PREWARM`` the default backbone is loaded at start, on a thread (so
-    ``/healthz`` answers meanwhile); ``/readyz`` says ready once it is done."""
+    ``/healthz`` answers meanwhile); ``/readyz`` says ready once it is done. glibc malloc is
+    set for serving first (:mod:`app.allocator`)."""
     settings = settings or get_settings()
+    allocator.tune(
+        mmap_threshold=settings.malloc_mmap_threshold, arena_max=settings.malloc_arena_max
+    )
     learned_backbones.install(settings)
     warm = threading.Event()
     if not settings.prewarm:

@@ -10,6 +10,7 @@ from typing import Literal
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
+from app import allocator
 from app.config import Settings
 from app.db.models import Model, Project, ProjectClass
 from app.errors import (
@@ -63,6 +64,7 @@ def get_predictor(settings: Settings) -> Predictor:
         batch_size=settings.predict_batch_size,
         max_images_in_flight=settings.inference_max_images,
         graph_dir=graph_dir_in(settings.feature_cache_dir),
+        on_idle=allocator.release,
     )
 
 

@@ -85,12 +85,14 @@ class ImageBudget:
     Each concurrent batch holds its decoded tensors and the backbone's activations: past a
     core or two, more batches at once buy no throughput, only memory and latency. A batch
     takes as many units as it has images (at most ``limit``, so any batch can run) and the
-    others wait their turn, first come first served."""
+    others wait their turn, first come first served. ``on_idle`` runs (outside the lock)
+    each time the last batch in inference leaves: the API gives freed memory back then."""
 
-    def __init__(self, limit: int) -> None:
+    def __init__(self, limit: int, on_idle: Callable[[], None] = lambda: None) -> None:
         if limit < 0:
             raise ValueError("limit must be 0 (no limit) or more")
         self.limit = limit
+        self.on_idle = on_idle
         self.in_flight = 0
         self.peak = 0
         self._cond = threading.Condition()
@@ -98,15 +100,15 @@ class ImageBudget:
 
     @contextmanager
     def hold(self, images: int) -> Iterator[None]:
-        if not self.limit:
-            yield
-            return
-        n = max(1, min(images, self.limit))
+        n = max(1, min(images, self.limit)) if self.limit else images
         ticket = object()
         with self._cond:
             self._waiting.append(ticket)
             self._cond.wait_for(
-                lambda: self._waiting[0] is ticket and self.in_flight + n <= self.limit
+                lambda: (
+                    self._waiting[0] is ticket
+                    and (not self.limit or self.in_flight + n <= self.limit)
+                )
             )
             self._waiting.popleft()
             self.in_flight += n
@@ -117,7 +119,10 @@ class ImageBudget:
         finally:
             with self._cond:
                 self.in_flight -= n
+                idle = self.in_flight == 0
                 self._cond.notify_all()
+            if idle:
+                self.on_idle()
 
 
 #: Head buffers at least this large are kept once per process when several models carry the
@@ -260,11 +265,12 @@ class Predictor:
         batch_size: int = 16,
         max_images_in_flight: int = 0,
         graph_dir: Path | None = None,
+        on_idle: Callable[[], None] = lambda: None,
     ) -> None:
         if batch_size < 1:
             raise ValueError("batch_size must be at least 1")
         self.batch_size = batch_size
-        self.budget = ImageBudget(max_images_in_flight)
+        self.budget = ImageBudget(max_images_in_flight, on_idle)
         self.graph_dir = graph_dir
         self.backbones: LRUCache[tuple[str, str], Backbone] = LRUCache(max_backbones)
         self.models: LRUCache[str, TrainedModel] = LRUCache(max_heads)
