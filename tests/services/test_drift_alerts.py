@@ -54,7 +54,7 @@ def _race(url: str, model_id: str, windows: list[dict]) -> list[int]:
                 assert model is not None
                 barrier.wait()
                 sent.append(monitoring.alert(db=db, model=model, window="day", windows=windows,
-                                             now=now, threshold=0.05))  # fmt: skip
+                                             now=now, threshold=0.05, pixel_threshold=0.12))  # fmt: skip
         except BaseException as exc:
             errors.append(exc)
 
@@ -74,7 +74,8 @@ def test_racing_computations_send_each_window_once(database: Settings) -> None:
     day = monitoring.window_start(utcnow(), "day")
     windows = [
         {"start": day - timedelta(days=d), "end": day - timedelta(days=d - 1), "drift": flagged,
-         "drift_score": score, "predictions": 30, "images": 30, "rejection_rate": 0.0}
+         "drift_score": score, "drift_score_pixels": 0.01, "predictions": 30, "images": 30,
+         "rejection_rate": 0.0}
         for d, flagged, score in ((2, False, 0.01), (1, True, 0.3), (0, True, 0.2))
     ]  # fmt: skip
     # The first round sends both flagged windows once, later rounds nothing.
