@@ -47,8 +47,7 @@ from app.transfer.data import Sample
 from app.transfer.drift import (
     SIGNATURE_KEY,
     DriftParams,
-    bandwidth,
-    drift_score,
+    Reference,
     pixel_signature_of_bytes,
 )
 from app.transfer.features import FeatureCache
@@ -285,13 +284,10 @@ def _drift(
     row = {k: i for i, k in enumerate(dict.fromkeys(keys))}
     P = _signatures(settings, store, project_id, list(row))
     ref_rows = [row[k] for k in ref_keys]
-    gammas = bandwidth(X[ref_rows]), bandwidth(P[ref_rows])
+    features, pixels = Reference.of(X[ref_rows]), Reference.of(P[ref_rows])
     for start, chunk in samples.items():
         rows = np.array([row[k] for k in chunk])
-        out.scores[start] = (
-            drift_score(X[ref_rows], X[rows], gamma=gammas[0]),
-            drift_score(P[ref_rows], P[rows], gamma=gammas[1]),
-        )
+        out.scores[start] = (features.score(X[rows]), pixels.score(P[rows]))
     return out
 
 

@@ -3,8 +3,9 @@
 Pure: two arrays of backbone features in (the reference: the model's training images;
 the recent: the images of one monitoring window), one number out. No HTTP, no database::
 
-    gamma = bandwidth(reference)
-    score = drift_score(reference, recent, gamma=gamma)   # >= threshold: drift
+    score = drift_score(reference, recent)   # >= threshold: drift
+    ref = Reference.of(reference)            # many windows, one reference: prepared once
+    scores = [ref.score(window) for window in windows]
 
 The score is the squared maximum mean discrepancy (Gretton et al., "A Kernel Two-Sample
 Test", JMLR 2012) with a Gaussian kernel on L2-normalised features. With ``x_i``
@@ -77,10 +78,7 @@ def _sq_distances(A: np.ndarray, B: np.ndarray) -> np.ndarray:
     return np.maximum(d, 0.0)
 
 
-def bandwidth(reference: np.ndarray) -> float:
-    """The median heuristic ``γ = 1 / median ‖x_i - x_i'‖²`` over distinct pairs of the
-    L2-normalised reference rows (1.0 when there are fewer than two distinct rows)."""
-    X = _unit(reference)
+def _bandwidth_of_unit(X: np.ndarray) -> float:
     if len(X) < 2:
         return 1.0
     d = _sq_distances(X, X)[np.triu_indices(len(X), k=1)]
@@ -88,26 +86,61 @@ def bandwidth(reference: np.ndarray) -> float:
     return 1.0 / float(np.median(d)) if len(d) else 1.0
 
 
+def bandwidth(reference: np.ndarray) -> float:
+    """The median heuristic ``γ = 1 / median ‖x_i - x_i'‖²`` over distinct pairs of the
+    L2-normalised reference rows (1.0 when there are fewer than two distinct rows)."""
+    return _bandwidth_of_unit(_unit(reference))
+
+
+@dataclass(frozen=True)
+class Reference:
+    """The reference side of the MMD² (module docstring), prepared once for every window
+    measured against it: its L2-normalised rows ``x``, the kernel width ``gamma`` and the
+    first term ``xx = Σ_{i≠i'} k(x_i, x_i') / m(m-1)``, which no window changes."""
+
+    x: np.ndarray
+    gamma: float
+    xx: float
+
+    @classmethod
+    def of(cls, reference: np.ndarray, *, gamma: float | None = None) -> Reference:
+        """``gamma`` defaults to :func:`bandwidth` of the reference; needs m ≥ 2 rows."""
+        X = _unit(reference)
+        m = len(X)
+        if m < 2:
+            raise ValueError("mmd2 needs at least 2 rows on each side")
+        g = _bandwidth_of_unit(X) if gamma is None else gamma
+        Kxx = np.exp(-g * _sq_distances(X, X))
+        return cls(X, g, float((Kxx.sum() - np.trace(Kxx)) / (m * (m - 1))))
+
+    def mmd2(self, recent: np.ndarray) -> float:
+        """The unbiased MMD² estimate between this reference and ``recent (n, D)``, not
+        clipped; needs n ≥ 2."""
+        Y = _unit(recent)
+        n = len(Y)
+        if n < 2:
+            raise ValueError("mmd2 needs at least 2 rows on each side")
+        Kyy = np.exp(-self.gamma * _sq_distances(Y, Y))
+        Kxy = np.exp(-self.gamma * _sq_distances(self.x, Y))
+        yy = (Kyy.sum() - np.trace(Kyy)) / (n * (n - 1))
+        return float(self.xx + yy - 2.0 * Kxy.mean())
+
+    def score(self, recent: np.ndarray) -> float:
+        """:meth:`mmd2` clipped at 0: the drift score of ``recent``."""
+        return max(0.0, self.mmd2(recent))
+
+
 def mmd2(reference: np.ndarray, recent: np.ndarray, *, gamma: float) -> float:
     """The unbiased MMD² estimate (module docstring) between the L2-normalised rows of
     ``reference (m, D)`` and ``recent (n, D)``, not clipped; needs m, n ≥ 2."""
-    X, Y = _unit(reference), _unit(recent)
-    m, n = len(X), len(Y)
-    if m < 2 or n < 2:
-        raise ValueError("mmd2 needs at least 2 rows on each side")
-    Kxx = np.exp(-gamma * _sq_distances(X, X))
-    Kyy = np.exp(-gamma * _sq_distances(Y, Y))
-    Kxy = np.exp(-gamma * _sq_distances(X, Y))
-    xx = (Kxx.sum() - np.trace(Kxx)) / (m * (m - 1))
-    yy = (Kyy.sum() - np.trace(Kyy)) / (n * (n - 1))
-    return float(xx + yy - 2.0 * Kxy.mean())
+    return Reference.of(reference, gamma=gamma).mmd2(recent)
 
 
 def drift_score(reference: np.ndarray, recent: np.ndarray, *, gamma: float | None = None) -> float:
     """MMD² of ``recent`` against ``reference``, clipped at 0; ``gamma`` defaults to
-    :func:`bandwidth` of the reference."""
-    g = bandwidth(reference) if gamma is None else gamma
-    return max(0.0, mmd2(reference, recent, gamma=g))
+    :func:`bandwidth` of the reference. Many windows against one reference: prepare it
+    once with :meth:`Reference.of`."""
+    return Reference.of(reference, gamma=gamma).score(recent)
 
 
 #: Grey-level histogram bins of :func:`pixel_signature`.
