@@ -42,8 +42,12 @@ from app.transfer.data import ClassInfo
 
 ANIMALS = ["bear", "bird", "cat", "cow", "dog", "elephant", "giraffe", "horse", "sheep", "zebra"]
 UNSEEN = {"cat", "cow", "horse"}
-#: ConSE as it was before WordNet: ImageNet lemmas, top 10, no hierarchy
-PLAIN_CONSE = {"mapping": "conse", "wordnet": False, "imagenet_text": "lemmas", "top_t": 10}
+#: ConSE as it was before WordNet: ImageNet lemmas, top 10, no hierarchy, no calibration,
+#: the ImageNet classifier's own posterior
+PLAIN_CONSE = {
+    "mapping": "conse", "wordnet": False, "imagenet_text": "lemmas", "top_t": 10,
+    "calibration": 0.0, "imagenet_temperature": 1.0,
+}  # fmt: skip
 #: A small hand-written attribute table (common knowledge, AwA-style), one row per animal.
 ATTRIBUTES: dict[str, dict[str, float]] = {
     name: dict(zip(

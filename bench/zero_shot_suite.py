@@ -33,25 +33,54 @@ from app.errors import InvalidParams
 from app.transfer import TrainingData, get_method
 from bench._common import machine, write_readme_block
 from bench.suite_data import photo_crops, shapes, textures, uci_digits
-from bench.zero_shot_accuracy import silhouettes
+from bench.zero_shot_accuracy import PLAIN_CONSE, silhouettes
 
 #: the suite's photo-crops classes by what each photo shows
 PHOTO_NAMES = ["astronaut", "cat", "coffee", "rocket", "motorcycle", "galaxy"]
 DIGIT_NAMES = ["zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine"]
 
+#: the zero_shot defaults before calibration and the ImageNet temperature
+WORDNET_BEFORE = {"top_t": 20, "calibration": 0.0, "imagenet_temperature": 1.0}
+#: more prompt templates than the default three (the ImageNet side's texts get them too)
+TEMPLATES_8 = [
+    "a photo of a {}.", "a photo of the {}.", "a close-up photo of a {}.", "a drawing of a {}.",
+    "a sketch of a {}.", "a black and white photo of a {}.", "a picture of a {}.", "{}",
+]  # fmt: skip
+
 #: name -> zero_shot params (over the defaults, ``mapping`` conse unless said); the first is
-#: the baseline, the defaults before WordNet
+#: the baseline
+PLAIN = {k: v for k, v in PLAIN_CONSE.items() if k != "mapping"}
 VARIANTS: dict[str, dict[str, Any]] = {
-    "plain ConSE": {"wordnet": False, "imagenet_text": "lemmas", "top_t": 10},
-    "ConSE, ImageNet glosses": {"wordnet": False, "top_t": 10},
-    "ConSE, ImageNet glosses, top_t 20": {"wordnet": False},
-    "WordNet (default)": {},
-    "WordNet, ImageNet lemmas": {"imagenet_text": "lemmas"},
-    "WordNet, top_t 10": {"top_t": 10},
-    "WordNet, weight 0.25": {"hierarchy_weight": 0.25},
-    "WordNet, weight 0.5": {"hierarchy_weight": 0.5},
-    "WordNet, temperature 0.03": {"temperature": 0.03},
-    "WordNet, temperature 0.1": {"temperature": 0.1},
+    "plain ConSE": PLAIN,
+    "plain ConSE, calibrated": {**PLAIN, "calibration": 1.5},
+    "ConSE, ImageNet glosses": {**WORDNET_BEFORE, "wordnet": False, "top_t": 10},
+    "ConSE, ImageNet glosses, top_t 20": {**WORDNET_BEFORE, "wordnet": False},
+    "WordNet (default before)": WORDNET_BEFORE,
+    "WordNet, calibration 1.5": {**WORDNET_BEFORE, "calibration": 1.5},
+    "WordNet, ImageNet temperature 2": {**WORDNET_BEFORE, "imagenet_temperature": 2.0},
+    "WordNet, top_t 50": {**WORDNET_BEFORE, "top_t": 50},
+    "WordNet, top_t 50, ImageNet temperature 2": {
+        **WORDNET_BEFORE,
+        "top_t": 50,
+        "imagenet_temperature": 2.0,
+    },
+    "WordNet, top_t 50, calibration 1.5": {**WORDNET_BEFORE, "top_t": 50, "calibration": 1.5},
+    "calibrated (default)": {},
+    "default, no WordNet": {"wordnet": False},
+    "default, ImageNet lemmas": {"imagenet_text": "lemmas"},
+    "default, calibration 0.75": {"calibration": 0.75},
+    "default, calibration 1": {"calibration": 1.0},
+    "default, calibration 2": {"calibration": 2.0},
+    "default, calibration 3": {"calibration": 3.0},
+    "default, ImageNet temperature 1": {"imagenet_temperature": 1.0},
+    "default, ImageNet temperature 1.5": {"imagenet_temperature": 1.5},
+    "default, ImageNet temperature 3": {"imagenet_temperature": 3.0},
+    "default, top_t 20": {"top_t": 20},
+    "default, top_t 100": {"top_t": 100},
+    "default, temperature 0.03": {"temperature": 0.03},
+    "default, temperature 0.1": {"temperature": 0.1},
+    "default, weight 0.25": {"hierarchy_weight": 0.25},
+    "default, 8 templates": {"templates": TEMPLATES_8},
     "imagenet_sum (WordNet cover)": {"mapping": "imagenet_sum"},
 }
 
@@ -115,7 +144,13 @@ def main() -> None:
         "|" + "---|" * len(header),
     ]
     for variant, accs in table.items():
-        params = ", ".join(f"{k}={v}" for k, v in VARIANTS[variant].items()) or "defaults"
+        params = (
+            ", ".join(
+                f"{k}={f'[{len(v)}]' if isinstance(v, list) else v}"
+                for k, v in VARIANTS[variant].items()
+            )
+            or "defaults"
+        )
         figures = [*accs, means[variant]]
         cells = [variant, params, *(_fmt(a, ".3f") for a in figures),
                  _fmt(means[variant] - base, "+.3f")]  # fmt: skip

@@ -144,16 +144,20 @@ class KNNHead(Head):
         )  # fmt: skip
 
 
-def _imagenet_probs(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
-    """The backbone's own ImageNet classifier on its pre-logits features: ``(N, 1000)``."""
-    return F.linear(x, weight, bias).softmax(dim=-1)
+def _imagenet_probs(
+    x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, temperature: float = 1.0
+) -> torch.Tensor:
+    """The backbone's own ImageNet classifier on its pre-logits features, its logits divided
+    by ``temperature``: ``(N, 1000)``."""
+    return (F.linear(x, weight, bias) / temperature).softmax(dim=-1)
 
 
 class ConSEHead(Head):
     r"""Convex combination of semantic embeddings (ConSE, Norouzi et al. 2014).
 
-    The backbone's ImageNet classifier gives :math:`p = \mathrm{softmax}(W x + b)` over the
-    1000 ImageNet classes with text vectors :math:`s_i`; the image's text-space vector is
+    The backbone's ImageNet classifier gives :math:`p = \mathrm{softmax}((W x + b) / \kappa)` over
+    the 1000 ImageNet classes with text vectors :math:`s_i` (``imagenet_temperature`` :math:`\kappa`,
+    1: the classifier's own posterior); the image's text-space vector is
 
     .. math:: f(x) = \frac{\sum_{i \in \mathrm{top}_T(p)} p_i s_i}{\sum_{i \in \mathrm{top}_T(p)} p_i},
               \qquad P(c \mid x) = \mathrm{softmax}_c\big(\hat f(x)^\top u_c / \tau\big)
@@ -161,11 +165,15 @@ class ConSEHead(Head):
     with :math:`\hat f = f / \lVert f \rVert`. Plain ConSE uses the class-name vectors
     :math:`u_c = e_c` (cosine similarity); a learned bilinear compatibility :math:`M`
     is folded in as :math:`u_c = M^\top e_c`. With a WordNet cover :math:`A_{ci} \in \{0, 1\}`
-    (the ImageNet classes a class name owns) and weight :math:`\lambda > 0`, the scores gain
-    the log of the cover's summed probability:
+    (the ImageNet classes a class name owns) and weight :math:`w > 0`, the scores gain
+    the log of the cover's summed probability; ``calibration`` :math:`\lambda` subtracts each
+    class's mean cosine with the 1000 ImageNet vectors, its expected score when the image is a
+    uniformly drawn ImageNet class (calibrated stacking, Chao et al. 2016), so a name close to
+    every ImageNet text does not take every image:
 
-    .. math:: P(c \mid x) = \mathrm{softmax}_c\big(\hat f(x)^\top u_c / \tau
-              + \lambda \log(\textstyle\sum_i A_{ci} p_i + \epsilon)\big), \qquad \epsilon = 10^{-4}.
+    .. math:: P(c \mid x) = \mathrm{softmax}_c\big((\hat f(x)^\top u_c - \lambda\,\bar s^\top u_c)
+              / \tau + w \log(\textstyle\sum_i A_{ci} p_i + \epsilon)\big),
+              \qquad \bar s = \tfrac{1}{1000}\textstyle\sum_i s_i, \quad \epsilon = 10^{-4}.
 
     ``imagenet_weight``: ``(1000, D)``, ``imagenet_bias``: ``(1000,)``, ``source``:
     ``(1000, E)``, ``codes``: ``(C, E)``, ``membership``: ``(C, 1000)`` uint8 (or none).
@@ -178,6 +186,7 @@ class ConSEHead(Head):
         self, imagenet_weight: torch.Tensor, imagenet_bias: torch.Tensor, source: torch.Tensor,
         codes: torch.Tensor, top_t: int, temperature: float,
         membership: torch.Tensor | None = None, hierarchy_weight: float = 0.0,
+        calibration: float = 0.0, imagenet_temperature: float = 1.0,
     ) -> None:  # fmt: skip
         super().__init__()
         self.register_buffer("imagenet_weight", imagenet_weight.float())
@@ -189,6 +198,15 @@ class ConSEHead(Head):
         hierarchy = membership is not None and hierarchy_weight > 0
         self.register_buffer("membership", membership.to(torch.uint8) if hierarchy else None)  # type: ignore[union-attr]
         self.hierarchy_weight = hierarchy_weight if hierarchy else 0.0
+        self.calibration = calibration
+        self.imagenet_temperature = imagenet_temperature
+        offset = calibration * self.source.mean(dim=0) @ self.codes.T  # type: ignore[operator]
+        self.register_buffer("offset", offset, persistent=False)  # λ s̄ᵀu_c, (C,)
+
+    def _probs(self, x: torch.Tensor) -> torch.Tensor:
+        return _imagenet_probs(
+            x, self.imagenet_weight, self.imagenet_bias, self.imagenet_temperature
+        )  # type: ignore[arg-type]
 
     def _embed(self, p: torch.Tensor) -> torch.Tensor:
         top, idx = p.topk(self.top_t, dim=-1)
@@ -197,11 +215,11 @@ class ConSEHead(Head):
 
     def embed(self, x: torch.Tensor) -> torch.Tensor:
         """:math:`\\hat f(x)`, shape ``(N, E)``."""
-        return self._embed(_imagenet_probs(x, self.imagenet_weight, self.imagenet_bias))  # type: ignore[arg-type]
+        return self._embed(self._probs(x))
 
     def log_scores(self, x: torch.Tensor) -> torch.Tensor:
-        p = _imagenet_probs(x, self.imagenet_weight, self.imagenet_bias)  # type: ignore[arg-type]
-        scores = self._embed(p) @ self.codes.T / self.temperature  # type: ignore[operator]
+        p = self._probs(x)
+        scores = (self._embed(p) @ self.codes.T - self.offset) / self.temperature  # type: ignore[operator]
         if self.membership is not None:
             mass = p @ self.membership.to(p.dtype).T  # type: ignore[operator]
             scores = scores + self.hierarchy_weight * (mass + 1e-4).log()
@@ -215,6 +233,8 @@ class ConSEHead(Head):
             "top_t": self.top_t,
             "temperature": self.temperature,
             "hierarchy_weight": self.hierarchy_weight,
+            "calibration": self.calibration,
+            "imagenet_temperature": self.imagenet_temperature,
         }
 
     @classmethod
@@ -223,6 +243,7 @@ class ConSEHead(Head):
             tensors["imagenet_weight"], tensors["imagenet_bias"], tensors["source"],
             tensors["codes"], int(config["top_t"]), float(config["temperature"]),
             tensors.get("membership"), float(config.get("hierarchy_weight", 0.0)),
+            float(config.get("calibration", 0.0)), float(config.get("imagenet_temperature", 1.0)),
         )  # fmt: skip
 
 

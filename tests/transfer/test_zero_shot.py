@@ -219,3 +219,49 @@ def test_without_wordnet_the_method_says_so_and_still_serves(
     assert model.metrics["wordnet"] == zero_shot.WORDNET_MISSING
     assert model.head.membership is None  # type: ignore[union-attr]
     assert model.metrics["accuracy"] >= 0.5
+
+
+def _hub_head(calibration: float, imagenet_temperature: float = 1.0, top_t: int = 1) -> ConSEHead:
+    """A ConSE head whose 1000 "ImageNet" texts all lean towards one direction ``m`` (as
+    sentence vectors do) and whose class 0 is named by ``m`` itself: near every text, so it
+    takes every image uncalibrated. Class 1 is named by ``d``, the direction of ImageNet
+    classes 0-9 (which are ``m + d``), a little off it. Features are one-hot ImageNet logits."""
+    g = torch.Generator().manual_seed(0)
+    m, d, e = torch.eye(16)[:3]
+    source = m + 0.3 * torch.randn(1000, 16, generator=g) * (1 - torch.eye(16)[:2].sum(0))
+    source[:10] = m + d
+    codes = torch.stack([m, d + 0.1 * e])
+    weight, bias = 10 * torch.eye(1000), torch.zeros(1000)
+    source = torch.nn.functional.normalize(source, dim=-1)
+    return ConSEHead(
+        weight, bias, source, torch.nn.functional.normalize(codes, dim=-1), top_t=top_t,
+        temperature=0.05, calibration=calibration, imagenet_temperature=imagenet_temperature,
+    )  # fmt: skip
+
+
+def test_calibration_stops_a_name_near_every_imagenet_text_taking_every_image() -> None:
+    images = torch.eye(1000)[[0, 5, 9, 100, 500]]  # ImageNet classes 0-9 are class 1's
+    with torch.inference_mode():
+        plain = _hub_head(0.0)(images).argmax(dim=-1).tolist()
+        calibrated = _hub_head(1.0)(images).argmax(dim=-1).tolist()
+    assert plain == [0, 0, 0, 0, 0]  # the hub absorbs everything
+    assert calibrated == [1, 1, 1, 0, 0]
+    head = _hub_head(1.0)
+    loaded = ConSEHead.from_tensors(head.tensors(), head.config())
+    assert loaded.calibration == 1.0
+    torch.testing.assert_close(loaded(images), head(images))
+    old = {
+        k: v for k, v in head.config().items() if k not in ("calibration", "imagenet_temperature")
+    }
+    stored_before = ConSEHead.from_tensors(head.tensors(), old)  # a model saved before both
+    torch.testing.assert_close(stored_before(images), _hub_head(0.0)(images))
+
+
+def test_imagenet_temperature_divides_the_logits_before_the_softmax() -> None:
+    x = torch.full((1, 1000), -0.5)  # logit -5 outside the top 3
+    x[0, 10:13] = torch.tensor([0.4, 0.2, 0.0])  # logits 4, 2, 0 (weight 10 I)
+    head = _hub_head(0.0, imagenet_temperature=2.0, top_t=3)
+    p = torch.softmax(torch.tensor([2.0, 1.0, 0.0]), dim=0)  # (4, 2, 0) / 2 among the top 3
+    want = torch.nn.functional.normalize(p @ head.source[10:13], dim=-1)
+    torch.testing.assert_close(head.embed(x)[0], want)
+    assert not torch.allclose(_hub_head(0.0, top_t=3).embed(x)[0], want)

@@ -192,6 +192,16 @@ class GeneralizedParams(ZeroShotParams):
         "lemmas", description="ImageNet class text: its lemmas, or first lemma + WordNet gloss."
     )
     top_t: int = Field(10, ge=1, le=1000, description="ImageNet classes combined (ConSE's T).")
+    imagenet_temperature: float = Field(
+        1.0, gt=0, le=10, description="ConSE's ImageNet logits are divided by this."
+    )
+    calibration: float = Field(
+        0.0,
+        ge=0,
+        le=10,
+        description="ConSE subtracts this times each class's mean cosine "
+        "with the ImageNet class texts.",
+    )
     beta: float = Field(1.0, gt=0, le=1e4, description="Pull of M towards the identity (ConSE).")
     max_iter: int = Field(100, ge=10, le=5000)
 
@@ -238,5 +248,5 @@ class ZeroShotGeneralized(SeenClassesMethod):
         learned = codes + codes @ delta.detach().T  # u_c = (I + Δ) e_c
         return ConSEHead(
             base.imagenet_weight, base.imagenet_bias, base.source, learned,  # type: ignore[arg-type]
-            base.top_t, base.temperature,
+            base.top_t, base.temperature, None, 0.0, base.calibration, base.imagenet_temperature,
         )  # fmt: skip

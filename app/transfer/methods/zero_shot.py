@@ -2,10 +2,13 @@
 
 The backbone's own ImageNet classifier is mapped onto the project's classes, offline:
 
-- ``conse`` (Norouzi et al. 2014): the image's top-T ImageNet probabilities weight those
-  classes' text vectors; the project's classes are scored by cosine similarity with their
-  names' vectors (all-MiniLM-L6-v2, prompt templates ensembled; a class's
-  ``description``, when given, is averaged in). See :class:`~app.transfer.heads.ConSEHead`.
+- ``conse`` (Norouzi et al. 2014): the image's top-T ImageNet probabilities (the
+  classifier's logits divided by ``imagenet_temperature``) weight those classes' text
+  vectors; the project's classes are scored by cosine similarity with their names' vectors
+  (all-MiniLM-L6-v2, prompt templates ensembled; a class's ``description``, when given, is
+  averaged in), less ``calibration`` times each name's mean cosine with the 1000 ImageNet
+  texts (calibrated: a name near every ImageNet text no longer takes every image). See
+  :class:`~app.transfer.heads.ConSEHead`.
 - ``imagenet_sum``: a class's probability is the summed probability of the ImageNet
   classes it covers: those among its WordNet hyponyms ("cat" covers tabby, tiger cat,
   Persian, Siamese and Egyptian cat, not tiger), and those whose lemmas or gloss name it as
@@ -97,8 +100,23 @@ class ZeroShotParams(MethodParams):
         description="ImageNet class text: its lemmas, or first lemma + WordNet gloss.",
     )
     use_descriptions: bool = Field(True, description="Average class descriptions in.")
-    top_t: int = Field(20, ge=1, le=1000, description="ImageNet classes combined (ConSE's T).")
+    top_t: int = Field(50, ge=1, le=1000, description="ImageNet classes combined (ConSE's T).")
     temperature: float = Field(0.05, gt=0, le=10, description="Softmax temperature on cosines.")
+    imagenet_temperature: float = Field(
+        2.0,
+        gt=0,
+        le=10,
+        description="ConSE divides the ImageNet classifier's logits by this before its "
+        "softmax (> 1 spreads the weight over more ImageNet classes; 1: its own posterior).",
+    )
+    calibration: float = Field(
+        1.5,
+        ge=0,
+        le=10,
+        description="ConSE subtracts this times each class's mean cosine with the 1000 "
+        "ImageNet class texts from its cosine (a name near every ImageNet text no longer "
+        "takes every image); 0: none.",
+    )
     wordnet: bool = Field(
         True,
         description=(
@@ -205,6 +223,7 @@ def conse_head(
     return ConSEHead(
         weight, bias, torch.from_numpy(source.copy()), torch.from_numpy(codes), p.top_t,
         p.temperature, None if owned is None else torch.from_numpy(owned), p.hierarchy_weight,
+        p.calibration, p.imagenet_temperature,
     )  # fmt: skip
 
 
