@@ -48,6 +48,8 @@ PLAIN_CONSE = {
     "mapping": "conse", "wordnet": False, "imagenet_text": "lemmas", "top_t": 10,
     "calibration": 0.0, "imagenet_temperature": 1.0,
 }  # fmt: skip
+#: the zero_shot defaults before calibration and the ImageNet temperature
+WORDNET_BEFORE = {"top_t": 20, "calibration": 0.0, "imagenet_temperature": 1.0}
 #: A small hand-written attribute table (common knowledge, AwA-style), one row per animal.
 ATTRIBUTES: dict[str, dict[str, float]] = {
     name: dict(zip(
@@ -155,7 +157,15 @@ def main() -> None:
 
     images, labels = photo_crops()
     photos = TrainingData.from_arrays(images, labels, **common)  # type: ignore[arg-type]
-    for params in ({"mapping": "conse"}, {"mapping": "imagenet_sum"}, {"mapping": "auto"}):
+    for params in (
+        {"mapping": "conse"},
+        PLAIN_CONSE,
+        {"mapping": "conse", **WORDNET_BEFORE},
+        {"mapping": "conse", **WORDNET_BEFORE, "calibration": 1.5},
+        {"mapping": "conse", "imagenet_temperature": 1.0},
+        {"mapping": "imagenet_sum"},
+        {"mapping": "auto"},
+    ):
         rows.append(run("photos", "zero_shot", photos, params))
 
     named = [i for i, label in enumerate(labels) if label != "astronaut"]  # not an ImageNet class

@@ -33,20 +33,26 @@ from app.errors import InvalidParams
 from app.transfer import TrainingData, get_method
 from bench._common import machine, write_readme_block
 from bench.suite_data import photo_crops, shapes, textures, uci_digits
-from bench.zero_shot_accuracy import PLAIN_CONSE, silhouettes
+from bench.zero_shot_accuracy import PLAIN_CONSE, WORDNET_BEFORE, silhouettes
 
 #: the suite's photo-crops classes by what each photo shows
 PHOTO_NAMES = ["astronaut", "cat", "coffee", "rocket", "motorcycle", "galaxy"]
 DIGIT_NAMES = ["zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine"]
 
-#: the zero_shot defaults before calibration and the ImageNet temperature
-WORDNET_BEFORE = {"top_t": 20, "calibration": 0.0, "imagenet_temperature": 1.0}
 #: more prompt templates than the default three (the ImageNet side's texts get them too)
 TEMPLATES_8 = [
     "a photo of a {}.", "a photo of the {}.", "a close-up photo of a {}.", "a drawing of a {}.",
     "a sketch of a {}.", "a black and white photo of a {}.", "a picture of a {}.", "{}",
 ]  # fmt: skip
 
+#: one knob moved from the defaults at a time: param, its label, values
+SWEEPS = [
+    ("calibration", "calibration", (0.75, 1.0, 2.0, 3.0)),
+    ("imagenet_temperature", "ImageNet temperature", (1.0, 1.5, 3.0)),
+    ("top_t", "top_t", (20, 100)),
+    ("temperature", "temperature", (0.03, 0.1)),
+    ("hierarchy_weight", "weight", (0.25,)),
+]
 #: name -> zero_shot params (over the defaults, ``mapping`` conse unless said); the first is
 #: the baseline
 PLAIN = {k: v for k, v in PLAIN_CONSE.items() if k != "mapping"}
@@ -68,18 +74,11 @@ VARIANTS: dict[str, dict[str, Any]] = {
     "calibrated (default)": {},
     "default, no WordNet": {"wordnet": False},
     "default, ImageNet lemmas": {"imagenet_text": "lemmas"},
-    "default, calibration 0.75": {"calibration": 0.75},
-    "default, calibration 1": {"calibration": 1.0},
-    "default, calibration 2": {"calibration": 2.0},
-    "default, calibration 3": {"calibration": 3.0},
-    "default, ImageNet temperature 1": {"imagenet_temperature": 1.0},
-    "default, ImageNet temperature 1.5": {"imagenet_temperature": 1.5},
-    "default, ImageNet temperature 3": {"imagenet_temperature": 3.0},
-    "default, top_t 20": {"top_t": 20},
-    "default, top_t 100": {"top_t": 100},
-    "default, temperature 0.03": {"temperature": 0.03},
-    "default, temperature 0.1": {"temperature": 0.1},
-    "default, weight 0.25": {"hierarchy_weight": 0.25},
+    **{
+        f"default, {label} {value:g}": {param: value}
+        for param, label, values in SWEEPS
+        for value in values
+    },
     "default, 8 templates": {"templates": TEMPLATES_8},
     "imagenet_sum (WordNet cover)": {"mapping": "imagenet_sum"},
 }
@@ -109,6 +108,18 @@ def accuracy(data: TrainingData, params: dict[str, Any]) -> float:
     except InvalidParams:
         return float("nan")
     return float(metrics["accuracy"])
+
+
+def held_out(table: dict[str, list[float]], variants: list[str]) -> tuple[float, list[str]]:
+    """Leave one task out: for each task, the variant among ``variants`` with the best mean
+    over the *other* tasks, measured on that task. Returns the mean of those accuracies (what
+    choosing defaults on this suite is worth on a task it was not chosen on) and the picks."""
+    n = len(next(iter(table.values())))
+    picks = [
+        max(variants, key=lambda v: float(np.mean([a for j, a in enumerate(table[v]) if j != k])))
+        for k in range(n)
+    ]
+    return float(np.mean([table[v][k] for k, v in enumerate(picks)])), picks
 
 
 def _fmt(value: float, spec: str) -> str:
@@ -157,6 +168,22 @@ def main() -> None:
         lines.append("| " + " | ".join(cells) + " |")
     best = max((v for v in means if not np.isnan(means[v])), key=means.__getitem__)
     lines += ["", f"Best suite mean: {best} ({means[best]:.3f}, plain ConSE {base:.3f})."]
+    applicable = [v for v in table if not np.isnan(means[v])]
+    before = [  # the knobs there were before calibration and the ImageNet temperature
+        v for v in applicable
+        if VARIANTS[v].get("calibration") == 0 and VARIANTS[v].get("imagenet_temperature") == 1
+    ]  # fmt: skip
+    for label, variants in (
+        ("every variant", applicable),
+        ("the variants without calibration or ImageNet temperature", before),
+    ):
+        mean, picks = held_out(table, variants)
+        lines.append(
+            f"Leave one task out, choosing among {label} ({len(variants)}): {mean:.3f} "
+            f"({mean - base:+.3f} over plain ConSE); picks per held-out task: "
+            + ", ".join(f"{task}: {pick}" for task, pick in zip(suite, picks, strict=True))
+            + "."
+        )
     print("\n".join(lines))
     write_readme_block("zero-shot-suite", "Zero-shot from class names: the suite", lines)
 
