@@ -150,7 +150,8 @@ class Settings(BaseSettings):
     prewarm: bool = Field(
         True,
         description="Load the default backbone and build its inference session when a "
-        "process starts (`/readyz` answers 503 until then); off, the first use pays for it.",
+        "process starts, and in the API also compile a predict's SQL statements and build its "
+        "routes (`/readyz` answers 503 until then); off, the first use pays for it.",
     )
     tenant_max_active_jobs: int = Field(
         4, description="Queued plus running jobs a tenant may have (0: no limit); more is a 429."

@@ -3,21 +3,28 @@
 
 from __future__ import annotations
 
+import contextlib
 import threading
 import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 import torch
 from fastapi.testclient import TestClient
+from sqlalchemy import event
+from sqlalchemy.engine.interfaces import CacheStats
 
-from app.api.main import create_app
+from app.api.main import create_app, knock_predict_routes
+from app.db.session import get_engine, get_sessionmaker, session_scope
 from app.services import predict as predict_service
+from app.services import tenants
 from app.transfer import features
 from app.transfer.backbones import DEFAULT_BACKBONE, load_backbone
 from app.transfer.features import graph_dir_in, prepare_backbone
 from app.transfer.predictor import Predictor
-from tests.conftest import make_settings, migrate
+from tests.conftest import fresh_postgres_redis, make_settings, migrate
+from tests.factories import model_row, project_row
 
 
 def _wait_ready(client: TestClient, timeout: float = 120) -> None:
@@ -100,3 +107,49 @@ def test_the_cached_graph_is_reused_and_keyed_by_the_weights(
     monkeypatch.undo()
     prepare_backbone(other, graph_dir)
     assert len(list(graph_dir.glob("*.onnx"))) == 2
+
+
+@pytest.mark.parametrize("database", ["sqlite", "postgresql"])
+def test_a_first_predict_finds_its_statements_compiled_and_the_warm_up_writes_nothing(
+    database: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Every statement of the first predict after ``/readyz`` is a hit in the engine's
+    compiled cache (the prewarm ran it first), and the prewarm only read."""
+    with contextlib.ExitStack() as stack:
+        overrides = {}
+        if database == "postgresql":
+            overrides["database_url"] = stack.enter_context(fresh_postgres_redis())["database_url"]
+        settings = make_settings(tmp_path, prewarm=True, **overrides)
+        migrate(settings)
+        url = settings.resolved_database_url
+        with session_scope(url) as db:
+            project = project_row(db, ["cat"])
+            _, model = model_row(db, project, ["cat", "dog"], labeled=1, metrics={})
+            model_id = model.id
+        with session_scope(url) as db:
+            key = tenants.create_key(db=db, tenant_name="t")
+        get_sessionmaker.cache_clear()  # a new engine, its compiled cache empty
+        get_engine.cache_clear()
+        executed: list[tuple[str, CacheStats]] = []
+
+        def record(conn: object, cursor: object, statement: str, *args: Any) -> None:
+            executed.append((statement, args[-2].cache_hit))  # (params, context, executemany)
+
+        event.listen(get_engine(url), "after_cursor_execute", record)
+        monkeypatch.setattr(predict_service, "prewarm", lambda *, settings: None)
+        app = create_app(settings)
+        with TestClient(app) as client:
+            _wait_ready(client)
+            warm_up = [statement for statement, _ in executed]
+            executed.clear()
+            r = client.post(
+                f"/v1/models/{model_id}/predict",
+                files=[("files", ("a.png", b"not an image", "image/png"))],
+                headers={"Authorization": f"Bearer {key}"},
+            )
+        # Read up to the image (its model has no artifact; the route's reads come first).
+        assert r.status_code == 422 and "image" in r.json()["code"], r.text
+        assert all(s.lstrip().upper().startswith("SELECT") for s in warm_up), warm_up
+        assert len(executed) >= 3, executed  # the key, the model, its project
+        assert [s for s, hit in executed if hit is not CacheStats.CACHE_HIT] == [], executed
+        assert knock_predict_routes(app) == [401, 401]  # it knocks on routes that exist

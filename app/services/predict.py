@@ -13,6 +13,7 @@ from sqlalchemy.orm import Session
 from app import allocator
 from app.config import Settings
 from app.db.models import Model, Project, ProjectClass
+from app.db.session import get_sessionmaker
 from app.errors import (
     DecodeBudgetExceeded,
     ImageTooLarge,
@@ -50,6 +51,7 @@ __all__ = [
     "predict",
     "predict_files",
     "prewarm",
+    "warm_reads",
 ]
 
 
@@ -71,6 +73,20 @@ def get_predictor(settings: Settings) -> Predictor:
 def prewarm(*, settings: Settings) -> None:
     """Load the default backbone into the predictor and build its inference session."""
     get_predictor(settings).prewarm(DEFAULT_BACKBONE)
+
+
+def warm_reads(*, settings: Settings) -> None:
+    """Run once the reads a predict makes (the model and its project by id, the project's
+    negative classes; the API key's tenant is read by ``app.api.main.knock_predict_routes``)
+    for an id no row has, in a transaction rolled back: SQLAlchemy configures its mappers
+    and compiles and caches each statement here, not in the first request. Nothing is
+    found and nothing is written."""
+    missing = ""  # ids are never empty
+    with get_sessionmaker(settings.resolved_database_url)() as db:
+        db.get(Model, missing)
+        db.get(Project, missing)
+        negative_classes(db=db, model=Model(project_id=missing, classes=[]))
+        db.rollback()
 
 
 def check_file_count(*, settings: Settings, count: int) -> None:

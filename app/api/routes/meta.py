@@ -29,14 +29,15 @@ def healthz() -> dict[str, str]:
 @router.get("/readyz", tags=["health"])
 def readyz(request: Request, db: SessionDep, store: StoreDep) -> JSONResponse:
     """The database answers and is migrated, the blob store answers, the default backbone
-    is loaded (`DOVECOTE_PREWARM`) and, under `dovecote serve`, its worker is up."""
+    is loaded and a predict's statements and routes are warm (`DOVECOTE_PREWARM`) and,
+    under `dovecote serve`, its worker is up."""
     try:
         db.execute(text("SELECT 1 FROM alembic_version"))
         store.ping()
     except Exception as exc:
         return JSONResponse({"status": "unavailable", "detail": str(exc)[:200]}, status_code=503)
     if not request.app.state.warm.is_set():
-        detail = "loading the default backbone and building its inference session"
+        detail = "loading the default backbone, warming the predict routes"
         return JSONResponse({"status": "unavailable", "detail": detail}, status_code=503)
     worker_ready = request.app.state.worker_ready
     if worker_ready is not None and not worker_ready():
