@@ -22,6 +22,7 @@ from app.services import tenants
 from app.transfer import features
 from app.transfer.backbones import DEFAULT_BACKBONE, load_backbone
 from app.transfer.features import graph_dir_in, prepare_backbone
+from app.transfer.methods import base
 from app.transfer.predictor import Predictor
 from tests.conftest import fresh_postgres_redis, make_settings, migrate
 from tests.factories import model_row, project_row
@@ -153,3 +154,13 @@ def test_a_first_predict_finds_its_statements_compiled_and_the_warm_up_writes_no
         assert len(executed) >= 3, executed  # the key, the model, its project
         assert [s for s, hit in executed if hit is not CacheStats.CACHE_HIT] == [], executed
         assert knock_predict_routes(app) == [401, 401]  # it knocks on routes that exist
+
+
+def test_only_the_workers_shared_backbones_keep_their_buffers(tmp_path: Path) -> None:
+    """Jobs embed one batch at a time: their sessions keep an arena; the API's predicts
+    run concurrently, so its sessions give every batch's buffers back."""
+    base._SHARED.clear()
+    shared = base.shared_backbone(DEFAULT_BACKBONE, None, False)
+    served = Predictor().prewarm(DEFAULT_BACKBONE)
+    options = [features._compiled[b.model].session.get_session_options() for b in (shared, served)]
+    assert [o.enable_cpu_mem_arena for o in options] == [True, False]

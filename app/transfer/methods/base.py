@@ -147,7 +147,8 @@ def shared_backbone(
 ) -> Backbone:
     """A frozen backbone shared by every frozen-feature job in this process (the last two
     used). Loading one reports its two slow steps as stages, so a first job is not silent.
-    ``graph_dir``: where its exported inference graph is cached (see ``prepare_backbone``)."""
+    ``graph_dir``: where its exported inference graph is cached; its session keeps its
+    buffers between batches (see ``prepare_backbone``: jobs embed one batch at a time)."""
     key = (name, weights_dir, allow_hub)
     if key in _SHARED:
         _SHARED.move_to_end(key)
@@ -155,7 +156,7 @@ def shared_backbone(
     progress(0.0, f"loading backbone {name}: reading its weights")
     backbone = load_backbone(name, weights_dir=weights_dir, allow_hub=allow_hub)
     progress(0.5, f"loading backbone {name}: preparing its inference graph")
-    _SHARED[key] = backbone = prepare_backbone(backbone, graph_dir)
+    _SHARED[key] = backbone = prepare_backbone(backbone, graph_dir, keep_memory=True)
     while len(_SHARED) > _SHARED_MAX:
         _SHARED.popitem(last=False)
     progress(1.0, f"loading backbone {name}: ready")
