@@ -4,11 +4,13 @@
 from __future__ import annotations
 
 import contextlib
+import os
 import threading
 import time
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pytest
 import torch
 from fastapi.testclient import TestClient
@@ -20,8 +22,8 @@ from app.db.session import get_engine, get_sessionmaker, session_scope
 from app.services import predict as predict_service
 from app.services import tenants
 from app.transfer import features
-from app.transfer.backbones import DEFAULT_BACKBONE, load_backbone
-from app.transfer.features import graph_dir_in, prepare_backbone
+from app.transfer.backbones import DEFAULT_BACKBONE, Backbone, load_backbone
+from app.transfer.features import embed_tensors, graph_dir_in, prepare_backbone
 from app.transfer.methods import base
 from app.transfer.predictor import Predictor
 from tests.conftest import fresh_postgres_redis, make_settings, migrate
@@ -154,6 +156,33 @@ def test_a_first_predict_finds_its_statements_compiled_and_the_warm_up_writes_no
         assert len(executed) >= 3, executed  # the key, the model, its project
         assert [s for s, hit in executed if hit is not CacheStats.CACHE_HIT] == [], executed
         assert knock_predict_routes(app) == [401, 401]  # it knocks on routes that exist
+
+
+def test_the_worker_prewarm_runs_a_full_extraction_batch_on_the_jobs_backbone(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import worker.celery_app as worker_app
+
+    settings = make_settings(tmp_path, prewarm=True, feature_batch_size=5)
+    monkeypatch.setattr(worker_app, "settings", settings)
+    monkeypatch.setattr(worker_app, "ready_file", tmp_path / "worker.ready")
+    base._SHARED.clear()
+    shapes: list[tuple[int, ...]] = []
+
+    def spy(backbone: Backbone, batch: torch.Tensor) -> np.ndarray:
+        shapes.append(tuple(batch.shape))
+        return embed_tensors(backbone, batch)
+
+    monkeypatch.setattr(features, "embed_tensors", spy)
+    worker_app._prewarm_and_report()
+    assert (tmp_path / "worker.ready").read_text() == str(os.getpid())
+    # The backbone a job's extraction gets, its ONNX session run at the job's batch shape.
+    backbone = base.shared_backbone(
+        DEFAULT_BACKBONE, settings.weights_dir, settings.allow_hub,
+        graph_dir=graph_dir_in(settings.feature_cache_dir),
+    )  # fmt: skip
+    compiled = features._compiled[backbone.model]
+    assert shapes == [(5, *compiled.input_shape)]
 
 
 def test_only_the_workers_shared_backbones_keep_their_buffers(tmp_path: Path) -> None:

@@ -21,7 +21,7 @@ from app.services import predictions as predictions_service
 from app.services import webhooks as webhooks_service
 from app.storage import open_store
 from app.transfer.backbones import DEFAULT_BACKBONE
-from app.transfer.features import graph_dir_in
+from app.transfer.features import graph_dir_in, warm_up
 from app.transfer.methods.base import shared_backbone
 from worker.runner import run_job
 
@@ -127,13 +127,15 @@ ready_file: Path | None = None
 @worker_ready.connect
 def _prewarm_and_report(**_: object) -> None:
     """Load the default backbone before the first job needs it (its inference graph from
-    the shared cache when the API exported it already), then say the worker is ready."""
+    the shared cache when the API exported it already) and run one extraction batch
+    through it, then say the worker is ready."""
     if settings.prewarm:
         try:
-            shared_backbone(
+            backbone = shared_backbone(
                 DEFAULT_BACKBONE, settings.weights_dir, settings.allow_hub,
                 graph_dir=graph_dir_in(settings.feature_cache_dir),
             )  # fmt: skip
+            warm_up(backbone, settings.feature_batch_size)
         except Exception:
             log.warning("could not prewarm the default backbone", exc_info=True)
     if ready_file is not None:

@@ -26,7 +26,13 @@ from app.transfer.artifacts import TrainedModel, shared_tensor
 from app.transfer.backbones import Backbone, load_backbone
 from app.transfer.data import Sample
 from app.transfer.export import ExportFormat, export_model
-from app.transfer.features import FeatureCache, embed_tensors, extract_features, prepare_backbone
+from app.transfer.features import (
+    FeatureCache,
+    embed_tensors,
+    extract_features,
+    prepare_backbone,
+    warm_up,
+)
 from app.transfer.finetune_parts import classifier_param_names
 from app.transfer.heads import Head
 from app.transfer.localize import (
@@ -301,7 +307,7 @@ class Predictor:
             self.graph_dir,
         )
         backbone = self.backbones.get_or_load((name, backbone.weights_digest), lambda: backbone)
-        embed_tensors(backbone, torch.zeros((1, *backbone.preprocessing.input_size)))
+        warm_up(backbone, 1)
         return backbone
 
     def export(self, model_key: str, read: Callable[[str], bytes], fmt: ExportFormat) -> bytes:
