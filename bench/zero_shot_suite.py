@@ -47,8 +47,8 @@ TEMPLATES_8 = [
 
 #: one knob moved from the defaults at a time: param, its label, values
 SWEEPS = [
-    ("calibration", "calibration", (0.75, 1.0, 2.0, 3.0)),
-    ("imagenet_temperature", "ImageNet temperature", (1.0, 1.5, 3.0)),
+    ("calibration", "calibration", (0.75, 1.0, 2.0, 2.5, 3.0)),
+    ("imagenet_temperature", "ImageNet temperature", (1.0, 1.5, 2.0, 3.0)),
     ("top_t", "top_t", (20, 100)),
     ("temperature", "temperature", (0.03, 0.1)),
     ("hierarchy_weight", "weight", (0.25,)),

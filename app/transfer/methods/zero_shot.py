@@ -103,7 +103,7 @@ class ZeroShotParams(MethodParams):
     top_t: int = Field(50, ge=1, le=1000, description="ImageNet classes combined (ConSE's T).")
     temperature: float = Field(0.05, gt=0, le=10, description="Softmax temperature on cosines.")
     imagenet_temperature: float = Field(
-        2.0,
+        1.25,
         gt=0,
         le=10,
         description="ConSE divides the ImageNet classifier's logits by this before its "
