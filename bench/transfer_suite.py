@@ -18,7 +18,9 @@ computes what is missing; ``--fresh finetune`` recomputes a method.
 from __future__ import annotations
 
 import argparse
+import fcntl
 import json
+import os
 import tempfile
 import time
 from pathlib import Path
@@ -91,6 +93,20 @@ def finetune_run(
     return {k: m[k] for k in keep if k in m} | {"probe": m["baseline"]["accuracy"]}
 
 
+def record(store: Path, key: str, result: dict[str, Any]) -> dict[str, Any]:
+    """Add ``key: result`` to the JSON results in ``store`` and return them all: under a lock,
+    re-read, merge, write to a temporary file and rename, so several suite processes can share
+    one ``--cache`` without dropping each other's results."""
+    with open(store.with_suffix(".lock"), "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        results = json.loads(store.read_text()) if store.exists() else {}
+        results[key] = result
+        tmp = store.with_suffix(f".{os.getpid()}.tmp")
+        tmp.write_text(json.dumps(results, indent=1))
+        os.replace(tmp, store)
+    return results
+
+
 def fmt(values: list[float]) -> str:
     return f"{np.mean(values):.3f} ± {np.std(values):.3f}" if values else "n/a"
 
@@ -157,8 +173,7 @@ def main() -> None:
                             r = finetune_run(d, samples, blobs, train, args.finetune_params,
                                              seed, args.cache)  # fmt: skip
                         r["seconds"] = round(time.perf_counter() - t0, 2)
-                        results[key] = r
-                        store.write_text(json.dumps(results, indent=1))
+                        results = record(store, key, r)
                         print(f"{key}: {r}", flush=True)
                     if "accuracy" in results[key]:
                         cell.setdefault(method, []).append(results[key]["accuracy"])
