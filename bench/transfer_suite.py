@@ -242,7 +242,14 @@ def compare(
                 for t in tags
             }  # fmt: skip
             done = {t: [r for r in rs if r and "accuracy" in r] for t, rs in runs.items()}
-            probes = [r["probe"] for rs in done.values() for r in rs]
+            # one probe per seed (every variant of a seed has the same one), so variants that
+            # ran on fewer seeds do not weigh their seeds twice
+            probes = {
+                s: r["probe"]
+                for rs in runs.values()
+                for s, r in enumerate(rs)
+                if r and "probe" in r
+            }
             if not probes:
                 continue
             cells = []
@@ -252,7 +259,9 @@ def compare(
                     means.setdefault((shots, t), []).append(float(np.mean(gaps)))
                 tuned = sum(r.get("selected") == "finetuned" for r in done[t])
                 cells.append(f"{np.mean(gaps):+.3f} ({tuned}/{len(gaps)} ft)" if gaps else "n/a")
-            lines.append(f"| {name} | {shots} | {np.mean(probes):.3f} | {' | '.join(cells)} |")
+            lines.append(
+                f"| {name} | {shots} | {np.mean(list(probes.values())):.3f} | {' | '.join(cells)} |"
+            )
     for shots in (s for s in shots_list if (s, tags[0]) in means):
         cells = [f"{np.mean(means[shots, t]):+.3f} (min {min(means[shots, t]):+.3f})" for t in tags]
         lines.append(f"| **suite mean** | {shots} | | {' | '.join(cells)} |")
