@@ -34,6 +34,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+from unittest import mock
 
 import numpy as np
 import torch
@@ -46,6 +47,7 @@ from app.transfer.domain.base import accuracy
 from app.transfer.domain.reverse_validation import TIE_STANDARD_ERRORS, choose
 from app.transfer.features import extract_features
 from app.transfer.methods.base import shared_backbone
+from app.transfer.methods import domain_adaptation as da_method
 from app.transfer.methods.domain_adaptation import DomainAdaptationParams, problem, public_config
 from bench._common import machine, write_readme_block
 from bench.suite_data import DATASETS, SuiteData
@@ -178,40 +180,58 @@ def ceiling(pair: Pair, data: TrainingData, groups: dict[str, list[Sample]], cac
 
 def refit(
     data: TrainingData, params: DomainAdaptationParams, candidates: dict[str, Any]
-) -> dict[str, float]:
-    """Target test accuracy of every algorithm's kept configuration refit on every source
-    image, as the method refits the one it selects: what any chooser's pick would serve."""
+) -> dict[str, np.ndarray]:
+    """Target test probabilities ``(n_test, C)`` of every algorithm's kept configuration
+    refit on every source image, as the method refits the one it selects: what any
+    chooser's pick would serve."""
     backbone = shared_backbone(data.backbone, data.weights_dir, data.allow_hub)
     pb = problem(data, backbone, no_progress)  # features and AdaBN statistics: from the cache
     out = {}
     for a, c in candidates.items():
         config = next(cfg for cfg in params.grid(a) if public_config(cfg) == c["config"])
         model = ALGORITHMS[a](pb.task, config, params.seed, lambda: None)
-        out[a] = accuracy(model, pb.task.pool, pb.test, pb.y_test)
+        out[a] = model.predict(pb.task.pool, pb.test)
     return out
+
+
+def _rounded(probs: np.ndarray) -> list[list[float]]:
+    return np.round(probs.astype(np.float64), 5).tolist()
 
 
 def run(pair: Pair, seed: int, cache: Path) -> dict[str, Any]:
     data, groups = training_data(pair, cache)
+    select = da_method._select
     method = get_method("domain_adaptation")
     params = method.parse_params({"seed": seed})
     assert isinstance(params, DomainAdaptationParams)
+    seen: list[Any] = []  # the selection's evidence: each candidate's target probabilities
+
+    def spy(*args: Any) -> Any:
+        seen.append(select(*args))
+        return seen[-1]
+
     started = time.perf_counter()
-    m = method.fit(data, params).metrics
+    with mock.patch.object(da_method, "_select", spy):
+        m = method.fit(data, params).metrics
     seconds = round(time.perf_counter() - started, 1)
     refits = refit(data, params, m["candidates"])
+    y_test = pair.y["test"]
     return {
         "seconds": seconds,
         "source_only": m["source_only"]["accuracy"],
         "selected": m["selected"],
         "selected_accuracy": m["accuracy"],
         "ceiling": ceiling(pair, data, groups, cache),
+        "y_test": y_test.tolist(),
         "gap": m["domain_gap"],
         "n_source_holdout": m["reverse_validation"]["n_source_holdout"],
         "candidates": {
-            a: {"target_accuracy": c["target_accuracy"], "refit_accuracy": refits[a],
+            a: {"target_accuracy": c["target_accuracy"],
+                "refit_accuracy": float((refits[a].argmax(1) == y_test).mean()),
                 "reverse_validation": c["reverse_validation"], "config": c["config"],
-                "domain_gap_after": c["domain_gap_after"], "configs": c["configs"]}
+                "domain_gap_after": c["domain_gap_after"], "configs": c["configs"],
+                "target_probs": _rounded(seen[0].target_probs[a]),
+                "test_probs": _rounded(refits[a])}
             for a, c in m["candidates"].items()
         },
     }  # fmt: skip

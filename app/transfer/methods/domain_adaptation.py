@@ -375,6 +375,7 @@ class _Selection:
     candidates: dict[str, dict[str, Any]]  # the report: every configuration's scores
     holdout: np.ndarray  # the source rows reverse validation scored on
     no_holdout: bool  # too few source images: scored on the training rows
+    target_probs: dict[str, np.ndarray]  # algorithm -> its forward model's (N_t, C) on the target
 
 
 def _select(
@@ -410,7 +411,8 @@ def _select(
     for algorithm, b in best.items():
         gap_after = proxy_a_distance(*b.rv.forward.aligned(), seed=p.seed)
         candidates[algorithm].update(b.report, domain_gap_after=gap_after)
-    return _Selection(best, candidates, s_hold, no_holdout)
+    probs = {a: b.rv.forward.predict(task.pool, task.target) for a, b in best.items()}
+    return _Selection(best, candidates, s_hold, no_holdout, probs)
 
 
 def _warnings(
