@@ -7,19 +7,19 @@ and the in-domain ceiling.
 Each pair (:data:`PAIRS`) takes two images sets from :mod:`bench.suite_data`: labeled
 ``--source`` images per class, unlabeled ``--target`` images per class of the shifted
 domain (other images than the source's), and ``--test`` labeled target images per class in
-the ``test`` split, which only *report* accuracy (selection is reverse validation on the
-source). The seed draws which pool images are source and which target, and seeds the
-method. Per pair, target test accuracy of: source-only, every algorithm (its configuration
-kept by reverse validation, refit on every source image as the method refits the one it
-serves), the selected algorithm, and the ceiling: the linear probe trained on the target
-images *with* their labels. The choice is recomputed from each algorithm's cached score
-and domain gap after adaptation, by the best score alone (first listed among equals: the
-chooser before the tie-break) and by :func:`~app.transfer.domain.reverse_validation.choose`
-(ties within noise to the smaller gap), so a change of the chooser needs no rerun. "gap
-closed" is (selected − source-only) / (ceiling − source-only); "picked best" says whether
-the choice is an algorithm of highest true target accuracy (ties count). Results are cached
-one file per (pair, sizes, seed) under ``--cache``/results (runs over different pairs may go
-in parallel); the table goes to ``bench/README.md`` between the ``domain-adaptation``
+the ``test`` split, which only *report* accuracy (selection reads no target label). The
+seed draws which pool images are source and which target, and seeds the method. Per pair,
+target test accuracy of: source-only, every algorithm (its configuration kept by reverse
+validation, refit on every source image as the method refits the one it serves), the pick
+of the method's default chooser, and the ceiling: the linear probe trained on the target
+images *with* their labels. Each result caches what every label-free chooser of
+:mod:`app.transfer.domain.selection` reads (each candidate's reverse-validation score,
+domain gap after adaptation and its forward model's probabilities on the unlabeled target)
+and each refit candidate's test probabilities, so every chooser is recomputed from one run.
+"gap closed" is (selected − source-only) / (ceiling − source-only); "picked best" says
+whether the choice is an algorithm of highest true target accuracy (ties count). Results are
+cached one file per (pair, sizes, seed) under ``--cache``/results (runs over different pairs
+may go in parallel); the table goes to ``bench/README.md`` between the ``domain-adaptation``
 markers. ``--detail`` prints every configuration (scores of the forward models, trained
 without the source holdout).
 """
@@ -43,15 +43,17 @@ from PIL import Image, ImageFilter
 from app.transfer import get_method
 from app.transfer.data import Sample, TrainingData, no_progress
 from app.transfer.domain import ALGORITHMS
-from app.transfer.domain.base import accuracy
-from app.transfer.domain.reverse_validation import TIE_STANDARD_ERRORS, choose
+from app.transfer.domain.selection import CHOOSERS, Evidence
 from app.transfer.features import extract_features
-from app.transfer.methods.base import shared_backbone
 from app.transfer.methods import domain_adaptation as da_method
+from app.transfer.methods.base import shared_backbone
 from app.transfer.methods.domain_adaptation import DomainAdaptationParams, problem, public_config
 from bench._common import machine, write_readme_block
 from bench.suite_data import DATASETS, SuiteData
 from tests.factories import content_key, encode
+
+#: The method's default chooser.
+DEFAULT = DomainAdaptationParams.model_fields["selection"].default
 
 Image_ = np.ndarray
 
@@ -254,30 +256,42 @@ def detail(name: str, seed: int, r: dict[str, Any]) -> list[str]:
     return lines
 
 
-def selection(r: dict[str, Any], k: float | None) -> str:
-    """The algorithm chosen from a cached result: by :func:`choose` with ``k`` standard
-    errors, or (``None``) the best score alone, the first listed among equal scores (the
-    chooser before the domain-gap tie-break)."""
-    scores = {a: c["reverse_validation"] for a, c in r["candidates"].items()}
-    if k is None:
-        return max(scores, key=scores.__getitem__)
-    gaps = {a: c["domain_gap_after"] for a, c in r["candidates"].items()}
-    return choose(scores, gaps, r["n_source_holdout"], k)
+def evidence(r: dict[str, Any]) -> Evidence:
+    """What the method's choosers saw, from a cached result."""
+    cs = r["candidates"]
+    return Evidence(
+        scores={a: c["reverse_validation"] for a, c in cs.items()},
+        gaps={a: c["domain_gap_after"] for a, c in cs.items()},
+        n_holdout=r["n_source_holdout"],
+        target_probs={a: np.asarray(c["target_probs"]) for a, c in cs.items()},
+    )
 
 
-def picked_best(r: dict[str, Any], k: float | None) -> bool:
-    """The choice is an algorithm of the highest true target accuracy (refit; ties count)."""
+def served(r: dict[str, Any]) -> tuple[dict[str, str], dict[str, float]]:
+    """Each chooser's pick, and the target test accuracy (refit) each row would serve: every
+    chooser's pick, the mean of every candidate's probabilities (an ensemble the method does
+    not serve) and the best candidate (chosen with the test labels)."""
     accs = {a: c["refit_accuracy"] for a, c in r["candidates"].items()}
-    return accs[selection(r, k)] >= max(accs.values())
+    e = evidence(r)
+    picks = {name: choose_with(e) for name, choose_with in CHOOSERS.items()}
+    mean = np.mean([c["test_probs"] for c in r["candidates"].values()], axis=0)
+    return picks, {
+        **{name: accs[a] for name, a in picks.items()},
+        ENSEMBLE: float((mean.argmax(axis=1) == np.asarray(r["y_test"])).mean()),
+        ORACLE: max(accs.values()),
+    }
 
 
-def outcome(rs: list[dict[str, Any]], k: float | None) -> dict[str, np.ndarray]:
-    """Per seed: target accuracy of source-only, every algorithm, the choice and the ceiling."""
+ENSEMBLE, ORACLE = "ensemble of all (not served)", "best candidate (test labels)"
+
+
+def outcome(rs: list[dict[str, Any]], row: str) -> dict[str, np.ndarray]:
+    """Per seed: target accuracy of source-only, every algorithm, ``row``'s and the ceiling."""
     return {
         "source-only": np.array([r["candidates"]["source_only"]["refit_accuracy"] for r in rs]),
         **{a: np.array([r["candidates"][a]["refit_accuracy"] for r in rs])
            for a in rs[0]["candidates"] if a != "source_only"},
-        "selected": np.array([r["candidates"][selection(r, k)]["refit_accuracy"] for r in rs]),
+        "selected": np.array([r["served"][row] for r in rs]),
         "ceiling": np.array([r["ceiling"] for r in rs]),
     }  # fmt: skip
 
@@ -295,84 +309,79 @@ def closed_on_means(o: dict[str, np.ndarray]) -> str:
     return "n/a" if np.isnan(ratio) else f"{ratio:+.0%}"
 
 
-def summary(
-    label: str, results: dict[str, list[dict[str, Any]]], seeds: set[int], algorithms: list[str]
-) -> str:
-    """A mean row over ``results``' pairs, ± over ``seeds`` (the per-seed mean over pairs)."""
-    ks: tuple[float | None, float] = (None, TIE_STANDARD_ERRORS)
-    kept = {name: [r for r in rs if r["seed"] in seeds] for name, rs in results.items()}
-    b, a = (
-        {c: np.mean([o[c] for o in os], axis=0) for c in os[0]}
-        for os in ([outcome(rs, k) for rs in kept.values()] for k in ks)
-    )
-    fmt = lambda x: f"{np.mean(x):.3f} ± {np.std(x):.3f}"  # noqa: E731
-    pct = lambda x: f"{np.nanmean(x):+.0%} ± {np.nanstd(x):.0%}"  # noqa: E731
-    picks = [sum(picked_best(r, k) for rs in kept.values() for r in rs) for k in ks]
-    return (
-        f"| **{label}** | {len(seeds)} | {fmt(b['source-only'])} | "
-        + " | ".join(fmt(b[x]) for x in algorithms)
-        + f" | {fmt(b['selected'])} | {fmt(a['selected'])} | {fmt(b['ceiling'])} | "
-        f"{pct(closed(b))} → {pct(closed(a))} | {picks[0]} → {picks[1]} of "
-        f"{sum(map(len, kept.values()))} |"
-    )
+def suite(results: dict[str, list[dict[str, Any]]], seeds: set[int], row: str) -> dict[str, Any]:
+    """``row``'s per-seed means over the pairs (the seeds every pair has)."""
+    os = [outcome([r for r in rs if r["seed"] in seeds], row) for rs in results.values()]
+    return {c: np.mean([o[c] for o in os], axis=0) for c in os[0]}
+
+
+def picked_best(rs: list[dict[str, Any]], row: str) -> int:
+    """How many results ``row`` serves a candidate of the highest true target accuracy."""
+    return sum(r["served"][row] >= r["served"][ORACLE] for r in rs)
 
 
 def render(
     results: dict[str, list[dict[str, Any]]], args: argparse.Namespace, seconds: float
 ) -> list[str]:
-    """The table: per pair mean ± std over seeds (refit accuracies), the choice before and
-    after the domain-gap tie-break, the suite mean (over the seeds every pair has; when some
-    pairs have more, also their mean over those), and a sweep of the tie width."""
+    """Per pair mean ± std over seeds (refit accuracies) of every algorithm and of the
+    default chooser's pick; then every chooser's suite mean, gap closed (± over seeds) and
+    gap closed per pair."""
     first = next(iter(results.values()))[0]["candidates"]
     algorithms = [a for a in first if a != "source_only"]
     short = {"self_training": "self-train", "adabn_coral": "adabn+coral",
              "adabn_self_training": "adabn+self-train"}  # fmt: skip
-    seeds = {name: {r["seed"] for r in rs} for name, rs in results.items()}
-    common = set.intersection(*seeds.values())
+    common = set.intersection(*({r["seed"] for r in rs} for rs in results.values()))
+    every = [r for rs in results.values() for r in rs]
+    fmt = lambda x: f"{np.mean(x):.3f} ± {np.std(x):.3f}"  # noqa: E731
+    pct = lambda x: f"{np.nanmean(x):+.0%} ± {np.nanstd(x):.0%}"  # noqa: E731
     head = (f"| pair | seeds | source-only | {' | '.join(short.get(a, a) for a in algorithms)} "
-            "| selected, best score | selected, gap tie-break | ceiling | gap closed "
-            "(before → after) | picked best (before → after) |")  # fmt: skip
+            f"| selected ({DEFAULT}) | ceiling | gap closed | picked best |")  # fmt: skip
     lines = [
         f"Domain adaptation on the suite's pairs, efficientnet_lite0, default params "
-        f"(`algorithm: auto`), {args.source} source / {args.target} unlabeled target / "
-        f"{args.test} test images per class; target test accuracy of each model refit on every "
-        f"source image, mean ± std over seeds; {machine()}, {seconds:.0f} s "
-        f"(cached results reused). `python -m bench.domain_adaptation --seeds {args.seeds}`",
+        f"(`algorithm: auto`, `selection: {DEFAULT}`), {args.source} source / {args.target} "
+        f"unlabeled target / {args.test} test images per class; target test accuracy of each "
+        f"model refit on every source image, mean ± std over seeds; {machine()}, "
+        f"{seconds:.0f} s (cached results reused). `python -m bench.domain_adaptation "
+        f"--seeds {args.seeds}`",
         "",
         head,
         "|" + "---|" * (head.count("|") - 1),
     ]
-    fmt = lambda x: f"{np.mean(x):.3f} ± {np.std(x):.3f}"  # noqa: E731
-    ks: tuple[float | None, float] = (None, TIE_STANDARD_ERRORS)
     for name, rs in results.items():
-        before, after = (outcome(rs, k) for k in ks)
-        chosen = [", ".join(sorted({selection(r, k) for r in rs})) for k in ks]
-        picks = [sum(picked_best(r, k) for r in rs) for k in ks]
+        o = outcome(rs, DEFAULT)
+        chosen = ", ".join(sorted({r["picks"][DEFAULT] for r in rs}))
         lines.append(
-            f"| {name} | {len(rs)} | {fmt(before['source-only'])} | "
-            + " | ".join(fmt(before[a]) for a in algorithms)
-            + f" | {fmt(before['selected'])} ({chosen[0]}) | {fmt(after['selected'])} "
-            f"({chosen[1]}) | {fmt(before['ceiling'])} | {closed_on_means(before)} → "
-            f"{closed_on_means(after)} | {picks[0]} → {picks[1]} of {len(rs)} |"
+            f"| {name} | {len(rs)} | {fmt(o['source-only'])} | "
+            + " | ".join(fmt(o[a]) for a in algorithms)
+            + f" | {fmt(o['selected'])} ({chosen}) | {fmt(o['ceiling'])} | "
+            f"{closed_on_means(o)} | {picked_best(rs, DEFAULT)} of {len(rs)} |"
         )
-    lines.append(summary("suite mean", results, common, algorithms))
-    most = max(map(len, seeds.values()))
-    if most > len(common):
-        full = {name: rs for name, rs in results.items() if len(rs) == most}
-        both = set.intersection(*(seeds[name] for name in full))
-        lines.append(summary(f"mean of the {len(full)} pairs with {most} seeds", full, both,
-                             algorithms))  # fmt: skip
-    n = sum(len(rs) for rs in results.values())
-    lines += ["", f"Tie width k (standard errors of the best score; default {TIE_STANDARD_ERRORS:g}) "
-              "on the same results: suite-mean selected accuracy and gap closed (the seeds every "
-              "pair has), picked best (every result):", ""]  # fmt: skip
-    for k in (0.0, 0.5, 1.0, 2.0):
-        os = [outcome([r for r in rs if r["seed"] in common], k) for rs in results.values()]
-        o = {c: np.mean([x[c] for x in os], axis=0) for c in os[0]}
-        gap = closed(o)
-        hits = sum(picked_best(r, k) for rs in results.values() for r in rs)
-        lines.append(f"- k = {k:g}: {fmt(o['selected'])}, {np.nanmean(gap):+.0%} ± "
-                     f"{np.nanstd(gap):.0%}, {hits} of {n}")  # fmt: skip
+    b = suite(results, common, DEFAULT)
+    lines.append(
+        f"| **suite mean** | {len(common)} | {fmt(b['source-only'])} | "
+        + " | ".join(fmt(b[a]) for a in algorithms)
+        + f" | {fmt(b['selected'])} | {fmt(b['ceiling'])} | {pct(closed(b))} | "
+        f"{picked_best(every, DEFAULT)} of {len(every)} |"
+    )
+    head = ("| chooser | suite-mean accuracy | gap closed | picked best | "
+            + " | ".join(results) + " |")  # fmt: skip
+    lines += [
+        "",
+        f"Every chooser on the same results: suite mean over the {len(common)} seeds every "
+        "pair has (± over seeds), picked best over every result, gap closed per pair on its "
+        "means over its seeds:",
+        "",
+        head,
+        "|" + "---|" * (head.count("|") - 1),
+    ]
+    for row in [*CHOOSERS, ENSEMBLE, ORACLE]:
+        o = suite(results, common, row)
+        lines.append(
+            f"| {row} | {fmt(o['selected'])} | {pct(closed(o))} | "
+            f"{picked_best(every, row)} of {len(every)} | "
+            + " | ".join(closed_on_means(outcome(rs, row)) for rs in results.values())
+            + " |"
+        )
     return lines
 
 
@@ -407,6 +416,7 @@ def main() -> None:
                 pair = build(PAIRS[name], args.source, args.target, args.test, seed)
                 store.write_text(json.dumps(run(pair, seed, args.cache), indent=1))
             r = {**json.loads(store.read_text()), "seed": seed}
+            r["picks"], r["served"] = served(r)
             results.setdefault(name, []).append(r)
             print(f"{key}: source-only {r['source_only']:.3f}, selected {r['selected']} "
                   f"{r['selected_accuracy']:.3f}, ceiling {r['ceiling']:.3f} "

@@ -41,12 +41,8 @@ from app.transfer.domain import ALGORITHMS, ON_ADABN, Adapted, DomainStatistics,
 from app.transfer.domain.adabn import statistics_state
 from app.transfer.domain.base import accuracy, source_only
 from app.transfer.domain.gap import proxy_a_distance
-from app.transfer.domain.reverse_validation import (
-    ReverseValidation,
-    choose,
-    reverse_validate,
-    tied,
-)
+from app.transfer.domain.reverse_validation import ReverseValidation, reverse_validate, tied
+from app.transfer.domain.selection import CHOOSERS, Evidence, agreement
 from app.transfer.evaluation import classification_metrics, stratified_holdout
 from app.transfer.features import extract_features
 from app.transfer.methods import register_method
@@ -73,6 +69,21 @@ class DomainAdaptationParams(MethodParams):
         "auto",
         description="The algorithm, or `auto`: the best by reverse validation "
         "(named in `metrics.selected`). `source_only` is always computed beside it.",
+    )
+    selection: Literal[
+        "ensemble_agreement",
+        "reverse_validation",
+        "reverse_validation_agreement",
+        "agreement_reverse_validation",
+        "soft_neighborhood_density",
+        "entropy",
+    ] = Field(
+        "reverse_validation",
+        description="How `auto` chooses without target labels "
+        "(app/transfer/domain/selection.py): `reverse_validation` (the best reverse-validation "
+        "score, ties within noise to the smaller domain gap), `ensemble_agreement` (EnsV: the "
+        "candidate agreeing most with the mean of every candidate's target predictions), "
+        "their combinations, `soft_neighborhood_density` (SND) or `entropy`.",
     )
     C: float = Field(
         0.1, gt=0, le=1e4, description="Inverse L2 strength of every linear classifier."
@@ -292,10 +303,10 @@ class DomainAdaptation(Method):
         sel = _select(pb, p, algorithms, progress)
         scores = {a: b.rv.score for a, b in sel.best.items()}
         gaps_after = {a: c["domain_gap_after"] for a, c in sel.candidates.items()}
-        ties = tied(scores, len(sel.holdout))
-        selected = (
-            choose(scores, gaps_after, len(sel.holdout)) if p.algorithm == "auto" else p.algorithm
-        )
+        for a, agreed in agreement(sel.target_probs).items():
+            sel.candidates[a]["ensemble_agreement"] = agreed
+        evidence = Evidence(scores, gaps_after, len(sel.holdout), sel.target_probs)
+        selected = CHOOSERS[p.selection](evidence) if p.algorithm == "auto" else p.algorithm
 
         def tick() -> None:
             progress(0.9, f"fitting {selected}")
@@ -339,7 +350,7 @@ class DomainAdaptation(Method):
             reverse_validation={
                 "selected": sel.best[selected].rv.score,
                 "by_algorithm": scores,
-                "tied": ties,
+                "tied": tied(scores, len(sel.holdout)),
                 "n_source_holdout": 0 if sel.no_holdout else len(sel.holdout),
             },
             candidates=sel.candidates,

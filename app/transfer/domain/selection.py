@@ -1,0 +1,134 @@
+"""Label-free choice among adapted candidates: which one to serve without a target label.
+
+Every chooser reads the same :class:`Evidence` of :math:`M` candidates: the reverse-validation
+score of each (:mod:`.reverse_validation`), its proxy A-distance after adaptation
+(:mod:`.gap`), and its class probabilities :math:`p_m(x) \\in \\Delta^{C-1}` on the
+:math:`N` unlabeled target images. Choosers (:data:`CHOOSERS`, by API name):
+
+``ensemble_agreement`` (EnsV; Hu et al., NeurIPS 2023, "Mitigating the Bias of Model
+Selection in Unsupervised Domain Adaptation"): the role model is the candidates' mean
+:math:`\\bar p(x) = \\frac1M \\sum_m p_m(x)` with labels :math:`\\hat y(x) = \\arg\\max \\bar
+p(x)`; a candidate scores its agreement
+:math:`a_m = \\frac1N \\sum_x [\\arg\\max p_m(x) = \\hat y(x)]`. Its target accuracy
+differs from :math:`a_m` only on images the role model gets wrong, so
+:math:`|\\mathrm{acc}_m - a_m| \\le \\mathrm{err}(\\bar p)` for every :math:`m`: ranking by
+agreement ranks by accuracy up to :math:`2\\,\\mathrm{err}(\\bar p)`, and a candidate the
+others outvote (one that collapses the target onto a few classes) cannot win.
+
+``reverse_validation``: :func:`~.reverse_validation.choose` (the best score, ties within
+noise to the smaller domain gap).
+
+``reverse_validation_agreement``: among the candidates reverse validation ties
+(:func:`~.reverse_validation.tied`), the one of the highest agreement :math:`a_m`.
+
+``agreement_reverse_validation``: among the candidates whose agreement is within one
+binomial standard error of the best, :math:`a_m \\ge a^* - \\sqrt{a^*(1-a^*)/N}`,
+:func:`~.reverse_validation.choose`.
+
+``soft_neighborhood_density`` (SND; Saito et al., ICCV 2021, "Tune it the Right Way"):
+with :math:`f_i = p(x_i) / \\lVert p(x_i) \\rVert`, each image's neighbourhood
+:math:`P_{ij} = \\mathrm{softmax}_{j \\ne i}(f_i^\\top f_j / \\tau)`, :math:`\\tau = 0.05`,
+the score is the mean neighbourhood entropy :math:`-\\frac1N \\sum_i \\sum_j P_{ij} \\log
+P_{ij}`, highest wins (predictions that cluster the target densely).
+
+``entropy``: the lowest mean prediction entropy :math:`-\\frac1N \\sum_x \\sum_c p_c(x)
+\\log p_c(x)` (confident on the target; blind to a confident collapse).
+
+Every chooser breaks ties of its own score by the reverse-validation score, then by order.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+
+import numpy as np
+
+from app.transfer.domain.reverse_validation import TIE_STANDARD_ERRORS, choose, tied
+
+#: SND's temperature (Saito et al. 2021).
+SND_TEMPERATURE = 0.05
+
+
+@dataclass(frozen=True)
+class Evidence:
+    """What a label-free chooser may read of each candidate, by name (same keys, in order):
+    its reverse-validation ``scores`` on ``n_holdout`` source images, its domain ``gaps``
+    after adaptation and its ``target_probs`` ``(N, C)`` on the unlabeled target."""
+
+    scores: Mapping[str, float]
+    gaps: Mapping[str, float]
+    n_holdout: int
+    target_probs: Mapping[str, np.ndarray]
+
+
+def agreement(target_probs: Mapping[str, np.ndarray]) -> dict[str, float]:
+    """EnsV's :math:`a_m`: each candidate's share of target images labeled as the mean of
+    every candidate's probabilities labels them."""
+    role = np.mean(list(target_probs.values()), axis=0).argmax(axis=1)
+    return {m: float((p.argmax(axis=1) == role).mean()) for m, p in target_probs.items()}
+
+
+def soft_neighborhood_density(probs: np.ndarray, temperature: float = SND_TEMPERATURE) -> float:
+    """SND of probabilities ``(N, C)``, ``N >= 2``: the mean entropy of each row's softmax
+    similarity to the other rows (unit-norm probability vectors, temperature ``τ``)."""
+    f = probs / np.maximum(np.linalg.norm(probs, axis=1, keepdims=True), 1e-12)
+    logits = f @ f.T / temperature
+    np.fill_diagonal(logits, -np.inf)
+    logits -= logits.max(axis=1, keepdims=True)
+    log_p = logits - np.log(np.exp(logits).sum(axis=1, keepdims=True))
+    p = np.exp(log_p)
+    return float(-(p * np.where(p > 0, log_p, 0.0)).sum(axis=1).mean())
+
+
+def mean_entropy(probs: np.ndarray) -> float:
+    """Mean prediction entropy of probabilities ``(N, C)``, in nats."""
+    return float(-(probs * np.log(np.clip(probs, 1e-12, None))).sum(axis=1).mean())
+
+
+def _best(score: Mapping[str, float], e: Evidence, among: list[str] | None = None) -> str:
+    """The highest ``score`` of ``among`` (default: every candidate), ties by the
+    reverse-validation score, then by order."""
+    names = list(e.scores) if among is None else among
+    return max(names, key=lambda m: (score[m], e.scores[m], -names.index(m)))
+
+
+def by_reverse_validation(e: Evidence) -> str:
+    return choose(e.scores, e.gaps, e.n_holdout)
+
+
+def by_agreement(e: Evidence) -> str:
+    return _best(agreement(e.target_probs), e)
+
+
+def by_reverse_validation_then_agreement(e: Evidence) -> str:
+    return _best(agreement(e.target_probs), e, tied(e.scores, e.n_holdout))
+
+
+def by_agreement_then_reverse_validation(e: Evidence) -> str:
+    a = agreement(e.target_probs)
+    n = len(next(iter(e.target_probs.values())))
+    top = max(a.values())
+    margin = TIE_STANDARD_ERRORS * math.sqrt(top * (1.0 - top) / max(n, 1))
+    close = [m for m in e.scores if a[m] >= top - margin - 1e-9]
+    return choose({m: e.scores[m] for m in close}, e.gaps, e.n_holdout)
+
+
+def by_soft_neighborhood_density(e: Evidence) -> str:
+    return _best({m: soft_neighborhood_density(p) for m, p in e.target_probs.items()}, e)
+
+
+def by_entropy(e: Evidence) -> str:
+    return _best({m: -mean_entropy(p) for m, p in e.target_probs.items()}, e)
+
+
+#: Every label-free chooser by its API name (``params.selection``).
+CHOOSERS: dict[str, Callable[[Evidence], str]] = {
+    "ensemble_agreement": by_agreement,
+    "reverse_validation": by_reverse_validation,
+    "reverse_validation_agreement": by_reverse_validation_then_agreement,
+    "agreement_reverse_validation": by_agreement_then_reverse_validation,
+    "soft_neighborhood_density": by_soft_neighborhood_density,
+    "entropy": by_entropy,
+}
