@@ -182,10 +182,10 @@ def ceiling(pair: Pair, data: TrainingData, groups: dict[str, list[Sample]], cac
 
 def refit(
     data: TrainingData, params: DomainAdaptationParams, candidates: dict[str, Any]
-) -> dict[str, np.ndarray]:
+) -> tuple[dict[str, np.ndarray], np.ndarray]:
     """Target test probabilities ``(n_test, C)`` of every algorithm's kept configuration
-    refit on every source image, as the method refits the one it selects: what any
-    chooser's pick would serve."""
+    refit on every source image, as the method refits the one it selects (what any
+    chooser's pick would serve), and the test labels in the method's class order."""
     backbone = shared_backbone(data.backbone, data.weights_dir, data.allow_hub)
     pb = problem(data, backbone, no_progress)  # features and AdaBN statistics: from the cache
     out = {}
@@ -193,7 +193,7 @@ def refit(
         config = next(cfg for cfg in params.grid(a) if public_config(cfg) == c["config"])
         model = ALGORITHMS[a](pb.task, config, params.seed, lambda: None)
         out[a] = model.predict(pb.task.pool, pb.test)
-    return out
+    return out, pb.y_test
 
 
 def _rounded(probs: np.ndarray) -> list[list[float]]:
@@ -216,8 +216,7 @@ def run(pair: Pair, seed: int, cache: Path) -> dict[str, Any]:
     with mock.patch.object(da_method, "_select", spy):
         m = method.fit(data, params).metrics
     seconds = round(time.perf_counter() - started, 1)
-    refits = refit(data, params, m["candidates"])
-    y_test = pair.y["test"]
+    refits, y_test = refit(data, params, m["candidates"])
     return {
         "seconds": seconds,
         "source_only": m["source_only"]["accuracy"],
