@@ -57,12 +57,14 @@ def test_ensemble_agreement_picks_the_candidate_the_majority_agrees_with(
 ) -> None:
     y, probs = candidates
     # Reverse validation is fooled: the collapsed candidate scores best on the source.
-    e = evidence(probs, {"collapsed": 1.0, "good_a": 0.8, "good_b": 0.8, "good_c": 0.7,
+    e = evidence(probs, {"collapsed": 1.0, "good_a": 0.7, "good_b": 0.9, "good_c": 0.7,
                          "random": 0.5})  # fmt: skip
     assert CHOOSERS["reverse_validation"](e) == "collapsed"
     a = agreement(probs)
     assert CHOOSERS["ensemble_agreement"](e) == "good_a" == max(a, key=a.__getitem__)
     assert a["collapsed"] < 0.5 and a["random"] < 0.5 < a["good_c"]
+    # The default: reverse validation among the half the others do not outvote.
+    assert CHOOSERS["agreement_median_reverse_validation"](e) == "good_b"
     # Its accuracy differs from its agreement by at most the role model's error.
     role = np.mean(list(probs.values()), axis=0).argmax(axis=1)
     err = float((role != y).mean())

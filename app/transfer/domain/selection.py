@@ -5,10 +5,10 @@ score of each (:mod:`.reverse_validation`), its proxy A-distance after adaptatio
 (:mod:`.gap`), and its class probabilities :math:`p_m(x) \\in \\Delta^{C-1}` on the
 :math:`N` unlabeled target images. Choosers (:data:`CHOOSERS`, by API name):
 
-``ensemble_agreement`` (EnsV; Hu et al., NeurIPS 2023, "Mitigating the Bias of Model
-Selection in Unsupervised Domain Adaptation"): the role model is the candidates' mean
-:math:`\\bar p(x) = \\frac1M \\sum_m p_m(x)` with labels :math:`\\hat y(x) = \\arg\\max \\bar
-p(x)`; a candidate scores its agreement
+``ensemble_agreement`` (EnsV; Hu et al., NeurIPS 2023, "Towards Reliable Model Selection
+for Unsupervised Domain Adaptation: An Empirical Study and A Certified Baseline"): the role
+model is the candidates' mean :math:`\\bar p(x) = \\frac1M \\sum_m p_m(x)` with labels
+:math:`\\hat y(x) = \\arg\\max \\bar p(x)`; a candidate scores its agreement
 :math:`a_m = \\frac1N \\sum_x [\\arg\\max p_m(x) = \\hat y(x)]`. Its target accuracy
 differs from :math:`a_m` only on images the role model gets wrong, so
 :math:`|\\mathrm{acc}_m - a_m| \\le \\mathrm{err}(\\bar p)` for every :math:`m`: ranking by
@@ -24,6 +24,13 @@ noise to the smaller domain gap).
 ``agreement_reverse_validation``: among the candidates whose agreement is within one
 binomial standard error of the best, :math:`a_m \\ge a^* - \\sqrt{a^*(1-a^*)/N}`,
 :func:`~.reverse_validation.choose`.
+
+``agreement_median_reverse_validation`` (the method's default):
+:func:`~.reverse_validation.choose` among the candidates whose agreement is at least the
+median :math:`a_m` (the half the others do not outvote). Reverse validation alone can rank first a candidate that reads the
+target badly but reverses back to the source well (AdaBN+CORAL on night photos); EnsV alone
+goes with a bloc of similar candidates (the three AdaBN variants) when the bloc is wrong;
+the filter drops what the ensemble outvotes, reverse validation ranks the rest.
 
 ``soft_neighborhood_density`` (SND; Saito et al., ICCV 2021, "Tune it the Right Way"):
 with :math:`f_i = p(x_i) / \\lVert p(x_i) \\rVert`, each image's neighbourhood
@@ -115,6 +122,12 @@ def by_agreement_then_reverse_validation(e: Evidence) -> str:
     return choose({m: e.scores[m] for m in close}, e.gaps, e.n_holdout)
 
 
+def by_median_agreement_then_reverse_validation(e: Evidence) -> str:
+    a = agreement(e.target_probs)
+    median = float(np.median(list(a.values())))
+    return choose({m: e.scores[m] for m in e.scores if a[m] >= median}, e.gaps, e.n_holdout)
+
+
 def by_soft_neighborhood_density(e: Evidence) -> str:
     return _best({m: soft_neighborhood_density(p) for m, p in e.target_probs.items()}, e)
 
@@ -129,6 +142,7 @@ CHOOSERS: dict[str, Callable[[Evidence], str]] = {
     "reverse_validation": by_reverse_validation,
     "reverse_validation_agreement": by_reverse_validation_then_agreement,
     "agreement_reverse_validation": by_agreement_then_reverse_validation,
+    "agreement_median_reverse_validation": by_median_agreement_then_reverse_validation,
     "soft_neighborhood_density": by_soft_neighborhood_density,
     "entropy": by_entropy,
 }

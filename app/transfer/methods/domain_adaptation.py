@@ -9,10 +9,12 @@ Every candidate — ``source_only`` always, then ``coral``, ``dann``, ``self_tra
 on a backbone with BatchNorm, ``adabn``, ``adabn_coral`` and ``adabn_self_training`` (all
 of them with ``algorithm: auto``, else the one named), each over its hyperparameter grid
 (the AdaBN combinations over their inner algorithm's) — is scored by reverse validation
-on a stratified source holdout (:mod:`app.transfer.domain.reverse_validation`). The best configuration of each algorithm
-is kept; ``auto`` selects the algorithm with the best score, among scores within their
-noise the one with the smallest domain gap after adaptation
-(:func:`~app.transfer.domain.reverse_validation.choose`). The selection and the
+on a stratified source holdout (:mod:`app.transfer.domain.reverse_validation`). The best
+configuration of each algorithm is kept; ``auto`` selects among those by ``selection``
+(:mod:`app.transfer.domain.selection`), by default the best score among the algorithms whose
+target predictions agree with the ensemble of all of them at least as much as the median
+algorithm's, among scores within their noise the one with the smallest domain gap after
+adaptation (:func:`~app.transfer.domain.reverse_validation.choose`). The selection and the
 ``source_only`` baseline are refit on all source images and measured on the target test
 split when there is one (``validation: test-split``), else on the source holdout
 (``validation: source-holdout``, with a warning: without target labels no one can say
@@ -75,15 +77,19 @@ class DomainAdaptationParams(MethodParams):
         "reverse_validation",
         "reverse_validation_agreement",
         "agreement_reverse_validation",
+        "agreement_median_reverse_validation",
         "soft_neighborhood_density",
         "entropy",
     ] = Field(
-        "reverse_validation",
+        "agreement_median_reverse_validation",
         description="How `auto` chooses without target labels "
-        "(app/transfer/domain/selection.py): `reverse_validation` (the best reverse-validation "
-        "score, ties within noise to the smaller domain gap), `ensemble_agreement` (EnsV: the "
-        "candidate agreeing most with the mean of every candidate's target predictions), "
-        "their combinations, `soft_neighborhood_density` (SND) or `entropy`.",
+        "(app/transfer/domain/selection.py). Default: reverse validation (ties within noise "
+        "to the smaller domain gap) among the candidates whose target predictions agree with "
+        "the candidates' mean at least as much as the median candidate's (EnsV's agreement). "
+        "`reverse_validation`: reverse validation alone (the earlier default); "
+        "`ensemble_agreement`: EnsV, the candidate agreeing most with the mean; "
+        "`reverse_validation_agreement`, `agreement_reverse_validation`: one score among the "
+        "other's ties; `soft_neighborhood_density` (SND); `entropy`.",
     )
     C: float = Field(
         0.1, gt=0, le=1e4, description="Inverse L2 strength of every linear classifier."
