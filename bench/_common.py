@@ -102,8 +102,9 @@ class Server:
 
 
 @contextmanager
-def dovecote_serve(log_name: str = "serve.log") -> Iterator[Server]:
-    """A real ``dovecote serve`` (API + one worker, SQLite DB and broker) in a temp dir.
+def dovecote_serve(log_name: str = "serve.log", data_dir: Path | None = None) -> Iterator[Server]:
+    """A real ``dovecote serve`` (API + one worker, SQLite DB and broker) in a temp dir,
+    or in ``data_dir`` (kept: a second serve on it is a restart).
 
     Runs in its own process group so the worker it spawns is terminated with it.
     """
@@ -114,7 +115,7 @@ def dovecote_serve(log_name: str = "serve.log") -> Iterator[Server]:
     command = [str(exe)] if exe.exists() else [sys.executable, "-m", "app.cli"]
     port = free_port()
     with tempfile.TemporaryDirectory(prefix="dovecote-bench-") as tmp:
-        data_dir = Path(tmp)
+        data_dir = data_dir or Path(tmp)
         env = {**os.environ, "DOVECOTE_API_KEY": API_KEY}
         log = open(data_dir / log_name, "wb")  # noqa: SIM115 - closed below
         started = time.perf_counter()

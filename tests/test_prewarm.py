@@ -26,6 +26,7 @@ from app.transfer.backbones import DEFAULT_BACKBONE, Backbone, load_backbone
 from app.transfer.features import embed_tensors, graph_dir_in, prepare_backbone
 from app.transfer.methods import base
 from app.transfer.predictor import Predictor
+from app.transfer.preprocess import load_for_model
 from tests.conftest import fresh_postgres_redis, make_settings, migrate
 from tests.factories import model_row, project_row
 
@@ -193,3 +194,30 @@ def test_only_the_workers_shared_backbones_keep_their_buffers(tmp_path: Path) ->
     served = Predictor().prewarm(DEFAULT_BACKBONE)
     options = [features._compiled[b.model].session.get_session_options() for b in (shared, served)]
     assert [o.enable_cpu_mem_arena for o in options] == [True, False]
+
+
+def test_the_warm_up_decodes_a_jpeg_through_the_backbones_preprocessing(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A first predict decodes and resizes a photo: the warm-up runs that path too (a JPEG
+    through the backbone's own preprocessing) before the forward pass, not a zero tensor."""
+    backbone = load_backbone(DEFAULT_BACKBONE)
+    decoded: list[tuple[bytes, Any]] = []
+    batches: list[torch.Tensor] = []
+
+    def spy_load(data: bytes, cfg: Any, *, max_pixels: int) -> torch.Tensor:
+        decoded.append((data, cfg))
+        return load_for_model(data, cfg, max_pixels=max_pixels)
+
+    def spy_embed(b: Backbone, batch: torch.Tensor) -> np.ndarray:
+        batches.append(batch)
+        return np.zeros((len(batch), 1), np.float32)
+
+    monkeypatch.setattr(features, "load_for_model", spy_load)
+    monkeypatch.setattr(features, "embed_tensors", spy_embed)
+    features.warm_up(backbone, 3)
+    [(data, cfg)] = decoded
+    assert data[:3] == b"\xff\xd8\xff" and cfg == backbone.preprocessing  # a JPEG, its transform
+    [batch] = batches
+    assert batch.shape == (3, *backbone.preprocessing.input_size)
+    assert float(batch.std()) > 0.1  # a decoded photo-like image, not a blank tensor
