@@ -196,7 +196,10 @@ def test_cancel_running_job_stops_it(
 ) -> None:
     with client_for(backend) as client:
         project = client.post("/v1/projects", json={"name": "cancel"}).json()
-        upload(client, project["id"], digit_images(12), split="auto")
+        # enough images that extraction (25 batches, a progress report each) outlasts the
+        # cancel's round trip: with 12 per class a prewarmed worker finished the whole job
+        # before it (CI, 2026-12-02)
+        upload(client, project["id"], digit_images(40), split="auto")
         workers.append(WorkerProcess(backend, tmp_path / "worker.log"))
         job_id = client.post(f"/v1/projects/{project['id']}/jobs", json={"method": "knn"}).json()[
             "id"
