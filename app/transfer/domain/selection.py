@@ -46,13 +46,12 @@ Every chooser breaks ties of its own score by the reverse-validation score, then
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
 import numpy as np
 
-from app.transfer.domain.reverse_validation import TIE_STANDARD_ERRORS, choose, tied
+from app.transfer.domain.reverse_validation import choose, tied
 
 #: SND's temperature (Saito et al. 2021).
 SND_TEMPERATURE = 0.05
@@ -114,11 +113,8 @@ def by_reverse_validation_then_agreement(e: Evidence) -> str:
 
 
 def by_agreement_then_reverse_validation(e: Evidence) -> str:
-    a = agreement(e.target_probs)
     n = len(next(iter(e.target_probs.values())))
-    top = max(a.values())
-    margin = TIE_STANDARD_ERRORS * math.sqrt(top * (1.0 - top) / max(n, 1))
-    close = [m for m in e.scores if a[m] >= top - margin - 1e-9]
+    close = tied(agreement(e.target_probs), n)  # within one binomial SE of the best agreement
     return choose({m: e.scores[m] for m in close}, e.gaps, e.n_holdout)
 
 
