@@ -104,6 +104,11 @@ PAIRS: dict[str, PairSpec] = {p.name: p for p in [
     PairSpec("photos-night", "greyscale, dark, noisy, blurred", "photo-crops", "photo-crops",
              night_camera),
     PairSpec("textures-inverted", "negative", "textures", "textures", invert),
+    # Held out: added after every chooser and default above was chosen, to check them.
+    PairSpec("faces-night", "greyscale, dark, noisy, blurred", "lfw-faces", "lfw-faces",
+             night_camera),
+    PairSpec("shapes-recoloured", "yellow ink on dark blue", "shapes", "shapes",
+             recolour((250, 220, 40), (20, 30, 110))),
 ]}  # fmt: skip
 
 

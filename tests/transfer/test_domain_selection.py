@@ -108,3 +108,25 @@ def test_entropy_prefers_confident_predictions() -> None:
     assert mean_entropy(one_hot(y, 1.0)) == pytest.approx(0.0, abs=1e-9)
     e = evidence({"unsure": one_hot(y, 0.5), "sure": one_hot((y + 1) % C, 0.99)}, 0.9, 0.1)
     assert CHOOSERS["entropy"](e) == "sure"  # blind to being wrong
+
+
+def test_coral_unless_dominated_keeps_coral_unless_both_signals_beat_it_beyond_noise(
+    candidates: tuple[np.ndarray, dict[str, np.ndarray]],
+) -> None:
+    y, probs = candidates
+    with_coral = {"coral": one_hot(noisy(y, 0.4, 5)), **probs}  # CORAL errs on 40 % of rows
+    a = agreement(with_coral)
+    assert a["good_a"] > a["good_b"] > a["coral"] + math.sqrt(a["coral"] * (1 - a["coral"]) / N)
+    assert a["collapsed"] < a["coral"]
+    # good_a agrees more, but its reverse-validation score is within one SE (0.07 at 0.7).
+    e = evidence(with_coral, 0.70, 0.5, 0.75, 0.7, 0.7, 0.4)
+    assert CHOOSERS["coral_unless_dominated"](e) == "coral"
+    # collapsed scores far better, but the ensemble outvotes it: coral stays.
+    e = evidence(with_coral, 0.70, 1.0, 0.72, 0.7, 0.7, 0.4)
+    assert CHOOSERS["coral_unless_dominated"](e) == "coral"
+    # good_a and good_b beat CORAL on both: reverse validation among them, good_b.
+    e = evidence(with_coral, 0.70, 0.5, 0.85, 0.9, 0.7, 0.4)
+    assert CHOOSERS["coral_unless_dominated"](e) == "good_b"
+    # No CORAL candidate: the default chooser.
+    e = evidence(probs, 1.0, 0.7, 0.9, 0.7, 0.5)
+    assert CHOOSERS["coral_unless_dominated"](e) == "good_b"

@@ -78,6 +78,7 @@ class DomainAdaptationParams(MethodParams):
         "reverse_validation_agreement",
         "agreement_reverse_validation",
         "agreement_median_reverse_validation",
+        "coral_unless_dominated",
         "soft_neighborhood_density",
         "entropy",
     ] = Field(
@@ -89,7 +90,9 @@ class DomainAdaptationParams(MethodParams):
         "`reverse_validation`: reverse validation alone (the earlier default); "
         "`ensemble_agreement`: EnsV, the candidate agreeing most with the mean; "
         "`reverse_validation_agreement`, `agreement_reverse_validation`: one score among the "
-        "other's ties; `soft_neighborhood_density` (SND); `entropy`.",
+        "other's ties; `coral_unless_dominated`: CORAL unless a candidate beats it beyond "
+        "noise on both agreement and reverse validation; `soft_neighborhood_density` (SND); "
+        "`entropy`.",
     )
     C: float = Field(
         0.1, gt=0, le=1e4, description="Inverse L2 strength of every linear classifier."
