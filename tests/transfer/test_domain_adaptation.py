@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 from pathlib import Path
 
 import numpy as np
@@ -71,10 +72,15 @@ def chosen_by(m: dict, selection: str) -> str:
     gaps = {a: c["domain_gap_after"] for a, c in m["candidates"].items()}
     if selection == "reverse_validation":
         return choose(scores, gaps, n_holdout)
-    assert selection == "agreement_median_reverse_validation"
+    assert selection == "coral_unless_dominated"
     agreed = {a: c["ensemble_agreement"] for a, c in m["candidates"].items()}
-    median = float(np.median(list(agreed.values())))
-    return choose({a: s for a, s in scores.items() if agreed[a] >= median}, gaps, n_holdout)
+    a_c, s_c, n_target = agreed["coral"], scores["coral"], m["n_target_unlabeled"]
+    better = {
+        a: s for a, s in scores.items()
+        if agreed[a] > a_c + math.sqrt(a_c * (1 - a_c) / n_target)
+        and s > s_c + math.sqrt(s_c * (1 - s_c) / n_holdout)
+    }  # fmt: skip
+    return choose(better, gaps, n_holdout) if better else "coral"
 
 
 def test_adaptation_beats_source_only_on_mnist_to_uci_digits(
@@ -95,12 +101,12 @@ def test_adaptation_beats_source_only_on_mnist_to_uci_digits(
     assert adabn["target_accuracy"] >= m["candidates"]["source_only"]["target_accuracy"] + 0.05
     assert adabn["domain_gap_after"] <= m["domain_gap"]["before"] - 1.0
     # ... and the default chooser, which never saw a target label, picked a winner over it:
-    # reverse validation among the candidates agreeing with the ensemble at least as much as
-    # the median candidate (among the scores within noise of the best, the smallest gap).
+    # CORAL, unless a candidate beats it beyond noise in both agreement with the ensemble
+    # and reverse-validation score.
     rv = m["reverse_validation"]
     by_rv, n_holdout = rv["by_algorithm"], rv["n_source_holdout"]
     assert rv["tied"] == tied(by_rv, n_holdout)
-    assert m["selected"] == chosen_by(m, "agreement_median_reverse_validation")
+    assert m["selected"] == chosen_by(m, "coral_unless_dominated")
     assert m["selected"] not in {"source_only", "self_training"}
     assert all(0.0 <= c["ensemble_agreement"] <= 1.0 for c in m["candidates"].values())
     assert m["accuracy"] >= m["source_only"]["accuracy"] + 0.05

@@ -64,7 +64,7 @@ def test_ensemble_agreement_picks_the_candidate_the_majority_agrees_with(
     a = agreement(probs)
     assert CHOOSERS["ensemble_agreement"](e) == "good_a" == max(a, key=a.__getitem__)
     assert a["collapsed"] < 0.5 and a["random"] < 0.5 < a["good_c"]
-    # The default: reverse validation among the half the others do not outvote.
+    # agreement_median_reverse_validation: reverse validation among the half not outvoted.
     assert CHOOSERS["agreement_median_reverse_validation"](e) == "good_b"
     # Its accuracy differs from its agreement by at most the role model's error.
     role = np.mean(list(probs.values()), axis=0).argmax(axis=1)

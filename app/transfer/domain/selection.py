@@ -25,14 +25,14 @@ noise to the smaller domain gap).
 binomial standard error of the best, :math:`a_m \\ge a^* - \\sqrt{a^*(1-a^*)/N}`,
 :func:`~.reverse_validation.choose`.
 
-``agreement_median_reverse_validation`` (the method's default):
+``agreement_median_reverse_validation`` (the default before ``coral_unless_dominated``):
 :func:`~.reverse_validation.choose` among the candidates whose agreement is at least the
 median :math:`a_m` (the half the others do not outvote). Reverse validation alone can rank first a candidate that reads the
 target badly but reverses back to the source well (AdaBN+CORAL on night photos); EnsV alone
 goes with a bloc of similar candidates (the three AdaBN variants) when the bloc is wrong;
 the filter drops what the ensemble outvotes, reverse validation ranks the rest.
 
-``coral_unless_dominated``: the prior is CORAL (Sun et al., AAAI 2016), the algorithm that
+``coral_unless_dominated`` (the method's default): the prior is CORAL (Sun et al., AAAI 2016), the algorithm that
 closed most of the source-only -> ceiling gap on the suite mean of bench/domain_adaptation.py
 and part of it on every pair; each chooser above closed less on the mean or lost to
 source-only on some pair. Another candidate :math:`m` replaces it only when

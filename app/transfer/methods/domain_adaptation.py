@@ -11,10 +11,11 @@ of them with ``algorithm: auto``, else the one named), each over its hyperparame
 (the AdaBN combinations over their inner algorithm's) — is scored by reverse validation
 on a stratified source holdout (:mod:`app.transfer.domain.reverse_validation`). The best
 configuration of each algorithm is kept; ``auto`` selects among those by ``selection``
-(:mod:`app.transfer.domain.selection`), by default the best score among the algorithms whose
-target predictions agree with the ensemble of all of them at least as much as the median
-algorithm's, among scores within their noise the one with the smallest domain gap after
-adaptation (:func:`~app.transfer.domain.reverse_validation.choose`). The selection and the
+(:mod:`app.transfer.domain.selection`), by default CORAL unless another algorithm beats it
+beyond noise on both label-free signals: its agreement with the ensemble of all of them on
+the target, and its reverse-validation score (among such algorithms, the best score; within
+noise of it, the smallest domain gap after adaptation:
+:func:`~app.transfer.domain.reverse_validation.choose`). The selection and the
 ``source_only`` baseline are refit on all source images and measured on the target test
 split when there is one (``validation: test-split``), else on the source holdout
 (``validation: source-holdout``, with a warning: without target labels no one can say
@@ -82,17 +83,18 @@ class DomainAdaptationParams(MethodParams):
         "soft_neighborhood_density",
         "entropy",
     ] = Field(
-        "agreement_median_reverse_validation",
+        "coral_unless_dominated",
         description="How `auto` chooses without target labels "
-        "(app/transfer/domain/selection.py). Default: reverse validation (ties within noise "
-        "to the smaller domain gap) among the candidates whose target predictions agree with "
-        "the candidates' mean at least as much as the median candidate's (EnsV's agreement). "
-        "`reverse_validation`: reverse validation alone (the earlier default); "
+        "(app/transfer/domain/selection.py). Default: CORAL, unless another candidate beats "
+        "it by more than one binomial standard error both in agreement with the candidates' "
+        "mean on the target (EnsV's) and in reverse-validation score (then the best score "
+        "among those; ties within noise to the smaller domain gap). "
+        "`agreement_median_reverse_validation`: reverse validation among the candidates "
+        "agreeing at least as much as the median one (the earlier default); "
+        "`reverse_validation`: reverse validation alone; "
         "`ensemble_agreement`: EnsV, the candidate agreeing most with the mean; "
         "`reverse_validation_agreement`, `agreement_reverse_validation`: one score among the "
-        "other's ties; `coral_unless_dominated`: CORAL unless a candidate beats it beyond "
-        "noise on both agreement and reverse validation; `soft_neighborhood_density` (SND); "
-        "`entropy`.",
+        "other's ties; `soft_neighborhood_density` (SND); `entropy`.",
     )
     C: float = Field(
         0.1, gt=0, le=1e4, description="Inverse L2 strength of every linear classifier."
