@@ -156,7 +156,9 @@ def photo_crops(n_test: int) -> SuiteData:
         a = getattr(data, n)() if n != "motorcycle_left" else data.stereo_motorcycle()[0]
         img = Image.fromarray(_rgb(a))
         scale = 256 / min(img.size)  # equal scale for every photo: crops cover alike
-        sources.append(np.asarray(img.resize((round(img.width * scale), round(img.height * scale)))))
+        sources.append(
+            np.asarray(img.resize((round(img.width * scale), round(img.height * scale))))
+        )
     return _half_split("photo-crops", "natural photos", names, sources, 48, n_test)
 
 
@@ -199,7 +201,9 @@ def glyphs(n_test: int) -> SuiteData:
         for i in range(n_test + 40):
             test = i < n_test
             group = fonts[1::2] if test else fonts[0::2]
-            font = ImageFont.truetype(group[int(rng.integers(len(group)))], int(rng.integers(24, 36)))
+            font = ImageFont.truetype(
+                group[int(rng.integers(len(group)))], int(rng.integers(24, 36))
+            )
             canvas = Image.new("L", (48, 48), 255)
             ImageDraw.Draw(canvas).text(
                 (24 + rng.integers(-4, 5), 24 + rng.integers(-4, 5)), letter, font=font,

@@ -234,7 +234,10 @@ def test_backbone_training_goes_to_the_gpu_queue_and_a_train_worker_never_takes_
 
         for job in (on_train, probe):
             done = wait_for(cpu_api, job["id"], {"succeeded", "failed"})
-            assert done["status"] == "succeeded", (done, (tmp_path / "train.log").read_text()[-3000:])
+            assert done["status"] == "succeeded", (
+                done,
+                (tmp_path / "train.log").read_text()[-3000:],
+            )
         # past the stale age, the sweep resends the gpu job's message (to `gpu`, unconsumed)
         time.sleep(backend.job_stale_after_seconds + 2 * backend.sweep_interval_seconds)
         with session_scope(backend.resolved_database_url) as db:
