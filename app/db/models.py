@@ -260,12 +260,15 @@ class StoredPrediction(Base):
     __table_args__ = (
         Index("ix_stored_predictions_project_id_created_at", "project_id", "created_at"),
         Index("ix_stored_predictions_project_id_sha256", "project_id", "sha256"),
+        # A model's monitoring windows, and the worker's drift check over recent windows.
+        Index("ix_stored_predictions_model_id_created_at", "model_id", "created_at"),
+        Index("ix_stored_predictions_created_at", "created_at"),
     )
 
     id: Mapped[str] = mapped_column(String(40), primary_key=True, default=lambda: new_id("prd"))
     project_id: Mapped[str] = mapped_column(ForeignKey("projects.id", ondelete="CASCADE"))
     # No foreign key: a prediction outlives the model that made it.
-    model_id: Mapped[str] = mapped_column(String(40), index=True)
+    model_id: Mapped[str] = mapped_column(String(40))
     model_version: Mapped[int] = mapped_column(Integer)
     filename: Mapped[str] = mapped_column(String(255))
     sha256: Mapped[str] = mapped_column(String(64))
