@@ -236,7 +236,7 @@ def run(pair: Pair, seed: int, cache: Path) -> dict[str, Any]:
                 "refit_accuracy": float((refits[a].argmax(1) == y_test).mean()),
                 "reverse_validation": c["reverse_validation"], "config": c["config"],
                 "domain_gap_after": c["domain_gap_after"], "configs": c["configs"],
-                "target_probs": _rounded(seen[0].target_probs[a]),
+                "target_probs": _rounded(seen[0].best[a].rv.target_probs),
                 "test_probs": _rounded(refits[a])}
             for a, c in m["candidates"].items()
         },

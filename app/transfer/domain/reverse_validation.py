@@ -46,6 +46,7 @@ class ReverseValidation:
     score: float  # accuracy of the reverse model on the source holdout
     source_accuracy: float  # accuracy of the forward model on the same holdout
     forward: Adapted  # the forward model (trained on the source minus the holdout)
+    target_probs: np.ndarray  # the forward model's (N_t, C) on the target: its pseudo-labels
 
 
 def reverse_validate(
@@ -60,20 +61,27 @@ def reverse_validate(
     """Score ``algorithm`` with ``config`` on ``task`` (whose source is :math:`S_{tr}`) by
     its reverse model's accuracy on the source ``holdout`` rows :math:`S_{va}`."""
     forward = algorithm(task, config, seed, tick)
-    pseudo = forward.predict(task.pool, task.target).argmax(axis=1)
+    target_probs = forward.predict(task.pool, task.target)
+    pseudo = target_probs.argmax(axis=1)
     swapped = Task(task.pool, task.target, pseudo, task.source, task.n_classes)
     reverse = algorithm(swapped, config, seed, tick)
     return ReverseValidation(
         score=accuracy(reverse, task.pool, holdout, y_holdout),
         source_accuracy=accuracy(forward, task.pool, holdout, y_holdout),
         forward=forward,
+        target_probs=target_probs,
     )
+
+
+def standard_error(accuracy: float, n: int) -> float:
+    """The binomial standard error :math:`\\sqrt{s(1-s)/n}` of an accuracy ``s`` on ``n`` images."""
+    return math.sqrt(accuracy * (1.0 - accuracy) / max(n, 1))
 
 
 def tied(scores: Mapping[str, float], n_holdout: int, k: float = TIE_STANDARD_ERRORS) -> list[str]:
     """The candidates whose score is within ``k`` standard errors of the best, in order."""
     best = max(scores.values())
-    margin = k * math.sqrt(best * (1.0 - best) / max(n_holdout, 1))
+    margin = k * standard_error(best, n_holdout)
     return [name for name, s in scores.items() if s >= best - margin - 1e-9]
 
 

@@ -62,13 +62,12 @@ Every chooser breaks ties of its own score by the reverse-validation score, then
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
 import numpy as np
 
-from app.transfer.domain.reverse_validation import choose, tied
+from app.transfer.domain.reverse_validation import choose, standard_error, tied
 
 #: SND's temperature (Saito et al. 2021).
 SND_TEMPERATURE = 0.05
@@ -147,7 +146,7 @@ PRIOR = "coral"
 
 def _above_noise(value: float, reference: float, n: int) -> bool:
     """``value`` exceeds ``reference`` by more than one binomial standard error of it on ``n``."""
-    return value > reference + math.sqrt(reference * (1.0 - reference) / max(n, 1)) + 1e-9
+    return value > reference + standard_error(reference, n) + 1e-9
 
 
 def by_coral_unless_dominated(e: Evidence) -> str:

@@ -314,9 +314,10 @@ class DomainAdaptation(Method):
         sel = _select(pb, p, algorithms, progress)
         scores = {a: b.rv.score for a, b in sel.best.items()}
         gaps_after = {a: c["domain_gap_after"] for a, c in sel.candidates.items()}
-        for a, agreed in agreement(sel.target_probs).items():
+        target_probs = {a: b.rv.target_probs for a, b in sel.best.items()}
+        for a, agreed in agreement(target_probs).items():
             sel.candidates[a]["ensemble_agreement"] = agreed
-        evidence = Evidence(scores, gaps_after, len(sel.holdout), sel.target_probs)
+        evidence = Evidence(scores, gaps_after, len(sel.holdout), target_probs)
         selected = CHOOSERS[p.selection](evidence) if p.algorithm == "auto" else p.algorithm
 
         def tick() -> None:
@@ -397,7 +398,6 @@ class _Selection:
     candidates: dict[str, dict[str, Any]]  # the report: every configuration's scores
     holdout: np.ndarray  # the source rows reverse validation scored on
     no_holdout: bool  # too few source images: scored on the training rows
-    target_probs: dict[str, np.ndarray]  # algorithm -> its forward model's (N_t, C) on the target
 
 
 def _select(
@@ -433,8 +433,7 @@ def _select(
     for algorithm, b in best.items():
         gap_after = proxy_a_distance(*b.rv.forward.aligned(), seed=p.seed)
         candidates[algorithm].update(b.report, domain_gap_after=gap_after)
-    probs = {a: b.rv.forward.predict(task.pool, task.target) for a, b in best.items()}
-    return _Selection(best, candidates, s_hold, no_holdout, probs)
+    return _Selection(best, candidates, s_hold, no_holdout)
 
 
 def _warnings(
