@@ -191,7 +191,17 @@ class Settings(BaseSettings):
         "5 min, 30 min).",
     )
     webhook_timeout_seconds: float = Field(
-        10.0, gt=0, description="Timeout of one webhook request (connect, send, wait)."
+        10.0,
+        gt=0,
+        description="Seconds one webhook attempt may take in all: the host's lookup, "
+        "connecting, sending and the whole answer.",
+    )
+    webhook_concurrency: int = Field(
+        8,
+        ge=1,
+        le=100,
+        description="Webhook attempts a worker makes at once (tenants take turns in each "
+        "batch), so a slow receiver holds up one slot, not every delivery.",
     )
     webhook_delivery_retention_days: float = Field(
         30.0, gt=0, description="Finished webhook deliveries older than this are deleted."

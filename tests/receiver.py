@@ -1,8 +1,11 @@
-"""A webhook receiver for tests: a threaded HTTP server on 127.0.0.1 that records each POST
-(headers and raw body) and answers with the next status of a script (then 200)."""
+"""Webhook receivers for tests: a threaded HTTP server on 127.0.0.1 that records each POST
+(headers and raw body) and answers with the next status of a script (then 200); and a
+hostile one that drips its answer, a byte at a time."""
 
 from __future__ import annotations
 
+import select
+import socket
 import ssl
 import threading
 import time
@@ -17,6 +20,7 @@ class Received:
     path: str
     headers: dict[str, str]
     body: bytes
+    at: float = field(default_factory=time.monotonic)
 
 
 @dataclass
@@ -72,3 +76,48 @@ def receiver(
     finally:
         server.shutdown()
         server.server_close()
+
+
+@dataclass
+class Drip:
+    url: str
+    #: ``time.monotonic()`` when the client hung up mid-answer; None while it listens.
+    cut_at: float | None = None
+
+
+@contextmanager
+def dripping(every: float = 0.2, for_seconds: float = 60.0) -> Iterator[Drip]:
+    """A receiver on 127.0.0.1 that reads a request and then answers one byte of a status
+        line and headers that never end every ``every`` seconds, for ``for_seconds``: each read
+        of the client gets a byte well within any read timeout. It notes the moment the client
+    hangs up."""
+    listener = socket.create_server(("127.0.0.1", 0))
+    state = Drip(url=f"http://127.0.0.1:{listener.getsockname()[1]}/hook")
+
+    def serve() -> None:
+        try:
+            conn, _ = listener.accept()
+        except OSError:  # closed: nobody came
+            return
+        with conn:
+            conn.recv(65536)
+            answer = b"HTTP/1.1 200 OK\r\nX-Slow: " + b"a" * 100_000
+            deadline = time.monotonic() + for_seconds
+            for byte in answer:
+                if time.monotonic() > deadline:
+                    return
+                try:
+                    conn.sendall(bytes([byte]))
+                    hung_up = select.select([conn], [], [], every)[0] and not conn.recv(1)
+                except OSError:
+                    hung_up = True
+                if hung_up:
+                    state.cut_at = time.monotonic()
+                    return
+
+    thread = threading.Thread(target=serve, daemon=True)
+    thread.start()
+    try:
+        yield state
+    finally:
+        listener.close()

@@ -21,6 +21,7 @@ new event.
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import hmac
 import ipaddress
@@ -63,6 +64,8 @@ MAX_RESPONSE_BYTES = 1024
 LEASE_MARGIN_SECONDS = 60.0
 #: Due deliveries one :func:`deliver_due` call takes.
 DELIVERY_BATCH = 20
+#: :func:`deliver_due` reads this many batches' worth of due rows to let tenants take turns.
+DUE_WINDOW = 5
 
 
 def _iso(value: datetime) -> str:
@@ -343,19 +346,30 @@ def _claim(db: Session, delivery_id: str, lease: float) -> bool:
     return bool(claimed)
 
 
-def _post(
-    client: httpx.Client, settings: Settings, url: str, secret: str, delivery: WebhookDelivery
-) -> tuple[int | None, str | None]:
-    """One attempt: (status code, error); error None means delivered (a 2xx)."""
+async def _attempt(
+    client: httpx.AsyncClient, settings: Settings, url: str, secret: str,
+    delivery: WebhookDelivery,
+) -> tuple[int | None, str | None]:  # fmt: skip
+    """One attempt, the host's lookup included, within ``webhook_timeout_seconds`` in all:
+    (status code, error); error None means delivered (a 2xx). httpx's timeouts bound each
+    read, so a receiver that drips a byte now and then would hold a connection for hours;
+    this deadline bounds the whole attempt."""
+    deadline = settings.webhook_timeout_seconds
     try:
-        target = check_url(url, allow_private=settings.webhook_allow_private)
-    except WebhookUrlRefused as exc:
-        return None, f"refused: {exc.detail}"
-    return send(client, target, secret, delivery)
+        async with asyncio.timeout(deadline):
+            try:
+                target = await asyncio.to_thread(
+                    check_url, url, allow_private=settings.webhook_allow_private
+                )
+            except WebhookUrlRefused as exc:
+                return None, f"refused: {exc.detail}"
+            return await send(client, target, secret, delivery)
+    except TimeoutError:
+        return None, f"timed out: no complete answer within {deadline:g} s"
 
 
-def send(
-    client: httpx.Client, target: Target, secret: str, delivery: WebhookDelivery
+async def send(
+    client: httpx.AsyncClient, target: Target, secret: str, delivery: WebhookDelivery
 ) -> tuple[int | None, str | None]:
     """POST ``delivery``'s body, signed, to ``target`` (its checked address when it has
     one); redirects are not followed. Returns (status code, error): error None for a 2xx."""
@@ -375,15 +389,15 @@ def send(
         request = client.build_request(
             "POST", request_url, content=body, headers=headers, extensions=extensions
         )
-        response = client.send(request, stream=True)
+        response = await client.send(request, stream=True)
         try:
             text = b""
-            for chunk in response.iter_bytes():
+            async for chunk in response.aiter_bytes():
                 text += chunk
                 if len(text) >= MAX_RESPONSE_BYTES:
                     break
         finally:
-            response.close()
+            await response.aclose()
     except Exception as exc:  # every attempt ends recorded, whatever went wrong
         return None, f"{type(exc).__name__}: {exc}"[:500]
     if 200 <= response.status_code < 300:
@@ -396,7 +410,7 @@ def send(
 
 def _record(
     db: Session, settings: Settings, delivery_id: str, code: int | None, error: str | None,
-    started: float,
+    seconds: float,
 ) -> str:  # fmt: skip
     delivery = db.get(WebhookDelivery, delivery_id, populate_existing=True)
     if delivery is None:  # its webhook was deleted meanwhile
@@ -406,7 +420,7 @@ def _record(
         "at": _iso(now),
         "status_code": code,
         "error": error,
-        "seconds": round(time.monotonic() - started, 3),
+        "seconds": round(seconds, 3),
     }
     delivery.attempt_log = [*delivery.attempt_log, entry]
     delivery.last_status_code, delivery.last_error = code, error
@@ -420,43 +434,79 @@ def _record(
     return delivery.status
 
 
+def fair_order(due: list[tuple[str, str]], limit: int) -> list[str]:
+    """Up to ``limit`` delivery ids from ``due`` ((delivery id, tenant id), most overdue
+    first), taking tenants in turn: each tenant's most overdue first, then each one's
+    second... so a tenant with many due deliveries cannot fill a batch while another's
+    wait."""
+    queues: dict[str, list[str]] = {}
+    for delivery_id, tenant_id in due:
+        queues.setdefault(tenant_id, []).append(delivery_id)
+    order: list[str] = []
+    for rank in range(max((len(q) for q in queues.values()), default=0)):
+        order += [q[rank] for q in queues.values() if rank < len(q)]
+    return order[:limit]
+
+
+async def _attempt_all(
+    settings: Settings, claimed: list[tuple[WebhookDelivery, str, str]]
+) -> list[tuple[int | None, str | None, float]]:
+    """Every claimed delivery's attempt, ``webhook_concurrency`` at a time: (status code,
+    error, seconds) each, in order."""
+    slots = asyncio.Semaphore(settings.webhook_concurrency)
+    limits = httpx.Limits(max_connections=settings.webhook_concurrency)
+    timeout = settings.webhook_timeout_seconds
+    async with httpx.AsyncClient(follow_redirects=False, limits=limits, timeout=timeout) as client:
+
+        async def one(
+            row: tuple[WebhookDelivery, str, str],
+        ) -> tuple[int | None, str | None, float]:
+            delivery, url, secret = row
+            async with slots:
+                started = time.monotonic()
+                code, error = await _attempt(client, settings, url, secret, delivery)
+                return code, error, time.monotonic() - started
+
+        return await asyncio.gather(*map(one, claimed))
+
+
 def deliver_due(*, db: Session, settings: Settings, limit: int = DELIVERY_BATCH) -> dict[str, int]:
-    """Send the deliveries that are due (one attempt each); returns counts by outcome:
+    """Send the deliveries that are due (one attempt each, ``webhook_concurrency`` at a
+    time, tenants taking turns: :func:`fair_order`); returns counts by outcome:
     ``succeeded``, ``failed`` (gave up), ``pending`` (will retry), ``gone``."""
-    due = list(
-        db.scalars(
-            select(WebhookDelivery.id)
-            .where(WebhookDelivery.status == "pending", WebhookDelivery.next_attempt_at <= utcnow())
-            .order_by(WebhookDelivery.next_attempt_at)
-            .limit(limit)
-        )
-    )
+    due = db.execute(
+        select(WebhookDelivery.id, Webhook.tenant_id)
+        .join(Webhook, Webhook.id == WebhookDelivery.webhook_id)
+        .where(WebhookDelivery.status == "pending", WebhookDelivery.next_attempt_at <= utcnow())
+        .order_by(WebhookDelivery.next_attempt_at)
+        .limit(limit * DUE_WINDOW)
+    ).all()
     db.commit()
     counts: dict[str, int] = {}
     if not due:  # the common case, every poll: no client (its TLS context costs ~20 ms CPU)
         return counts
-    lease = settings.webhook_timeout_seconds + LEASE_MARGIN_SECONDS
-    with httpx.Client(timeout=settings.webhook_timeout_seconds, follow_redirects=False) as client:
-        for delivery_id in due:
-            if not _claim(db, delivery_id, lease):
-                continue  # another worker took it
-            row = db.execute(
-                select(WebhookDelivery, Webhook.url, Webhook.secret)
-                .join(Webhook, Webhook.id == WebhookDelivery.webhook_id)
-                .where(WebhookDelivery.id == delivery_id)
-            ).first()
-            db.commit()  # no transaction stays open during the request
-            if row is None:
-                continue
-            delivery, url, secret = row
-            started = time.monotonic()
-            code, error = _post(client, settings, url, secret, delivery)
-            if error is not None:
-                log.warning(
-                    "webhook delivery %s attempt %d: %s", delivery_id, delivery.attempts, error
-                )
-            outcome = _record(db, settings, delivery_id, code, error, started)
-            counts[outcome] = counts.get(outcome, 0) + 1
+    order = fair_order([(r.id, r.tenant_id) for r in due], limit)
+    # The batch ends within ceil(attempts / slots) deadlines: the claims' lease covers it.
+    rounds = -(-len(order) // settings.webhook_concurrency)
+    lease = rounds * settings.webhook_timeout_seconds + LEASE_MARGIN_SECONDS
+    claimed: list[tuple[WebhookDelivery, str, str]] = []
+    for delivery_id in order:
+        if not _claim(db, delivery_id, lease):
+            continue  # another worker took it
+        row = db.execute(
+            select(WebhookDelivery, Webhook.url, Webhook.secret)
+            .join(Webhook, Webhook.id == WebhookDelivery.webhook_id)
+            .where(WebhookDelivery.id == delivery_id)
+        ).first()
+        db.commit()  # no transaction stays open during the requests
+        if row is not None:
+            claimed.append((row[0], row[1], row[2]))
+    outcomes = asyncio.run(_attempt_all(settings, claimed)) if claimed else []
+    for (delivery, _, _), (code, error, seconds) in zip(claimed, outcomes, strict=True):
+        if error is not None:
+            log.warning("webhook delivery %s attempt %d: %s", delivery.id, delivery.attempts, error)
+        outcome = _record(db, settings, delivery.id, code, error, seconds)
+        counts[outcome] = counts.get(outcome, 0) + 1
     return counts
 
 

@@ -3,6 +3,7 @@ delivery per job end to a real receiver on 127.0.0.1, retries with back-off, no 
 
 from __future__ import annotations
 
+import asyncio
 import json
 import re
 import ssl
@@ -22,7 +23,7 @@ from app.db.session import session_scope
 from app.services import webhooks
 from tests.api.helpers import assert_problem, digit
 from tests.conftest import Api, make_settings, migrate
-from tests.receiver import receiver
+from tests.receiver import dripping, receiver
 from worker.runner import run_job
 
 DOCS = Path(__file__).resolve().parents[2] / "docs" / "API.md"
@@ -309,23 +310,30 @@ def test_pinned_request_goes_to_the_checked_address_under_the_urls_name(tmp_path
         return webhooks.Target(f"{scheme}://{host}:{port}/hook?a=1", scheme, host, port,
                                "127.0.0.1")  # fmt: skip
 
+    async def sends(verify: ssl.SSLContext | bool, *targets: webhooks.Target) -> list:
+        async with httpx.AsyncClient(timeout=5.0, follow_redirects=False, verify=verify) as client:
+            return [await webhooks.send(client, t, "s", delivery) for t in targets]
+
     with receiver() as plain, receiver(tls=server_tls) as tls:
-        with httpx.Client(timeout=5.0, follow_redirects=False) as client:
-            assert webhooks.send(client, target("http", "hooks.test", plain.port), "s",
-                                 delivery) == (200, None)  # fmt: skip
-        with httpx.Client(timeout=5.0, follow_redirects=False, verify=client_tls) as client:
-            assert webhooks.send(client, target("https", "hooks.test", tls.port), "s",
-                                 delivery) == (200, None)  # fmt: skip
-            # The certificate is checked against the URL's name, not the address.
-            code, error = webhooks.send(client, target("https", "other.test", tls.port), "s",
-                                        delivery)  # fmt: skip
-            assert code is None and "certificate" in (error or "").lower(), error
+        assert asyncio.run(sends(True, target("http", "hooks.test", plain.port))) == [(200, None)]
+        named, other = asyncio.run(
+            sends(
+                client_tls,
+                target("https", "hooks.test", tls.port),
+                target("https", "other.test", tls.port),
+            )
+        )
+        assert named == (200, None)
+        # The certificate is checked against the URL's name, not the address.
+        code, error = other
+        assert code is None and "certificate" in (error or "").lower(), error
     for got, port in ((plain.received, plain.port), (tls.received, tls.port)):
         assert [(r.path, r.headers["Host"]) for r in got] == [("/hook?a=1", f"hooks.test:{port}")]
         assert got[0].headers["Dovecote-Signature"] == webhooks.signature("s", got[0].body)
-    with httpx.Client() as client:  # whatever goes wrong is the attempt's error, not a crash
-        bad = webhooks.Target("http://127.0.0.1:9/\x01", "http", "127.0.0.1", 9)
-        assert webhooks.send(client, bad, "s", delivery)[1].startswith("InvalidURL")
+    # Whatever goes wrong is the attempt's error, not a crash.
+    bad = webhooks.Target("http://127.0.0.1:9/\x01", "http", "127.0.0.1", 9)
+    [(_, error)] = asyncio.run(sends(True, bad))
+    assert error is not None and error.startswith("InvalidURL"), error
     v6 = webhooks.Target("http://u:p@h.example/x", "http", "h.example", 80, "2001:db8::1")
     assert v6.request() == ("http://u:p@[2001:db8::1]/x", {"Host": "h.example"}, {})
 
@@ -447,3 +455,45 @@ def test_finished_deliveries_are_swept_after_their_retention(api: Api, settings:
             later = datetime.now(UTC) + timedelta(days=31)
             assert webhooks.sweep_old(db=db, days=30, now=later) == {"deliveries_deleted": 1}
     assert [d["status"] for d in deliveries(api.client, created["id"])] == ["pending"]
+
+
+def test_a_dripping_receiver_is_cut_off_and_holds_up_no_other_tenant(
+    api: Api, acme: TestClient, settings: Settings
+) -> None:
+    """One tenant's receivers answer a byte every 0.2 s, never finishing (each read well
+    within httpx's read timeout); another tenant's receiver is healthy. The slow ones are
+    cut off at the attempt's deadline (and retried later); the other tenant takes its turn
+    in the first batch, its attempt made while a dripping one is still open."""
+    fast = settings.model_copy(update={"webhook_timeout_seconds": 1.0, "webhook_concurrency": 2})
+    mine = api.project("slow")
+    theirs = acme.post("/v1/projects", json={"name": "fast"}).json()
+    with dripping() as slow, dripping() as slower, receiver() as hook:
+        for url in (slow.url, slower.url):
+            register(api.client, f"/v1/projects/{mine['id']}/webhooks", url)
+        acme_hook = register(acme, "/v1/webhooks", hook.url)
+        with session_scope(settings.resolved_database_url) as db:
+            webhooks.emit(db, project_id=mine["id"], event="job.finished", payload={})
+            db.commit()  # the slow tenant's two deliveries are the older ones
+            webhooks.emit(db, project_id=theirs["id"], event="job.finished", payload={})
+        with session_scope(fast.resolved_database_url) as db:
+            assert webhooks.deliver_due(db=db, settings=fast, limit=2) == {
+                "succeeded": 1,
+                "pending": 1,
+            }
+        cut = [d.cut_at for d in (slow, slower) if d.cut_at is not None]
+        assert len(cut) == 1  # one dripping receiver tried, and hung up on
+        [got] = hook.received
+        assert got.at < cut[0]  # while it was still dripping
+    [done] = deliveries(acme, acme_hook["id"])
+    assert done["status"] == "succeeded"
+    with session_scope(settings.resolved_database_url) as db:
+        tried = db.scalars(select(WebhookDelivery).where(WebhookDelivery.attempts == 1)).all()
+    errors = sorted(d.last_error or "" for d in tried)
+    assert errors == ["", "timed out: no complete answer within 1 s"], errors
+
+
+def test_tenants_take_turns_in_a_batch() -> None:
+    due = [("a1", "A"), ("a2", "A"), ("a3", "A"), ("b1", "B"), ("c1", "C"), ("b2", "B")]
+    assert webhooks.fair_order(due, 4) == ["a1", "b1", "c1", "a2"]
+    assert webhooks.fair_order(due, 10) == ["a1", "b1", "c1", "a2", "b2", "a3"]
+    assert webhooks.fair_order([], 3) == []
