@@ -163,6 +163,12 @@ class Settings(BaseSettings):
     tenant_max_stored_bytes: int = Field(
         10 * 1024**3, description="Image bytes a tenant may store (0: no limit)."
     )
+    tenant_max_stored_predictions: int = Field(
+        100_000,
+        ge=0,
+        description="Stored predictions a tenant may keep (0: no limit); past it a predict is "
+        "answered and not stored.",
+    )
     max_webhooks_per_project: int = Field(
         10, ge=0, description="Webhooks one project may have (0: no limit); more is a 403."
     )

@@ -710,6 +710,9 @@ class UsageOut(BaseModel):
     projects: QuotaOut
     images: QuotaOut
     stored_bytes: QuotaOut = Field(description="Bytes of stored images.")
+    stored_predictions: QuotaOut = Field(
+        description="Stored predictions (past the limit a predict is answered, not stored)."
+    )
     rate_limit: RateLimitOut | None = Field(description="Per API key; null when off.")
 
 

@@ -42,15 +42,27 @@ def _image_info(data: bytes) -> tuple[str, int, int]:
 def record(
     *,
     db: Session,
+    settings: Settings,
     store: BlobStore,
     model: Model,
     files: list[tuple[str, bytes]],
     predicted: list[tuple[int, Prediction]],
 ) -> dict[int, str]:
-    """Store the answered images of a predict when the model's project opted in; returns
-    the stored prediction id by the file's index in the request (empty when off)."""
+    """Store the answered images of a predict when the model's project opted in and its
+    tenant is within its stored-predictions quota; returns the stored prediction id by the
+    file's index in the request (empty when not stored)."""
     project = db.get(Project, model.project_id)
     if project is None or not project.store_predictions or not predicted:
+        return {}
+    if not quotas.may_store_predictions(
+        db=db, settings=settings, tenant_id=project.tenant_id, count=len(predicted)
+    ):
+        log.warning(
+            "project %s: its tenant is at DOVECOTE_TENANT_MAX_STORED_PREDICTIONS (%d); "
+            "predictions answered, not stored",
+            project.id,
+            settings.tenant_max_stored_predictions,
+        )
         return {}
     written: list[str] = []
     rows: dict[int, StoredPrediction] = {}

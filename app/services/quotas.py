@@ -6,17 +6,25 @@ projects, images, stored bytes and webhooks are a ``403`` (deleting something he
 does not). The checks read the database
 at request time: two requests racing past a limit may both pass it by one request's worth,
 never more.
+
+Stored predictions are the exception: storing never fails a predict, so past
+``DOVECOTE_TENANT_MAX_STORED_PREDICTIONS`` a predict is answered and not stored
+(:func:`may_store_predictions`). That check runs on every predict of a storing project, so
+it reads a per-process count (recounted every :data:`RECOUNT_SECONDS`) instead of scanning
+the tenant's predictions each time.
 """
 
 from __future__ import annotations
 
+import threading
+import time
 from dataclasses import dataclass
 
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
 from app.config import Settings
-from app.db.models import Image, Job, Project, Webhook
+from app.db.models import Image, Job, Project, StoredPrediction, Webhook
 from app.errors import (
     ImageQuotaExceeded,
     ProjectQuotaExceeded,
@@ -28,6 +36,8 @@ from app.errors import (
 ACTIVE = ("queued", "running")
 #: Seconds a client told "too many active jobs" should wait before asking again.
 ACTIVE_JOBS_RETRY_AFTER = 30
+#: Seconds a process trusts its count of a tenant's stored predictions.
+RECOUNT_SECONDS = 30.0
 
 
 @dataclass(frozen=True)
@@ -36,6 +46,7 @@ class Usage:
     projects: int
     images: int
     stored_bytes: int
+    stored_predictions: int
 
 
 def usage(*, db: Session, tenant_id: str) -> Usage:
@@ -51,6 +62,7 @@ def usage(*, db: Session, tenant_id: str) -> Usage:
         ) or 0,
         images=int(images),
         stored_bytes=int(stored),
+        stored_predictions=_stored_predictions(db, tenant_id),
     )  # fmt: skip
 
 
@@ -61,6 +73,7 @@ def limits(settings: Settings) -> dict[str, int]:
         "projects": settings.tenant_max_projects,
         "images": settings.tenant_max_images,
         "stored_bytes": settings.tenant_max_stored_bytes,
+        "stored_predictions": settings.tenant_max_stored_predictions,
     }
 
 
@@ -70,6 +83,38 @@ def _active_jobs(db: Session, tenant_id: str) -> int:
         .join(Project, Job.project_id == Project.id)
         .where(Project.tenant_id == tenant_id, Job.status.in_(ACTIVE))
     ) or 0  # fmt: skip
+
+
+def _stored_predictions(db: Session, tenant_id: str) -> int:
+    return db.scalar(
+        select(func.count(StoredPrediction.id))
+        .join(Project, StoredPrediction.project_id == Project.id)
+        .where(Project.tenant_id == tenant_id)
+    ) or 0  # fmt: skip
+
+
+_stored: dict[tuple[str, str], tuple[float, int]] = {}
+_storing = threading.Lock()
+
+
+def may_store_predictions(*, db: Session, settings: Settings, tenant_id: str, count: int) -> bool:
+    """Whether ``count`` more stored predictions keep the tenant within
+    ``DOVECOTE_TENANT_MAX_STORED_PREDICTIONS``; when they do, they are counted.
+
+    The count is the database's, recounted at most every :data:`RECOUNT_SECONDS` per
+    process, plus what this process let store since: API processes together pass the
+    limit by at most what the others store in that time."""
+    limit = settings.tenant_max_stored_predictions
+    if not limit:
+        return True
+    key = (db.get_bind().url.render_as_string(hide_password=True), tenant_id)
+    with _storing:
+        at, n = _stored.get(key, (float("-inf"), 0))
+        if time.monotonic() - at >= RECOUNT_SECONDS:
+            at, n = time.monotonic(), _stored_predictions(db, tenant_id)
+        allowed = n + count <= limit
+        _stored[key] = (at, n + count if allowed else n)
+        return allowed
 
 
 def check_new_job(*, db: Session, settings: Settings, tenant_id: str) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Iterator
+from datetime import timedelta
 from pathlib import Path
 
 import httpx
@@ -11,7 +12,13 @@ from fastapi.testclient import TestClient
 
 from app import cli
 from app.api.ratelimit import TokenBuckets
+from app.db.base import utcnow
+from app.db.session import session_scope
+from app.services import predictions as predictions_service
+from app.services import quotas
+from app.storage import open_store
 from tests.api.helpers import assert_problem, client_with_key, digit, image_blobs, new_key, png
+from tests.api.test_learning_loop import predict, predictions, trained_project
 from tests.conftest import Api, make_settings, migrate
 
 
@@ -213,3 +220,40 @@ def test_metrics_can_require_a_key(limited: Api) -> None:
 def test_metrics_open_without_a_metrics_key(api: Api) -> None:
     with client_with_key(api, None) as anonymous:
         assert anonymous.get("/metrics").status_code == 200
+
+
+@pytest.mark.quota(tenant_max_stored_predictions=3)
+def test_past_the_stored_predictions_quota_a_predict_is_answered_not_stored(
+    limited: Api, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    pid = trained_project(limited)
+    stored = predict(limited, pid, ("a.png", digit(0, 50)), ("b.png", digit(1, 50)))
+    assert all(p["prediction_id"] for p in stored["predictions"])
+    # Two more would make four: answered as ever, stored not at all.
+    over = predict(limited, pid, ("c.png", digit(0, 51)), ("d.png", digit(1, 51)))
+    assert [p["label"] in ("0", "1") for p in over["predictions"]] == [True, True]
+    assert [p["prediction_id"] for p in over["predictions"]] == [None, None]
+    [last] = predict(limited, pid, ("e.png", digit(0, 52)))["predictions"]
+    assert last["prediction_id"]  # one more fits
+    assert [p["filename"] for p in predictions(limited, pid)["items"]] == [
+        "a.png",
+        "b.png",
+        "e.png",
+    ]
+    usage = limited.client.get("/v1/usage").json()
+    assert usage["stored_predictions"] == {"used": 3, "limit": 3}
+
+    # The retention sweep makes room: a recount (at once here) sees it.
+    monkeypatch.setattr(quotas, "RECOUNT_SECONDS", 0.0)
+    assert predict(limited, pid, ("f.png", digit(1, 52)))["predictions"][0]["prediction_id"] is None
+    with session_scope(limited.settings.resolved_database_url) as db:
+        later = utcnow() + timedelta(days=31)
+        store = open_store(limited.settings.resolved_storage_url)
+        swept = predictions_service.sweep_expired(db=db, store=store, now=later)
+    assert swept["predictions_expired"] == 3
+    assert predict(limited, pid, ("f.png", digit(1, 52)))["predictions"][0]["prediction_id"]
+
+    # Each tenant's own count.
+    with client_with_key(limited, new_key(limited.settings, "acme")) as acme:
+        assert acme.get("/v1/usage").json()["stored_predictions"] == {"used": 0, "limit": 3}
+    assert limited.client.get("/v1/usage").json()["stored_predictions"]["used"] == 1

@@ -237,7 +237,7 @@ def _predict(
         reject_below=reject_below, negative=predict_service.negative_classes(db=db, model=model),
     )  # fmt: skip
     stored = predictions_service.record(
-        db=db, store=store, model=model, files=named, predicted=result.predicted
+        db=db, settings=settings, store=store, model=model, files=named, predicted=result.predicted
     )
     out = PredictOut(
         model_id=model.id,

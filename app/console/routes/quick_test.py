@@ -93,7 +93,12 @@ def _answer(
         reject_below=threshold, negative=predict_service.negative_classes(db=db, model=model),
     )  # fmt: skip
     stored = predictions_service.record(
-        db=db, store=store, model=model, files=[(name, data)], predicted=result.predicted
+        db=db,
+        settings=settings,
+        store=store,
+        model=model,
+        files=[(name, data)],
+        predicted=result.predicted,
     )
     _, pred = result.predicted[0]
     box = heatmap = note = None
