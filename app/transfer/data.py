@@ -69,13 +69,23 @@ def no_progress(fraction: float, stage: str, record: dict[str, Any] | None = Non
 
 
 def sub_progress(
-    progress: Progress, start: float, end: float, prefix: str = "", *, records: bool = True
+    progress: Progress,
+    start: float,
+    end: float,
+    prefix: str = "",
+    *,
+    records: bool = True,
+    tag: dict[str, Any] | None = None,
 ) -> Progress:
     """``progress`` for one step that spans ``[start, end]`` of the whole job: fraction
     ``f`` of the step reports ``start + (end - start) f``, stages prefixed by ``prefix``;
-    the step's history records are passed on only when ``records``."""
+    the step's history records are passed on only when ``records``. With ``tag`` (one of
+    several runs: ``{"fold": 2}``, say) they start with its items and lose their
+    ``eta_seconds``, which is the run's own, not the job's."""
 
     def report(fraction: float, stage: str, record: dict[str, Any] | None = None) -> None:
+        if record is not None and tag is not None:
+            record = tag | {k: v for k, v in record.items() if k != "eta_seconds"}
         progress(start + (end - start) * fraction, prefix + stage, record if records else None)
 
     return report

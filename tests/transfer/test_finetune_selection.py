@@ -7,7 +7,7 @@ import torch
 
 from app.transfer import get_method
 from app.transfer.backbones import load_backbone
-from app.transfer.data import no_progress
+from app.transfer.data import Progress, no_progress
 from app.transfer.finetune_parts import trainable_parameters
 from app.transfer.methods.base import frozen_features
 from app.transfer.methods.finetune import SelectionRun, pooled_epoch
@@ -20,14 +20,28 @@ from tests.transfer.test_methods import digits_data
 FT = get_method("finetune")
 
 
+def recorder(records: list[dict]) -> Progress:
+    """A :class:`Progress` that keeps the history records a job would."""
+
+    def progress(fraction: float, stage: str, record: dict | None = None) -> None:
+        if record is not None:
+            records.append(record)
+
+    return progress
+
+
 def test_kfold_selection_keeps_the_probe_when_no_candidate_is_clearly_better() -> None:
     data = digits_data(6, test_per_class=3)
     # The head alone at a negligible learning rate: every epoch predicts what the probe does.
     params = {"selection": "k-fold", "folds": 3, "trainable": "head", "epochs": 2, "lr": 1e-7}
-    model = FT.fit(data, FT.parse_params(params))
+    records: list[dict] = []
+    model = FT.fit(data, FT.parse_params(params), progress=recorder(records))
     m = model.metrics
     sel = m["selection"]
     assert sel["protocol"] == "k-fold" and sel["folds"] == 3
+    assert [(r["fold"], r["epoch"]) for r in records] == [
+        (f, e) for f in (1, 2, 3) for e in (0, 1, 2)
+    ]
     assert sel["n"] == 24  # every training image is predicted once, out of fold
     assert sel["epochs"][0]["epoch"] == 0  # the start is a candidate epoch
     assert m["selected"] == "probe" and m["wise_alpha"] == 0.0 and m["selected_epoch"] == 0
@@ -47,7 +61,8 @@ def test_kfold_selection_retrains_on_every_image_up_to_the_chosen_epoch() -> Non
     data = digits_data(6, test_per_class=3)
     params = {"selection": "k-fold", "trainable": "last_n_blocks", "n": 1, "epochs": 3,
               "patience": 3, "probe_candidate": False, "wise_alphas": [0.5, 1.0]}  # fmt: skip
-    model = FT.fit(data, FT.parse_params(params))
+    records: list[dict] = []
+    model = FT.fit(data, FT.parse_params(params), progress=recorder(records))
     m = model.metrics
     sel = m["selection"]
     assert sel["protocol"] == "k-fold" and [e["epoch"] for e in sel["epochs"]] == [1, 2, 3]
@@ -60,6 +75,13 @@ def test_kfold_selection_retrains_on_every_image_up_to_the_chosen_epoch() -> Non
         range(1, m["best_epoch"] + 1)
     )
     assert model.backbone_state is not None
+    # The job's history: each fold's epochs as they ended, then the final run's; none of
+    # them with the run's own time estimate, which is not the job's.
+    folds = [(f, e) for f in (1, 2, 3) for e in (1, 2, 3)]
+    final = [("final", e) for e in range(1, m["best_epoch"] + 1)]
+    assert [(r["fold"], r["epoch"]) for r in records] == folds + final
+    assert all("val_accuracy" in r for r in records[:9]) and "val_accuracy" not in records[-1]
+    assert not any("eta_seconds" in r for r in records)
 
 
 def _moved(l2sp: dict[str, float] | None) -> float:

@@ -44,7 +44,9 @@ predictions in the sign test above (:math:`N` images instead of a fifth of them)
 finetuned choice is then trained once more on every training image from the probe of all
 of them, for :math:`e^*` epochs of the same schedule, and mixed at the chosen
 :math:`\\alpha`. Cost: up to :math:`k + 1` runs (they share ``max_minutes``), and each
-fold's moving weights of every epoch are held in memory until the choice.
+fold's moving weights of every epoch are held in memory until the choice. The job's
+history shows every run's epochs as they end, each tagged with its ``fold`` (1 to
+:math:`k`, then ``"final"``); the model's ``history`` is the final run's.
 
 Honesty: the model is measured on the ``test`` split, or else on a stratified holdout that
 neither training nor selection sees (``validation="holdout"``). Its ``baseline`` is
@@ -306,8 +308,9 @@ class Finetune(Method):
             runs = []
             for f, (tr, va) in enumerate(splits):
                 fold = sub_progress(
-                    progress, f / (k + 1), (f + 1) / (k + 1), f"fold {f + 1}/{k}: ", records=False
-                )
+                    progress, f / (k + 1), (f + 1) / (k + 1), f"fold {f + 1}/{k}: ",
+                    tag={"fold": f + 1},
+                )  # fmt: skip
                 start = start_from(probe_of(tr))
                 train, val = loader(tr, train=True), loader(va)
                 runs.append(
@@ -337,7 +340,7 @@ class Finetune(Method):
                 start = start_from(probe)
                 history, _ = run_epochs(
                     model, loader(pool, train=True), None, y[:0], share, device,
-                    sub_progress(progress, k / (k + 1), 1.0, "final: "),
+                    sub_progress(progress, k / (k + 1), 1.0, "final: ", tag={"fold": "final"}),
                     stop_after=best_epoch,
                 )  # fmt: skip
                 model.load_state_dict(interpolate_states(start, model.state_dict(), alpha))
