@@ -1,11 +1,14 @@
 """The user commands of ``dovecote``, on :mod:`dovecote.client` (the admin commands, which
 run on the server's machine, are in ``app/cli.py``).
 
-    dovecote project create NAME                     prints the project id
+    dovecote project create NAME [--store-predictions]   prints the project id
     dovecote upload PROJECT DIR_OR_FILES...          folders are zipped on the fly (label = folder)
     dovecote train PROJECT --method M [--param k=v] [--wait]   prints the job id, or the model id
     dovecote predict PROJECT FILES...                a table
     dovecote export MODEL --format onnx -o FILE
+    dovecote next PROJECT [-n 20]                    what to label next, one a line
+    dovecote feedback PREDICTION (--label L | --correct)   a stored prediction becomes training data
+    dovecote batch-predict MODEL [ZIP_OR_DIR] [--format csv] [-o FILE]   waits; results to FILE or stdout
     dovecote webhook add URL [--project P] [--event E]   prints the id (the secret: stderr)
     dovecote webhook list [--project P] | deliveries ID | rm ID
 
@@ -47,7 +50,12 @@ def parse_param(text: str) -> tuple[str, Any]:
 
 def cmd_project_create(args: argparse.Namespace) -> None:
     with _client(args) as dc:
-        project = dc.create_project(args.name, description=args.description, classes=args.cls)
+        project = dc.create_project(
+            args.name,
+            description=args.description,
+            classes=args.cls,
+            store_predictions=args.store_predictions,
+        )
     print(project["id"])
 
 
@@ -74,8 +82,11 @@ def _progress_bar() -> Progress:
     )
 
 
-def follow(dc: Client, job_id: str) -> dict[str, Any]:
-    """Wait for the job with a progress bar showing its status, stage and ETA."""
+def follow(
+    dc: Client, job_id: str, get: Callable[[str], dict[str, Any]] | None = None
+) -> dict[str, Any]:
+    """Wait for the job (``get``: how to read it, default a training job's) with a progress
+    bar showing its status, stage and ETA."""
     with _progress_bar() as bar:
         task = bar.add_task("queued", total=1.0, status="queued")
 
@@ -84,7 +95,7 @@ def follow(dc: Client, job_id: str) -> dict[str, Any]:
                 task, completed=job["progress"], description=job["stage"], status=job["status"]
             )
 
-        return dc.wait(job_id, on_update=update)
+        return dc.wait(job_id, on_update=update, get=get)
 
 
 def cmd_train(args: argparse.Namespace) -> None:
@@ -130,6 +141,49 @@ def cmd_export(args: argparse.Namespace) -> None:
     with _client(args) as dc:
         path = dc.export(args.model, args.output, format=args.format)
     err.print(f"wrote {path} ({path.stat().st_size} bytes)")
+
+
+def cmd_next(args: argparse.Namespace) -> None:
+    """One line a suggestion, most worth labeling first: id (a prediction's, for ``dovecote
+    feedback``, or an image's), file, the model's guess, its score and margin;
+    tab-separated."""
+    with _client(args) as dc:
+        result = dc.suggestions(args.project, n=args.n)
+    err.print(
+        f"{len(result['items'])} of {result['pool_size']} unlabeled images, "
+        f"model v{result['version']}'s guesses"
+    )
+    for item in result["items"]:
+        guess = item["suggested_label"] if item["suggested_label"] is not None else ""
+        ident = item["prediction_id"] or item["image_id"]
+        numbers = f"{item['score']:.3f}\t{item['margin']:.3f}"
+        print("\t".join([ident, item["filename"], guess, numbers]))
+
+
+def cmd_feedback(args: argparse.Namespace) -> None:
+    with _client(args) as dc:
+        done = dc.feedback(args.prediction, label=args.label, correct=args.correct or None)
+    p = done["prediction"]
+    err.print(f"{p['feedback']}: {p['feedback_label']} (image {done['image']['id']})")
+
+
+def cmd_batch_predict(args: argparse.Namespace) -> None:
+    """Start a batch prediction, follow it, then write its results (stdout by default)."""
+    with _client(args) as dc:
+        job = dc.batch_predict(args.model, args.images, top_k=args.top_k)
+        job = follow(dc, job["id"], get=dc.batch_prediction)
+        results = dc.batch_results(job["id"], format=args.format)
+    c = job["counts"]
+    err.print(
+        f"{job['id']}: {c['predicted']} predicted, {c['rejected']} none of the above, "
+        f"{c['failed']} not images"
+    )
+    if args.output:
+        with open(args.output, "w", encoding="utf-8") as out:
+            out.write(results)
+        err.print(f"wrote {args.output}")
+    else:
+        sys.stdout.write(results)
 
 
 def cmd_webhook_add(args: argparse.Namespace) -> None:
@@ -178,6 +232,11 @@ def register(sub: Any) -> None:
     create.add_argument("name")
     create.add_argument("--description", default="")
     create.add_argument("--class", dest="cls", action="append", default=[], help="a class (repeat)")
+    create.add_argument(
+        "--store-predictions",
+        action="store_true",
+        help="keep every predict's image and answer (for feedback and `dovecote next`)",
+    )
     create.set_defaults(func=cmd_project_create)
 
     upload = sub.add_parser("upload", parents=[conn], help="upload image files and folders")
@@ -210,6 +269,30 @@ def register(sub: Any) -> None:
     export.add_argument("--format", choices=["onnx", "torchscript"], default="onnx")
     export.add_argument("-o", "--output", required=True)
     export.set_defaults(func=cmd_export)
+
+    after = sub.add_parser("next", parents=[conn], help="the unlabeled images to label next")
+    after.add_argument("project")
+    after.add_argument("-n", type=int, default=20, help="how many (1-100)")
+    after.set_defaults(func=cmd_next)
+
+    feedback = sub.add_parser(
+        "feedback", parents=[conn], help="label a stored prediction (it becomes training data)"
+    )
+    feedback.add_argument("prediction", metavar="PREDICTION_ID")
+    what = feedback.add_mutually_exclusive_group(required=True)
+    what.add_argument("--label", help="what the image is")
+    what.add_argument("--correct", action="store_true", help="the model's answer was right")
+    feedback.set_defaults(func=cmd_feedback)
+
+    batch = sub.add_parser(
+        "batch-predict", parents=[conn], help="predict a zip or folder (or the unlabeled pool)"
+    )
+    batch.add_argument("model")
+    batch.add_argument("images", nargs="?", help="a .zip or a folder (default: the unlabeled pool)")
+    batch.add_argument("--top-k", type=int, default=5)
+    batch.add_argument("--format", choices=["jsonl", "csv"], default="jsonl")
+    batch.add_argument("-o", "--output", help="write the results here (default: stdout)")
+    batch.set_defaults(func=cmd_batch_predict)
 
     webhook = sub.add_parser("webhook", help="webhooks").add_subparsers(
         dest="webhook_cmd", required=True

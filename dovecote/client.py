@@ -178,10 +178,29 @@ class Client:
     # --- projects and images -----------------------------------------------------------
 
     def create_project(
-        self, name: str, *, description: str = "", classes: Sequence[str | Json] = ()
+        self,
+        name: str,
+        *,
+        description: str = "",
+        classes: Sequence[str | Json] = (),
+        store_predictions: bool = False,
     ) -> Json:
-        body = {"name": name, "description": description, "classes": list(classes)}
+        """A new project; ``store_predictions`` keeps every predict's image and answer, for
+        :meth:`feedback` and :meth:`suggestions`."""
+        body = {
+            "name": name,
+            "description": description,
+            "classes": list(classes),
+            "store_predictions": store_predictions,
+        }
         return self._json("POST", "/v1/projects", json=body)  # type: ignore[no-any-return]
+
+    def update_project(self, project_id: str, **fields: Any) -> Json:
+        """Change ``name``, ``description``, ``store_predictions`` or
+        ``prediction_retention_days``."""
+        return self._json(  # type: ignore[no-any-return]
+            "PATCH", f"/v1/projects/{project_id}", json=fields
+        )
 
     def projects(self) -> list[Json]:
         return list(self._pages("/v1/projects"))
@@ -220,6 +239,12 @@ class Client:
     def images(self, project_id: str, **filters: Any) -> list[Json]:
         return list(self._pages(f"/v1/projects/{project_id}/images", **filters))
 
+    def label(self, project_id: str, image_id: str, label: str) -> Json:
+        """Give an uploaded image its label (a training image from then on)."""
+        return self._json(  # type: ignore[no-any-return]
+            "PATCH", f"/v1/projects/{project_id}/images/{image_id}", json={"label": label}
+        )
+
     # --- jobs --------------------------------------------------------------------------
 
     def train(
@@ -255,9 +280,11 @@ class Client:
         on_update: Callable[[Json], None] | None = None,
         first_interval: float = 0.25,
         max_interval: float = 5.0,
+        get: Callable[[str], Json] | None = None,
     ) -> Json:
         """Poll the job until it ends and answer it (``succeeded``); raise :class:`JobFailed`
         or :class:`JobCancelled` otherwise, ``TimeoutError`` after ``timeout`` seconds.
+        ``get`` reads its state (default :meth:`job`; :meth:`batch_prediction` for one).
 
         The interval starts at ``first_interval`` and grows by half each poll up to
         ``max_interval``; it drops back to the start whenever the job moved (progress or
@@ -266,7 +293,7 @@ class Client:
         deadline = None if timeout is None else time.monotonic() + timeout
         interval, last = first_interval, None
         while True:
-            job = self.job(job_id)
+            job = (get or self.job)(job_id)
             if on_update is not None:
                 on_update(job)
             if job["status"] == "succeeded":
@@ -346,6 +373,75 @@ class Client:
         out = Path(path)
         out.write_bytes(response.content)
         return out
+
+    # --- after the first model: stored predictions, feedback, suggestions, batches ------
+
+    def predictions(self, project_id: str, **filters: Any) -> list[Json]:
+        """The project's stored predictions, oldest first; ``filters`` as the route's
+        (``label``, ``below``, ``rejected``, ``model_id``, ``since``, ``until``,
+        ``feedback``)."""
+        return list(self._pages(f"/v1/projects/{project_id}/predictions", **filters))
+
+    def feedback(
+        self, prediction_id: str, *, label: str | None = None, correct: bool | None = None
+    ) -> Json:
+        """Say what a stored prediction's image is: ``label``, or ``correct=True`` (the
+        model's answer). The image becomes a labeled training image of the project."""
+        body = {k: v for k, v in {"label": label, "correct": correct}.items() if v is not None}
+        return self._json(  # type: ignore[no-any-return]
+            "POST", f"/v1/predictions/{prediction_id}/feedback", json=body
+        )
+
+    def suggestions(self, project_id: str, n: int = 20) -> Json:
+        """The unlabeled images most worth labeling next, with the model's guess; label
+        them with :meth:`label` (``image_id``) or :meth:`feedback` (``prediction_id``)."""
+        return self._json(  # type: ignore[no-any-return]
+            "GET", f"/v1/projects/{project_id}/suggestions", params={"n": n}
+        )
+
+    def batch_predict(
+        self,
+        model_id: str,
+        images: str | Path | None = None,
+        *,
+        top_k: int = 5,
+        reject_below: float | str | None = None,
+    ) -> Json:
+        """Predict many images in the background (202; :meth:`wait` with
+        ``get=dc.batch_prediction`` follows it): ``images`` a .zip or a folder (zipped on
+        the fly), or None for the project's unlabeled pool."""
+        path = f"/v1/models/{model_id}/batch-predictions"
+        options: Json = {"top_k": top_k}
+        if reject_below is not None:
+            options["reject_below"] = reject_below
+        if images is None:
+            return self._json(  # type: ignore[no-any-return]
+                "POST", path, json={"source": "unlabeled", **options}
+            )
+        source = Path(images)
+        data = zip_folder(source) if source.is_dir() else io.BytesIO(source.read_bytes())
+        upload = [("files", (f"{source.resolve().stem or 'images'}.zip", data))]
+        form = {k: str(v) for k, v in options.items()}
+        return self._json("POST", path, files=upload, data=form)  # type: ignore[no-any-return]
+
+    def batch_prediction(self, batch_prediction_id: str) -> Json:
+        return self._json(  # type: ignore[no-any-return]
+            "GET", f"/v1/batch-predictions/{batch_prediction_id}"
+        )
+
+    def batch_results(self, batch_prediction_id: str, *, format: str = "jsonl") -> str:
+        """A succeeded batch prediction's results: JSON lines (one per image, in the
+        input's order) or CSV text."""
+        response = self._request(
+            "GET",
+            f"/v1/batch-predictions/{batch_prediction_id}/results",
+            params={"format": format},
+        )
+        return response.text
+
+    def usage(self) -> Json:
+        """The tenant's quotas: each one's ``used`` and ``limit``."""
+        return self._json("GET", "/v1/usage")  # type: ignore[no-any-return]
 
     # --- webhooks (signed POSTs when events happen; docs/API.md "Webhooks") --------------
 

@@ -84,3 +84,32 @@ def test_admin_commands_are_still_there() -> None:
     )
     for command in ("serve", "worker", "migrate", "keys", "project", "upload", "train"):
         assert command in r.stdout
+
+
+def test_cli_after_the_first_model(
+    served: Served, photo_folder: Path, new_photos: list[Path], tmp_path: Path
+) -> None:
+    project = ok(dovecote(served, "project", "create", "loop-cli", "--store-predictions"))
+    ok(dovecote(served, "upload", project, str(photo_folder)))
+    model = ok(dovecote(served, "train", project, "--method", "knn", "--param", "k=3", "--wait"))
+    ok(dovecote(served, "predict", project, str(new_photos[0])))
+    listed = dovecote(served, "next", project, "-n", "5")
+    [line] = ok(listed).splitlines()
+    prediction, filename, guess, score, margin = line.split("\t")
+    assert "1 of 1 unlabeled images" in listed.stderr
+    assert prediction.startswith("prd_") and filename == "new-0.png" and guess in ("0", "1", "2")
+    assert 0 <= float(score) <= 1 and 0 <= float(margin) <= 1
+    feedback = dovecote(served, "feedback", prediction, "--label", "0")
+    assert ok(feedback) == "" and ": 0 (image img_" in feedback.stderr
+    neither = dovecote(served, "feedback", prediction)
+    assert neither.returncode == 2 and "--label" in neither.stderr
+
+    out = tmp_path / "results.csv"
+    batch = dovecote(served, "batch-predict", model, str(photo_folder / "0"), "--format", "csv",
+                     "-o", str(out))  # fmt: skip
+    ok(batch)
+    assert "6 predicted" in batch.stderr
+    lines = out.read_text().splitlines()
+    assert lines[0].startswith("filename,") and len(lines) == 7
+    empty = dovecote(served, "batch-predict", model)  # the pool is empty: all labeled
+    assert empty.returncode == 1 and "unlabeled_pool_empty" in empty.stderr

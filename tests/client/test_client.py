@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import json
 import time
 from pathlib import Path
 
@@ -12,6 +13,7 @@ import pytest
 
 from dovecote.client import Client, InvalidInput, NotFound, Unauthorized
 from tests.client.conftest import Served
+from tests.factories import digit_images
 from tests.receiver import receiver
 
 pytestmark = pytest.mark.integration
@@ -103,3 +105,48 @@ def test_client_webhooks(served: Served, photo_folder: Path) -> None:
         with pytest.raises(InvalidInput) as refused:
             dc.create_webhook("file:///etc/passwd")
         assert refused.value.code == "webhook_url_refused" and refused.value.status == 422
+
+
+def test_client_after_the_first_model(
+    served: Served, photo_folder: Path, new_photos: list[Path], tmp_path: Path
+) -> None:
+    """Stored predictions → what to label next → feedback and labels → a batch prediction
+    of a folder and of the unlabeled pool → the tenant's usage."""
+    with Client(served.url, served.key) as dc:
+        project = dc.create_project("loop", store_predictions=True)
+        pid = project["id"]
+        assert project["store_predictions"] is True
+        dc.upload(pid, photo_folder)
+        model_id = dc.wait(dc.train(pid, "knn", params={"k": 3})["id"])["model_id"]
+        answered = dc.predict(pid, new_photos[:2])["predictions"]
+        stored = dc.predictions(pid)
+        assert {p["id"] for p in stored} == {p["prediction_id"] for p in answered} != {None}
+        [(_, data)] = digit_images(1, [2], offset=30)
+        (tmp_path / "visitor.png").write_bytes(data)
+        [image] = dc.upload(pid, tmp_path / "visitor.png")["items"]  # no label
+
+        next_up = dc.suggestions(pid, n=5)
+        assert next_up["pool_size"] == 3
+        ids = {(i["prediction_id"], i["image_id"]) for i in next_up["items"]}
+        assert {p["id"] for p in stored} | {image["id"]} == {p or i for p, i in ids}
+        first, second = stored
+        done = dc.feedback(first["id"], label="0")
+        assert done["prediction"]["feedback_label"] == "0" and done["image"]["label"] == "0"
+        assert dc.feedback(second["id"], correct=True)["prediction"]["feedback"] == "confirmed"
+        with pytest.raises(InvalidInput) as both:
+            dc.feedback(first["id"], label="0", correct=True)
+        assert both.value.code == "invalid_input"
+        assert dc.label(pid, image["id"], "2")["label"] == "2"
+        assert dc.predictions(pid, feedback=False) == []
+
+        # A folder in the background, then its results in the folder's order.
+        job = dc.batch_predict(model_id, photo_folder / "1", top_k=2)
+        job = dc.wait(job["id"], get=dc.batch_prediction)
+        assert job["counts"]["images"] == 6 and job["counts"]["failed"] == 0
+        rows = [json.loads(line) for line in dc.batch_results(job["id"]).splitlines()]
+        assert len(rows) == 6 and all(len(r["scores"]) == 2 for r in rows)
+        assert dc.batch_results(job["id"], format="csv").startswith("filename,")
+        with pytest.raises(InvalidInput) as empty:  # every pool image is labeled now
+            dc.batch_predict(model_id)
+        assert empty.value.code == "unlabeled_pool_empty"
+        assert dc.usage()["stored_predictions"]["used"] == 2
