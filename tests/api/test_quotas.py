@@ -235,11 +235,8 @@ def test_past_the_stored_predictions_quota_a_predict_is_answered_not_stored(
     assert [p["prediction_id"] for p in over["predictions"]] == [None, None]
     [last] = predict(limited, pid, ("e.png", digit(0, 52)))["predictions"]
     assert last["prediction_id"]  # one more fits
-    assert [p["filename"] for p in predictions(limited, pid)["items"]] == [
-        "a.png",
-        "b.png",
-        "e.png",
-    ]
+    stored_names = sorted(p["filename"] for p in predictions(limited, pid)["items"])
+    assert stored_names == ["a.png", "b.png", "e.png"]  # one request's are stored in any order
     usage = limited.client.get("/v1/usage").json()
     assert usage["stored_predictions"] == {"used": 3, "limit": 3}
 
