@@ -184,6 +184,12 @@ class Settings(BaseSettings):
     tenant_rate_burst: int = Field(
         20, description="Token-bucket capacity: requests a key may send at once before waiting."
     )
+    tenant_max_concurrent_predicts: int = Field(
+        4,
+        ge=0,
+        description="Predict requests one tenant may have in progress at once in one API "
+        "process; more is `429 too_many_concurrent_predicts` (0: no limit).",
+    )
     webhook_allow_private: bool = Field(
         False,
         description="Let webhooks reach private, loopback, link-local and other non-public "

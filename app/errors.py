@@ -340,6 +340,11 @@ class RateLimited(TooManyRequests):
     title = "Request rate limit exceeded"
 
 
+class TooManyConcurrentPredicts(TooManyRequests):
+    code = "too_many_concurrent_predicts"
+    title = "Too many predicts at once"
+
+
 class JobCancelled(DovecoteError):
     """Raised inside a training run when its job was cancelled; not an HTTP error."""
 

@@ -18,7 +18,7 @@ from app import allocator, console
 from app.api import problems
 from app.api.guards import EarlyAuth, InputGuard
 from app.api.limits import BodySizeLimit
-from app.api.ratelimit import TokenBuckets
+from app.api.ratelimit import InFlight, TokenBuckets
 from app.api.routes import (
     aliases,
     batch_predictions,
@@ -132,6 +132,11 @@ def create_app(
     api.state.rate_buckets = (
         TokenBuckets(settings.tenant_rate_limit, settings.tenant_rate_burst)
         if settings.tenant_rate_limit > 0
+        else None
+    )
+    api.state.predict_slots = (
+        InFlight(settings.tenant_max_concurrent_predicts)
+        if settings.tenant_max_concurrent_predicts > 0
         else None
     )
     problems.install(api)

@@ -2,18 +2,22 @@
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from datetime import timedelta
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
 from fastapi.testclient import TestClient
 
 from app import cli
-from app.api.ratelimit import TokenBuckets
+from app.api.ratelimit import InFlight, TokenBuckets
 from app.db.base import utcnow
 from app.db.session import session_scope
+from app.services import predict as predict_service
 from app.services import predictions as predictions_service
 from app.services import quotas
 from app.storage import open_store
@@ -254,3 +258,45 @@ def test_past_the_stored_predictions_quota_a_predict_is_answered_not_stored(
     with client_with_key(limited, new_key(limited.settings, "acme")) as acme:
         assert acme.get("/v1/usage").json()["stored_predictions"] == {"used": 0, "limit": 3}
     assert limited.client.get("/v1/usage").json()["stored_predictions"]["used"] == 1
+
+
+@pytest.mark.quota(tenant_max_concurrent_predicts=1)
+def test_predicts_in_progress_at_once_are_limited_per_tenant(
+    limited: Api, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    pid = trained_project(limited, store=False)
+    url = f"/v1/projects/{pid}/predict"
+    photo = [("files", ("a.png", digit(0, 60)))]
+    started, release = threading.Event(), threading.Event()
+    real = predict_service.predict
+
+    def held(**kwargs: Any) -> Any:  # the real predict, once the test lets it go on
+        started.set()
+        release.wait(60)
+        return real(**kwargs)
+
+    monkeypatch.setattr(predict_service, "predict", held)
+    with ThreadPoolExecutor(1) as pool:
+        first = pool.submit(limited.client.post, url, files=photo)
+        assert started.wait(60)
+        r = limited.client.post(url, files=photo)
+        body = assert_problem(r, 429, "too_many_concurrent_predicts")
+        assert r.headers["Retry-After"] == "1"
+        assert "DOVECOTE_TENANT_MAX_CONCURRENT_PREDICTS" in body["detail"]
+        # Another tenant's predict is not held back (it gets as far as its own 404).
+        with client_with_key(limited, new_key(limited.settings, "acme")) as acme:
+            assert_problem(acme.post("/v1/models/mdl_nope/predict", files=photo), 404, "not_found")
+        release.set()
+        assert first.result().status_code == 200
+    assert limited.client.post(url, files=photo).status_code == 200  # the slot is free again
+
+
+def test_in_flight_counts_each_key_up_to_its_limit() -> None:
+    slots = InFlight(2)
+    assert slots.enter("a") and slots.enter("a") and not slots.enter("a")
+    assert slots.enter("b")
+    slots.leave("a")
+    assert slots.enter("a") and not slots.enter("a")
+    for key in ("a", "a", "b"):
+        slots.leave(key)
+    assert not slots._counts  # nothing kept for idle keys
