@@ -9,11 +9,11 @@ from fastapi import Depends, Query, Request
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from sqlalchemy.orm import Session
 
-from app.api.ratelimit import InFlight, TokenBuckets
+from app.api.ratelimit import TokenBuckets
 from app.config import Settings
 from app.db.models import Project, Tenant
 from app.db.session import get_sessionmaker
-from app.errors import RateLimited, TooManyConcurrentPredicts
+from app.errors import RateLimited
 from app.queue import enqueue_training
 from app.services import aliases as aliases_service
 from app.services import projects as projects_service
@@ -102,30 +102,6 @@ def tenant_for_key(request: Request, db: Session, settings: Settings, key: str |
 
 
 TenantDep = Annotated[Tenant, Depends(current_tenant)]
-
-
-def predict_slot(request: Request, settings: SettingsDep, tenant: TenantDep) -> Iterator[None]:
-    """One of the tenant's ``DOVECOTE_TENANT_MAX_CONCURRENT_PREDICTS`` in this process, held
-    while the predict runs."""
-    slots: InFlight | None = request.app.state.predict_slots
-    if slots is None:
-        yield
-        return
-    if not slots.enter(tenant.id):
-        raise TooManyConcurrentPredicts(
-            f"This tenant already has {slots.limit} predicts in progress here "
-            "(DOVECOTE_TENANT_MAX_CONCURRENT_PREDICTS). Send more files per request (up to "
-            f"{settings.predict_max_files}), use a batch prediction for many images, or retry "
-            "when one has answered.",
-            retry_after=1,
-        )
-    try:
-        yield
-    finally:
-        slots.leave(tenant.id)
-
-
-PredictSlot = Depends(predict_slot)
 
 
 def current_actor(

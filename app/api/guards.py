@@ -2,7 +2,9 @@
 
 - :class:`EarlyAuth`: a request that carries a body is authenticated from its headers
   alone, so a wrong key is answered ``401`` before one byte of a (possibly large)
-  multipart body is read.
+  multipart body is read; and a predict takes one of its tenant's
+  ``DOVECOTE_TENANT_MAX_CONCURRENT_PREDICTS`` slots (:class:`app.api.ratelimit.InFlight`)
+  for as long as it runs, or is answered ``429`` before its photos are read.
 - :class:`InputGuard`: text the databases cannot store or JSON that no route should
   accept is refused with a typed ``422`` before routing, the same on SQLite and
   PostgreSQL: NUL characters (``\\u0000``, which PostgreSQL text columns reject) in the
@@ -13,6 +15,7 @@
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 from starlette.concurrency import run_in_threadpool
@@ -20,9 +23,10 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from app import strict_json
 from app.api.problems import error_response, problem_response
+from app.api.ratelimit import InFlight
 from app.config import Settings
 from app.db.session import get_sessionmaker
-from app.errors import DovecoteError
+from app.errors import DovecoteError, TooManyConcurrentPredicts
 from app.services import tenants as tenants_service
 
 _BODY_METHODS = {"POST", "PUT", "PATCH"}
@@ -34,35 +38,62 @@ def _has_body(scope: Scope) -> bool:
     return (length.isdigit() and int(length) > 0) or b"transfer-encoding" in headers
 
 
-class EarlyAuth:
-    """Refuse a body-carrying ``/v1`` request with a missing or invalid key before reading it."""
+#: The two predict routes: ``/v1/models/{model_id}/predict``, ``/v1/projects/{project_id}/predict``.
+_PREDICT = re.compile(r"/v1/(models|projects)/[^/]+/predict/?")
 
-    def __init__(self, app: ASGIApp, settings: Settings) -> None:
+
+class EarlyAuth:
+    """Refuse a body-carrying ``/v1`` request with a missing or invalid key before reading
+    it; hold a predict to its tenant's slots (``predict_slots``; None: no limit)."""
+
+    def __init__(
+        self, app: ASGIApp, settings: Settings, predict_slots: InFlight | None = None
+    ) -> None:
         self.app = app
         self.settings = settings
+        self.predict_slots = predict_slots
 
-    def _check(self, authorization: str) -> None:
+    def _tenant_id(self, authorization: str) -> str:
         scheme, _, key = authorization.partition(" ")
         key = key.strip() if scheme.lower() == "bearer" else ""
         with get_sessionmaker(self.settings.resolved_database_url)() as db:
-            tenants_service.authenticate(db=db, key=key or None, admin_key=self.settings.api_key)
+            return tenants_service.authenticate(
+                db=db, key=key or None, admin_key=self.settings.api_key
+            ).id
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if (
+        if not (
             scope["type"] == "http"
             and scope["method"] in _BODY_METHODS
             and scope["path"].startswith("/v1/")
             and _has_body(scope)
         ):
-            headers = dict(scope.get("headers") or [])
-            try:
-                await run_in_threadpool(
-                    self._check, headers.get(b"authorization", b"").decode("latin-1")
+            await self.app(scope, receive, send)
+            return
+        headers = dict(scope.get("headers") or [])
+        slots = self.predict_slots if _PREDICT.fullmatch(scope["path"]) else None
+        try:
+            tenant_id = await run_in_threadpool(
+                self._tenant_id, headers.get(b"authorization", b"").decode("latin-1")
+            )
+            if slots is not None and not slots.enter(tenant_id):
+                raise TooManyConcurrentPredicts(
+                    f"This tenant already has {slots.limit} predicts in progress here "
+                    "(DOVECOTE_TENANT_MAX_CONCURRENT_PREDICTS). Send more files per request "
+                    f"(up to {self.settings.predict_max_files}), use a batch prediction for "
+                    "many images, or retry when one has answered.",
+                    retry_after=1,
                 )
-            except DovecoteError as exc:
-                await error_response(exc)(scope, receive, send)
-                return
-        await self.app(scope, receive, send)
+        except DovecoteError as exc:
+            await error_response(exc)(scope, receive, send)
+            return
+        if slots is None:
+            await self.app(scope, receive, send)
+            return
+        try:
+            await self.app(scope, receive, send)
+        finally:
+            slots.leave(tenant_id)
 
 
 def _refuse(detail: str) -> Any:

@@ -134,11 +134,6 @@ def create_app(
         if settings.tenant_rate_limit > 0
         else None
     )
-    api.state.predict_slots = (
-        InFlight(settings.tenant_max_concurrent_predicts)
-        if settings.tenant_max_concurrent_predicts > 0
-        else None
-    )
     problems.install(api)
     problems.document_errors(api)
     for router in (
@@ -147,8 +142,12 @@ def create_app(
     ):  # fmt: skip
         api.include_router(router)
     console.install(api)  # the web console at /console, on the same services
-    # Outermost last: the key is checked first, then the body size, then its content.
+    # Outermost last: the key is checked (and a predict's slot taken) first, then the body
+    # size, then its content.
     api.add_middleware(InputGuard)
     api.add_middleware(BodySizeLimit, max_bytes=settings.max_upload_bytes)
-    api.add_middleware(EarlyAuth, settings=settings)
+    slots = settings.tenant_max_concurrent_predicts
+    api.add_middleware(
+        EarlyAuth, settings=settings, predict_slots=InFlight(slots) if slots else None
+    )
     return api

@@ -13,7 +13,6 @@ from app.api.deps import (
     ActorDep,
     CursorQuery,
     LimitQuery,
-    PredictSlot,
     ProjectDep,
     SessionDep,
     SettingsDep,
@@ -284,7 +283,6 @@ _PREDICT_RESPONSES: dict[int | str, dict[str, Any]] = {
     tags=["prediction"],
     response_model=PredictOut,
     responses=_PREDICT_RESPONSES,
-    dependencies=[PredictSlot],
 )
 def predict_with_model(
     model_id: str,
@@ -306,7 +304,6 @@ def predict_with_model(
     tags=["prediction"],
     response_model=PredictOut,
     responses=_PREDICT_RESPONSES,
-    dependencies=[PredictSlot],
 )
 def predict_with_project(
     project: ProjectDep,
