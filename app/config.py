@@ -132,7 +132,8 @@ class Settings(BaseSettings):
         16,
         ge=0,
         description="Images in inference at once in one API process, over all requests (0: "
-        "no limit); the others wait. Bounds the API's memory under concurrent predicts.",
+        "no limit); the others wait, tenants taking turns. Bounds the API's memory under "
+        "concurrent predicts.",
     )
     malloc_mmap_threshold: int = Field(
         1024 * 1024,

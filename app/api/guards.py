@@ -4,7 +4,9 @@
   alone, so a wrong key is answered ``401`` before one byte of a (possibly large)
   multipart body is read; and a predict takes one of its tenant's
   ``DOVECOTE_TENANT_MAX_CONCURRENT_PREDICTS`` slots (:class:`app.api.ratelimit.InFlight`)
-  for as long as it runs, or is answered ``429`` before its photos are read.
+  for as long as it runs, or is answered ``429`` before its photos are read. The
+  request's inference batches then take its tenant's turns in the predictor's
+  :class:`~app.transfer.predictor.ImageBudget` (:func:`app.services.predict.turns_of`).
 - :class:`InputGuard`: text the databases cannot store or JSON that no route should
   accept is refused with a typed ``422`` before routing, the same on SQLite and
   PostgreSQL: NUL characters (``\\u0000``, which PostgreSQL text columns reject) in the
@@ -27,6 +29,7 @@ from app.api.ratelimit import InFlight
 from app.config import Settings
 from app.db.session import get_sessionmaker
 from app.errors import DovecoteError, TooManyConcurrentPredicts
+from app.services import predict as predict_service
 from app.services import tenants as tenants_service
 
 _BODY_METHODS = {"POST", "PUT", "PATCH"}
@@ -87,13 +90,12 @@ class EarlyAuth:
         except DovecoteError as exc:
             await error_response(exc)(scope, receive, send)
             return
-        if slots is None:
-            await self.app(scope, receive, send)
-            return
         try:
-            await self.app(scope, receive, send)
+            with predict_service.turns_of(tenant_id):
+                await self.app(scope, receive, send)
         finally:
-            slots.leave(tenant_id)
+            if slots is not None:
+                slots.leave(tenant_id)
 
 
 def _refuse(detail: str) -> Any:

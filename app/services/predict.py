@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Collection
+from collections.abc import Collection, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from functools import lru_cache
 from typing import Literal
@@ -30,7 +31,7 @@ from app.transfer.export import FORMATS as EXPORT_FORMATS
 from app.transfer.export import ExportFormat
 from app.transfer.features import graph_dir_in
 from app.transfer.localize import DEFAULT_THRESHOLD, Localization
-from app.transfer.predictor import Prediction, Predictor
+from app.transfer.predictor import Prediction, Predictor, budget_key
 from app.transfer.preprocess import PixelBudget, image_size
 
 MAX_TOP_K = 100
@@ -51,8 +52,20 @@ __all__ = [
     "predict",
     "predict_files",
     "prewarm",
+    "turns_of",
     "warm_reads",
 ]
+
+
+@contextmanager
+def turns_of(tenant_id: str) -> Iterator[None]:
+    """Inference within the block (on this thread or task, and the threads it starts) waits
+    for ``tenant_id``'s turn in the predictor's ``ImageBudget``: tenants take turns."""
+    token = budget_key.set(tenant_id)
+    try:
+        yield
+    finally:
+        budget_key.reset(token)
 
 
 @lru_cache(maxsize=1)

@@ -13,6 +13,7 @@ import weakref
 from collections import OrderedDict, deque
 from collections.abc import Callable, Collection, Hashable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
+from contextvars import ContextVar
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Generic, Literal, TypeVar
@@ -85,14 +86,22 @@ class LRUCache(Generic[K, V]):
             self._data.pop(key, None)
 
 
+#: Whose batches these are, for :class:`ImageBudget`'s turns: the API sets the tenant's id
+#: for each authenticated request (``app.api.guards.EarlyAuth``); "" everywhere else.
+budget_key: ContextVar[str] = ContextVar("budget_key", default="")
+
+
 class ImageBudget:
     """At most ``limit`` images in inference at once, over every thread (0: no limit).
 
     Each concurrent batch holds its decoded tensors and the backbone's activations: past a
     core or two, more batches at once buy no throughput, only memory and latency. A batch
     takes as many units as it has images (at most ``limit``, so any batch can run) and the
-    others wait their turn, first come first served. ``on_idle`` runs (outside the lock)
-    each time the last batch in inference leaves: the API gives freed memory back then."""
+    others wait their turn: first come first served among the batches of one
+    :data:`budget_key`, and keys in turn (the key just served goes to the back), so one
+    tenant's many waiting batches do not all pass before another's one. ``on_idle`` runs
+    (outside the lock) each time the last batch in inference leaves: the API gives freed
+    memory back then."""
 
     def __init__(self, limit: int, on_idle: Callable[[], None] = lambda: None) -> None:
         if limit < 0:
@@ -102,21 +111,27 @@ class ImageBudget:
         self.in_flight = 0
         self.peak = 0
         self._cond = threading.Condition()
-        self._waiting: deque[object] = deque()  # first come, first served
+        #: Waiting batches by key; the first key's first batch is next.
+        self._waiting: OrderedDict[str, deque[object]] = OrderedDict()
+
+    def _is_next(self, ticket: object) -> bool:
+        return next(iter(self._waiting.values()))[0] is ticket
 
     @contextmanager
     def hold(self, images: int) -> Iterator[None]:
         n = max(1, min(images, self.limit)) if self.limit else images
-        ticket = object()
+        key, ticket = budget_key.get(), object()
         with self._cond:
-            self._waiting.append(ticket)
+            self._waiting.setdefault(key, deque()).append(ticket)
             self._cond.wait_for(
                 lambda: (
-                    self._waiting[0] is ticket
-                    and (not self.limit or self.in_flight + n <= self.limit)
+                    self._is_next(ticket) and (not self.limit or self.in_flight + n <= self.limit)
                 )
             )
-            self._waiting.popleft()
+            queue = self._waiting.pop(key)
+            queue.popleft()
+            if queue:  # this key's next batch waits behind every other key's first
+                self._waiting[key] = queue
             self.in_flight += n
             self.peak = max(self.peak, self.in_flight)
             self._cond.notify_all()  # the next in line may fit too

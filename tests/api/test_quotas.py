@@ -12,15 +12,18 @@ from typing import Any
 import httpx
 import pytest
 from fastapi.testclient import TestClient
+from sqlalchemy import select
 
 from app import cli
 from app.api.ratelimit import InFlight, TokenBuckets
 from app.db.base import utcnow
+from app.db.models import Tenant
 from app.db.session import session_scope
 from app.services import predict as predict_service
 from app.services import predictions as predictions_service
 from app.services import quotas
 from app.storage import open_store
+from app.transfer.predictor import budget_key
 from tests.api.helpers import assert_problem, client_with_key, digit, image_blobs, new_key, png
 from tests.api.test_learning_loop import predict, predictions, trained_project
 from tests.conftest import Api, make_settings, migrate
@@ -289,6 +292,27 @@ def test_predicts_in_progress_at_once_are_limited_per_tenant(
         release.set()
         assert first.result().status_code == 200
     assert limited.client.post(url, files=photo).status_code == 200  # the slot is free again
+
+
+def test_a_predicts_inference_takes_its_tenants_turns(
+    limited: Api, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The tenant's id reaches the predictor's budget (``budget_key``) from the request."""
+    pid = trained_project(limited, store=False)
+    seen: list[str] = []
+    real = predict_service.predict
+
+    def spy(**kwargs: Any) -> Any:
+        seen.append(budget_key.get())
+        return real(**kwargs)
+
+    monkeypatch.setattr(predict_service, "predict", spy)
+    r = limited.client.post(f"/v1/projects/{pid}/predict", files=[("files", ("a.png", digit(1)))])
+    assert r.status_code == 200, r.text
+    with session_scope(limited.settings.resolved_database_url) as db:
+        tenant = db.scalar(select(Tenant).where(Tenant.name == "default"))
+    assert tenant is not None and seen == [tenant.id]
+    assert budget_key.get() == ""  # and goes no further than the request
 
 
 def test_in_flight_counts_each_key_up_to_its_limit() -> None:

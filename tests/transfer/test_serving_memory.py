@@ -6,13 +6,14 @@ from __future__ import annotations
 import subprocess
 import sys
 import threading
+import time
 from pathlib import Path
 
 import pytest
 
 from app import allocator
 from app.services.predict import get_predictor
-from app.transfer.predictor import ImageBudget
+from app.transfer.predictor import ImageBudget, budget_key
 from tests.conftest import Api, make_settings
 from tests.factories import digit_images, encode, photo
 
@@ -36,6 +37,29 @@ def test_on_idle_runs_without_a_limit_too() -> None:
     with budget.hold(16):
         assert budget.in_flight == 16
     assert idle == [0]
+
+
+def test_keys_take_turns_and_each_key_is_first_come_first_served() -> None:
+    """Tenant a has three batches waiting, then b one: b's passes after a's first, not
+    after all of a's (one image at a time: each batch waits for the one before)."""
+    budget = ImageBudget(1)
+    served: list[str] = []
+
+    def batch(key: str, name: str) -> None:
+        budget_key.set(key)  # a thread's own context
+        with budget.hold(1):
+            served.append(name)
+
+    threads = []
+    with budget.hold(1):  # the budget is full: every batch below waits, in this order
+        for key, name in (("a", "a1"), ("a", "a2"), ("a", "a3"), ("b", "b1")):
+            threads.append(threading.Thread(target=batch, args=(key, name)))
+            threads[-1].start()
+            while sum(map(len, budget._waiting.values())) < len(threads):
+                time.sleep(0.001)
+    for t in threads:
+        t.join()
+    assert served == ["a1", "b1", "a2", "a3"]
 
 
 def test_the_api_predictor_gives_memory_back_when_idle(tmp_path: Path) -> None:
