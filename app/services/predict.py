@@ -59,8 +59,9 @@ __all__ = [
 
 @contextmanager
 def turns_of(tenant_id: str) -> Iterator[None]:
-    """Inference within the block (on this thread or task, and the threads it starts) waits
-    for ``tenant_id``'s turn in the predictor's ``ImageBudget``: tenants take turns."""
+    """Inference within the block waits for ``tenant_id``'s turn in the predictor's
+    ``ImageBudget``: tenants take turns. A context variable: it holds in this thread or
+    task, and in what that runs through Starlette's thread pool (a sync route)."""
     token = budget_key.set(tenant_id)
     try:
         yield
