@@ -114,6 +114,12 @@ class ImageBudget:
         #: Waiting batches by key; the first key's first batch is next.
         self._waiting: OrderedDict[str, deque[object]] = OrderedDict()
 
+    @property
+    def waiting(self) -> int:
+        """Batches waiting for their turn."""
+        with self._cond:
+            return sum(map(len, self._waiting.values()))
+
     def _is_next(self, ticket: object) -> bool:
         return next(iter(self._waiting.values()))[0] is ticket
 

@@ -72,7 +72,7 @@ def test_waiters_go_first_come_first_served() -> None:
         t.start()
         threads.append(t)
         deadline = time.monotonic() + 5
-        while len(budget._waiting) < i + 1:  # queued in this order
+        while budget.waiting < i + 1:  # queued in this order
             assert time.monotonic() < deadline
             time.sleep(0.001)
     gate.__exit__(None, None, None)

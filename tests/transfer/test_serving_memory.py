@@ -55,7 +55,7 @@ def test_keys_take_turns_and_each_key_is_first_come_first_served() -> None:
         for key, name in (("a", "a1"), ("a", "a2"), ("a", "a3"), ("b", "b1")):
             threads.append(threading.Thread(target=batch, args=(key, name)))
             threads[-1].start()
-            while sum(map(len, budget._waiting.values())) < len(threads):
+            while budget.waiting < len(threads):
                 time.sleep(0.001)
     for t in threads:
         t.join()
