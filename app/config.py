@@ -170,6 +170,19 @@ class Settings(BaseSettings):
         description="Stored predictions a tenant may keep (0: no limit); past it a predict is "
         "answered and not stored.",
     )
+    tenant_max_models: int = Field(
+        1000,
+        ge=0,
+        description="Models a tenant may keep over all its projects, counting the ones its "
+        "queued or running training jobs will make (0: no limit); one more training job is a "
+        "403.",
+    )
+    max_aliases_per_project: int = Field(
+        50,
+        ge=0,
+        description="Aliases besides `production` one project may have (0: no limit); one more "
+        "is a 403.",
+    )
     max_webhooks_per_project: int = Field(
         10, ge=0, description="Webhooks one project may have (0: no limit); more is a 403."
     )

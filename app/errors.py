@@ -317,6 +317,16 @@ class StorageQuotaExceeded(QuotaExceeded):
     title = "Too many stored bytes"
 
 
+class ModelQuotaExceeded(QuotaExceeded):
+    code = "model_quota_exceeded"
+    title = "Too many models"
+
+
+class AliasQuotaExceeded(QuotaExceeded):
+    code = "alias_quota_exceeded"
+    title = "Too many aliases"
+
+
 class WebhookQuotaExceeded(QuotaExceeded):
     code = "webhook_quota_exceeded"
     title = "Too many webhooks"

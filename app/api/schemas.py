@@ -713,6 +713,10 @@ class UsageOut(BaseModel):
     stored_predictions: QuotaOut = Field(
         description="Stored predictions (past the limit a predict is answered, not stored)."
     )
+    models: QuotaOut = Field(
+        description="Models kept, counting those queued and running training jobs will make "
+        "(at the limit a training job is a 403)."
+    )
     rate_limit: RateLimitOut | None = Field(description="Per API key; null when off.")
 
 

@@ -18,6 +18,7 @@ from sqlalchemy import func, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
+from app.config import Settings
 from app.db.base import utcnow
 from app.db.models import AliasEvent, ApiKey, Image, Job, Model, ModelAlias, Project, Tenant
 from app.errors import (
@@ -28,6 +29,7 @@ from app.errors import (
     NothingToRollBack,
     ProjectHasNoModel,
 )
+from app.services import quotas
 from app.services.tenants import hash_key
 
 PRODUCTION = "production"
@@ -258,11 +260,16 @@ def point(
     actor: Actor,
     action: str = "put",
     reason: str = "",
+    settings: Settings | None = None,
 ) -> Model:
     """Point alias ``name`` at model ``model_id`` of the project (a no-op when it already
-    does)."""
+    does). A new alias is held to ``settings``' ``DOVECOTE_MAX_ALIASES_PER_PROJECT`` (None:
+    no limit, for the moves the service itself makes)."""
     check_name(name)
     model = _model_of(db, project, model_id)
+    new = name != PRODUCTION and pointer(db=db, project=project, name=name) is None
+    if settings is not None and new:
+        quotas.check_new_alias(db=db, settings=settings, project_id=project.id)
     _move(db, project, name, model, actor=actor, action=action, reason=reason)
     try:
         db.commit()

@@ -63,11 +63,11 @@ def create(
     enqueue: Enqueue,
     promote: str = "auto",
 ) -> Job:
-    """Check the tenant's active-job quota; validate method, params, backbone and data;
+    """Check the tenant's active-job and model quotas; validate method, params, backbone and data;
     then store and enqueue the job, on the queue its method's need picks
     (:func:`app.queue.job_queue`). ``promote``: its model's promotion policy
     (:func:`app.services.aliases.promote_trained`)."""
-    quotas.check_new_job(db=db, settings=settings, tenant_id=project.tenant_id)
+    quotas.check_new_training_job(db=db, settings=settings, tenant_id=project.tenant_id)
     impl = get_method(method)
     parsed = impl.parse_params(params)
     backbone = backbone or DEFAULT_BACKBONE

@@ -1,9 +1,9 @@
 """Per-tenant quotas: what a tenant uses, its limits, and the checks that refuse more.
 
-Every limit is a setting (``DOVECOTE_TENANT_MAX_*``, ``DOVECOTE_MAX_*WEBHOOKS*``; 0 means no
-limit). Active jobs are a ``429`` with ``Retry-After`` (they end, so waiting helps);
-projects, images, stored bytes and webhooks are a ``403`` (deleting something helps, waiting
-does not). The checks read the database
+Every limit is a setting (``DOVECOTE_TENANT_MAX_*``, ``DOVECOTE_MAX_*_PER_PROJECT``,
+``DOVECOTE_MAX_TENANT_WEBHOOKS``; 0 means no limit). Active jobs are a ``429`` with
+``Retry-After`` (they end, so waiting helps); projects, images, stored bytes, models, aliases
+and webhooks are a ``403`` (deleting something helps, waiting does not). The checks read the database
 at request time: two requests racing past a limit may both pass it by one request's worth,
 never more.
 
@@ -24,14 +24,17 @@ from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
 from app.config import Settings
-from app.db.models import Image, Job, Project, StoredPrediction, Webhook
+from app.db.models import Image, Job, Model, ModelAlias, Project, StoredPrediction, Webhook
 from app.errors import (
+    AliasQuotaExceeded,
     ImageQuotaExceeded,
+    ModelQuotaExceeded,
     ProjectQuotaExceeded,
     StorageQuotaExceeded,
     TooManyActiveJobs,
     WebhookQuotaExceeded,
 )
+from app.transfer.methods import list_methods
 
 ACTIVE = ("queued", "running")
 #: Seconds a client told "too many active jobs" should wait before asking again.
@@ -47,6 +50,7 @@ class Usage:
     images: int
     stored_bytes: int
     stored_predictions: int
+    models: int
 
 
 def usage(*, db: Session, tenant_id: str) -> Usage:
@@ -63,6 +67,7 @@ def usage(*, db: Session, tenant_id: str) -> Usage:
         images=int(images),
         stored_bytes=int(stored),
         stored_predictions=_stored_predictions(db, tenant_id),
+        models=_models(db, tenant_id),
     )  # fmt: skip
 
 
@@ -74,6 +79,7 @@ def limits(settings: Settings) -> dict[str, int]:
         "images": settings.tenant_max_images,
         "stored_bytes": settings.tenant_max_stored_bytes,
         "stored_predictions": settings.tenant_max_stored_predictions,
+        "models": settings.tenant_max_models,
     }
 
 
@@ -83,6 +89,25 @@ def _active_jobs(db: Session, tenant_id: str) -> int:
         .join(Project, Job.project_id == Project.id)
         .where(Project.tenant_id == tenant_id, Job.status.in_(ACTIVE))
     ) or 0  # fmt: skip
+
+
+def _models(db: Session, tenant_id: str) -> int:
+    """Kept models plus the ones queued or running training jobs will make."""
+    kept = db.scalar(
+        select(func.count(Model.id))
+        .join(Project, Model.project_id == Project.id)
+        .where(Project.tenant_id == tenant_id)
+    ) or 0  # fmt: skip
+    training = db.scalar(
+        select(func.count(Job.id))
+        .join(Project, Job.project_id == Project.id)
+        .where(
+            Project.tenant_id == tenant_id,
+            Job.status.in_(ACTIVE),
+            Job.method.in_([m.name for m in list_methods()]),
+        )
+    ) or 0  # fmt: skip
+    return kept + training
 
 
 def _stored_predictions(db: Session, tenant_id: str) -> int:
@@ -126,6 +151,34 @@ def check_new_job(*, db: Session, settings: Settings, tenant_id: str) -> None:
             limit="active_jobs",
             max=limit,
             retry_after=ACTIVE_JOBS_RETRY_AFTER,
+        )
+
+
+def check_new_training_job(*, db: Session, settings: Settings, tenant_id: str) -> None:
+    """A job that will make a model: the active-job quota, then the model quota."""
+    check_new_job(db=db, settings=settings, tenant_id=tenant_id)
+    limit = settings.tenant_max_models
+    if limit and (n := _models(db, tenant_id)) >= limit:
+        raise ModelQuotaExceeded(
+            f"The tenant keeps {n} models (with those its queued and running training jobs "
+            f"will make); the limit is {limit} (DOVECOTE_TENANT_MAX_MODELS). Delete models "
+            "first (DELETE /v1/models/{model_id}).",
+            limit="models",
+            max=limit,
+        )
+
+
+def check_new_alias(*, db: Session, settings: Settings, project_id: str) -> None:
+    """Refuse one more alias (besides ``production``) of the project past its limit."""
+    limit = settings.max_aliases_per_project
+    stmt = select(func.count()).select_from(ModelAlias).where(ModelAlias.project_id == project_id)
+    if limit and (n := db.scalar(stmt) or 0) >= limit:
+        raise AliasQuotaExceeded(
+            f"Project {project_id} has {n} aliases besides production; the limit is {limit} "
+            "(DOVECOTE_MAX_ALIASES_PER_PROJECT). Delete an alias first, or point an existing "
+            "one at the model.",
+            limit="aliases_per_project",
+            max=limit,
         )
 
 

@@ -27,6 +27,7 @@ from app.transfer.predictor import budget_key
 from tests.api.helpers import assert_problem, client_with_key, digit, image_blobs, new_key, png
 from tests.api.test_learning_loop import predict, predictions, trained_project
 from tests.conftest import Api, make_settings, migrate
+from tests.factories import make_zip
 
 
 @pytest.fixture
@@ -116,6 +117,69 @@ def test_webhooks_over_the_limits_are_403_and_store_nothing(limited: Api) -> Non
 
     assert limited.client.delete(f"/v1/webhooks/{first['id']}").status_code == 204
     assert register(f"/v1/projects/{a}/webhooks").status_code == 201
+
+
+@pytest.mark.quota(tenant_max_models=2, tenant_max_active_jobs=0)
+def test_models_over_the_limit_is_403_counting_the_jobs_that_will_make_them(
+    limited: Api,
+) -> None:
+    pid = labeled_project(limited)
+
+    def train() -> httpx.Response:
+        return limited.client.post(f"/v1/projects/{pid}/jobs", json={"method": "knn"})
+
+    assert train().status_code == 202
+    assert limited.client.get("/v1/usage").json()["models"] == {"used": 1, "limit": 2}
+    assert train().status_code == 202  # queued: each will make a model
+    body = assert_problem(train(), 403, "model_quota_exceeded")
+    assert body["limit"] == "models" and body["max"] == 2
+    assert "DOVECOTE_TENANT_MAX_MODELS" in body["detail"]
+    assert len(limited.queued) == 2  # nothing stored or enqueued for the refused one
+
+    limited.run_queued()
+    models = limited.client.get(f"/v1/projects/{pid}/models").json()["items"]
+    assert len(models) == 2
+    assert_problem(train(), 403, "model_quota_exceeded")  # kept models count as well
+    # A batch prediction makes no model: it is held to the active-job quota only.
+    r = limited.client.post(
+        f"/v1/models/{models[0]['id']}/batch-predictions",
+        files=[("files", ("photos.zip", make_zip({"a.png": digit(0, 70)})))],
+    )
+    assert r.status_code == 202, r.text
+    limited.run_queued()
+    with client_with_key(limited, new_key(limited.settings, "acme")) as acme:
+        other = labeled_project(limited, acme)  # another tenant has its own count
+        assert acme.post(f"/v1/projects/{other}/jobs", json={"method": "knn"}).status_code == 202
+
+    assert limited.client.delete(f"/v1/models/{models[0]['id']}").status_code == 204
+    assert train().status_code == 202
+
+
+@pytest.mark.quota(max_aliases_per_project=1)
+def test_aliases_over_the_limit_are_403_and_existing_ones_still_move(limited: Api) -> None:
+    pid = labeled_project(limited)
+    for _ in range(2):
+        limited.client.post(f"/v1/projects/{pid}/jobs", json={"method": "knn"})
+    limited.run_queued()
+    first, second = (
+        m["id"] for m in limited.client.get(f"/v1/projects/{pid}/models").json()["items"]
+    )
+
+    def put(name: str, model_id: str) -> httpx.Response:
+        return limited.client.put(f"/v1/projects/{pid}/aliases/{name}", json={"model_id": model_id})
+
+    assert put("staging", first).status_code == 200
+    body = assert_problem(put("canary", first), 403, "alias_quota_exceeded")
+    assert body["limit"] == "aliases_per_project" and body["max"] == 1
+    assert "DOVECOTE_MAX_ALIASES_PER_PROJECT" in body["detail"]
+    assert put("staging", second).json()["model_id"] == second  # re-pointing is not a new alias
+    assert put("production", second).status_code == 200  # production is not counted
+    names = [a["name"] for a in limited.client.get(f"/v1/projects/{pid}/aliases").json()]
+    assert names == ["production", "staging"]
+    history = limited.client.get(f"/v1/projects/{pid}/aliases/canary/history").json()
+    assert history["items"] == []  # the refused one left no trace
+    assert limited.client.delete(f"/v1/projects/{pid}/aliases/staging").status_code == 204
+    assert put("canary", first).status_code == 200
 
 
 @pytest.mark.quota(tenant_max_images=3)

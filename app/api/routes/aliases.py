@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from fastapi import APIRouter, Response, status
 
-from app.api.deps import ActorDep, CursorQuery, LimitQuery, ProjectDep, SessionDep
+from app.api.deps import ActorDep, CursorQuery, LimitQuery, ProjectDep, SessionDep, SettingsDep
 from app.api.schemas import AliasEventOut, AliasIn, AliasOut, Page
 from app.db.models import Model
 from app.services import aliases as service
@@ -34,11 +34,19 @@ def get_alias(name: str, project: ProjectDep, db: SessionDep) -> AliasOut:
 
 @router.put("/{name}")
 def put_alias(
-    name: str, body: AliasIn, project: ProjectDep, db: SessionDep, actor: ActorDep
+    name: str,
+    body: AliasIn,
+    project: ProjectDep,
+    db: SessionDep,
+    actor: ActorDep,
+    settings: SettingsDep,
 ) -> AliasOut:
-    """Point the alias at one of the project's models (creating the alias). `production`
-    is what `POST /v1/projects/{project_id}/predict` serves."""
-    model = service.point(db=db, project=project, name=name, model_id=body.model_id, actor=actor)
+    """Point the alias at one of the project's models (creating the alias: at most
+    `DOVECOTE_MAX_ALIASES_PER_PROJECT` besides `production`). `production` is what
+    `POST /v1/projects/{project_id}/predict` serves."""
+    model = service.point(
+        db=db, project=project, name=name, model_id=body.model_id, actor=actor, settings=settings
+    )
     return alias_out(name, model)
 
 

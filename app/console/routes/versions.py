@@ -81,6 +81,7 @@ def model_details(db: Session, project: Project, model: Model) -> dict[str, Any]
 @router.post("/projects/{project_id}/aliases")
 def set_alias(
     db: SessionDep,
+    settings: SettingsDep,
     project: ConsoleProject,
     actor: ConsoleActor,
     name: Annotated[str, Form(max_length=64)],
@@ -91,7 +92,7 @@ def set_alias(
     /v1/projects/{project_id}/aliases/{name}``."""
     model = aliases.point(
         db=db, project=project, name=name.strip(), model_id=model_id, actor=actor,
-        reason="set in the console",
+        reason="set in the console", settings=settings,
     )  # fmt: skip
     return redirect_back(back, f"/console/models/{model.id}")
 
