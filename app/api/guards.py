@@ -3,10 +3,11 @@
 - :class:`EarlyAuth`: a request that carries a body is authenticated from its headers
   alone, so a wrong key is answered ``401`` before one byte of a (possibly large)
   multipart body is read; and a predict takes one of its tenant's
-  ``DOVECOTE_TENANT_MAX_CONCURRENT_PREDICTS`` slots (:class:`app.api.ratelimit.InFlight`)
-  for as long as it runs, or is answered ``429`` before its photos are read. The
-  request's inference batches then take its tenant's turns in the predictor's
-  :class:`~app.transfer.predictor.ImageBudget` (:func:`app.services.predict.turns_of`).
+  ``DOVECOTE_TENANT_MAX_CONCURRENT_PREDICTS`` slots (:func:`predict_slot`, shared with the
+  console's quick test) for as long as it runs, or is answered ``429`` before its photos
+  are read. The request's inference batches then take its tenant's turns in the
+  predictor's :class:`~app.transfer.predictor.ImageBudget`
+  (:func:`app.services.predict.turns_of`).
 - :class:`InputGuard`: text the databases cannot store or JSON that no route should
   accept is refused with a typed ``422`` before routing, the same on SQLite and
   PostgreSQL: NUL characters (``\\u0000``, which PostgreSQL text columns reject) in the
@@ -18,6 +19,8 @@
 from __future__ import annotations
 
 import re
+from collections.abc import Iterator
+from contextlib import ExitStack, contextmanager
 from typing import Any
 
 from starlette.concurrency import run_in_threadpool
@@ -39,6 +42,26 @@ def _has_body(scope: Scope) -> bool:
     headers = dict(scope.get("headers") or [])
     length = headers.get(b"content-length", b"")
     return (length.isdigit() and int(length) > 0) or b"transfer-encoding" in headers
+
+
+@contextmanager
+def predict_slot(slots: InFlight | None, tenant_id: str, *, max_files: int) -> Iterator[None]:
+    """Hold one of the tenant's predict slots (None: no limit) and take its turns in the
+    inference budget for the block; :class:`TooManyConcurrentPredicts` when all are taken."""
+    if slots is not None and not slots.enter(tenant_id):
+        raise TooManyConcurrentPredicts(
+            f"This tenant already has {slots.limit} predicts in progress here "
+            "(DOVECOTE_TENANT_MAX_CONCURRENT_PREDICTS). Send more files per request "
+            f"(up to {max_files}), use a batch prediction for many images, or retry when one "
+            "has answered.",
+            retry_after=1,
+        )
+    try:
+        with predict_service.turns_of(tenant_id):
+            yield
+    finally:
+        if slots is not None:
+            slots.leave(tenant_id)
 
 
 #: The two predict routes: ``/v1/models/{model_id}/predict``, ``/v1/projects/{project_id}/predict``.
@@ -75,27 +98,18 @@ class EarlyAuth:
             return
         headers = dict(scope.get("headers") or [])
         slots = self.predict_slots if _PREDICT.fullmatch(scope["path"]) else None
-        try:
-            tenant_id = await run_in_threadpool(
-                self._tenant_id, headers.get(b"authorization", b"").decode("latin-1")
-            )
-            if slots is not None and not slots.enter(tenant_id):
-                raise TooManyConcurrentPredicts(
-                    f"This tenant already has {slots.limit} predicts in progress here "
-                    "(DOVECOTE_TENANT_MAX_CONCURRENT_PREDICTS). Send more files per request "
-                    f"(up to {self.settings.predict_max_files}), use a batch prediction for "
-                    "many images, or retry when one has answered.",
-                    retry_after=1,
+        with ExitStack() as held:
+            try:
+                tenant_id = await run_in_threadpool(
+                    self._tenant_id, headers.get(b"authorization", b"").decode("latin-1")
                 )
-        except DovecoteError as exc:
-            await error_response(exc)(scope, receive, send)
-            return
-        try:
-            with predict_service.turns_of(tenant_id):
-                await self.app(scope, receive, send)
-        finally:
-            if slots is not None:
-                slots.leave(tenant_id)
+                held.enter_context(
+                    predict_slot(slots, tenant_id, max_files=self.settings.predict_max_files)
+                )
+            except DovecoteError as exc:
+                await error_response(exc)(scope, receive, send)
+                return
+            await self.app(scope, receive, send)
 
 
 def _refuse(detail: str) -> Any:

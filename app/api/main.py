@@ -134,6 +134,9 @@ def create_app(
         if settings.tenant_rate_limit > 0
         else None
     )
+    slots = settings.tenant_max_concurrent_predicts
+    # One count per process for both doors: the API's predicts and the console's quick test.
+    api.state.predict_slots = InFlight(slots) if slots else None
     problems.install(api)
     problems.document_errors(api)
     for router in (
@@ -146,8 +149,5 @@ def create_app(
     # size, then its content.
     api.add_middleware(InputGuard)
     api.add_middleware(BodySizeLimit, max_bytes=settings.max_upload_bytes)
-    slots = settings.tenant_max_concurrent_predicts
-    api.add_middleware(
-        EarlyAuth, settings=settings, predict_slots=InFlight(slots) if slots else None
-    )
+    api.add_middleware(EarlyAuth, settings=settings, predict_slots=api.state.predict_slots)
     return api

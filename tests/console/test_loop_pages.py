@@ -8,14 +8,16 @@ import io
 import re
 from pathlib import Path
 
+import httpx
 import numpy as np
 import pytest
 from fastapi.testclient import TestClient
 from PIL import Image
 
 from app.console.figures import DARK_FROM, blend, confusion_cells, heatmap_overlay
-from app.db.models import Model
+from app.db.models import Model, Project
 from app.db.session import session_scope
+from app.services import predict as predict_service
 from tests.api.helpers import digit, new_key, png
 from tests.conftest import API_KEY, Api, make_settings, migrate
 from tests.console.helpers import console_client, csrf, sign_in
@@ -196,6 +198,46 @@ def test_quick_test_shows_label_scores_heatmap_and_box(api: Api, console: TestCl
         data={"alias": "nope", "csrf_token": token},
     )
     assert r.status_code == 404 and "no alias" in r.text
+
+
+def test_quick_test_holds_one_of_the_tenants_predict_slots(
+    api: Api, console: TestClient, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The console's quick test and the API's predicts share the tenant's count
+    (``DOVECOTE_TENANT_MAX_CONCURRENT_PREDICTS``): a tenant cannot go round it through
+    the console."""
+    pid, _ = trained(api, store=False)
+    slots = api.client.app.state.predict_slots
+    with session_scope(api.settings.resolved_database_url) as db:
+        tenant_id = db.get(Project, pid).tenant_id
+    token = csrf(console, f"/console/projects/{pid}/test")
+
+    def quick_test() -> httpx.Response:
+        return console.post(
+            f"/console/projects/{pid}/test",
+            files={"photo": ("two.png", digit(2, 41))},
+            data={"csrf_token": token},
+        )
+
+    for _ in range(slots.limit):  # the tenant's predicts in progress elsewhere
+        assert slots.enter(tenant_id)
+    r = quick_test()
+    assert r.status_code == 429 and "DOVECOTE_TENANT_MAX_CONCURRENT_PREDICTS" in r.text
+    slots.leave(tenant_id)
+
+    free_while_predicting: list[bool] = []
+    real = predict_service.predict
+
+    def spy(**kwargs: object) -> object:
+        free_while_predicting.append(slots.enter(tenant_id))
+        return real(**kwargs)
+
+    monkeypatch.setattr(predict_service, "predict", spy)
+    assert quick_test().status_code == 200
+    assert free_while_predicting == [False]  # the quick test held the last slot
+    assert slots.enter(tenant_id)  # and gave it back
+    for _ in range(slots.limit):
+        slots.leave(tenant_id)
 
 
 def test_label_next_confirms_and_corrects_suggestions_then_retrains(

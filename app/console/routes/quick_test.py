@@ -13,6 +13,7 @@ from sqlalchemy.orm import Session
 from starlette.responses import Response
 
 from app.api.deps import SessionDep, SettingsDep, StoreDep
+from app.api.guards import predict_slot
 from app.config import Settings
 from app.console.deps import ConsoleProject, ConsoleTenant
 from app.console.figures import heatmap_overlay
@@ -147,13 +148,17 @@ def quick_test(
     reject: Annotated[bool, Form()] = False,
 ) -> Response:
     """Predict one photo with the alias's model, as the project's predict does (stored when
-    the project keeps its predictions); a refused photo is shown on the page with its reason."""
+    the project keeps its predictions, holding one of the tenant's predict slots); a
+    refused photo is shown on the page with its reason."""
     data, name = photo.file.read(), photo.filename or "photo"
+    slots = request.app.state.predict_slots
     try:
-        model = aliases.resolve_for_predict(db=db, project=project, name=alias)
-        answer = _answer(
-            db=db, settings=settings, store=store, model=model, name=name, data=data, reject=reject
-        )
+        with predict_slot(slots, tenant.id, max_files=settings.predict_max_files):
+            model = aliases.resolve_for_predict(db=db, project=project, name=alias)
+            answer = _answer(
+                db=db, settings=settings, store=store, model=model, name=name, data=data,
+                reject=reject,
+            )  # fmt: skip
     except DovecoteError as exc:
         db.rollback()
         context = _context(db, tenant, project, error=exc.detail, alias=alias, reject=reject)
