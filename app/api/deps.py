@@ -9,6 +9,7 @@ from fastapi import Depends, Query, Request
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from sqlalchemy.orm import Session
 
+from app.api.guards import AUTHENTICATED_TENANT
 from app.api.ratelimit import TokenBuckets
 from app.config import Settings
 from app.db.models import Project, Tenant
@@ -81,15 +82,29 @@ def current_tenant(
     settings: SettingsDep,
     credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(bearer)],
 ) -> Tenant:
-    """The key's tenant; then the key's rate limit (a valid key only, so buckets stay few)."""
+    """The key's tenant; then the key's rate limit (a valid key only, so buckets stay few).
+    A body-carrying request's key was looked up already (:class:`app.api.guards.EarlyAuth`):
+    that tenant is taken into this session without a second query."""
     key = credentials.credentials.strip() if credentials else None
-    return tenant_for_key(request, db, settings, key)
+    known = request.scope.get("state", {}).get(AUTHENTICATED_TENANT)
+    return tenant_for_key(request, db, settings, key, known=known)
 
 
-def tenant_for_key(request: Request, db: Session, settings: Settings, key: str | None) -> Tenant:
-    """The tenant of an API key, and the key's rate limit: one lookup for the API (Bearer
-    header) and the console (cookie)."""
-    tenant = tenants_service.authenticate(db=db, key=key, admin_key=settings.api_key)
+def tenant_for_key(
+    request: Request,
+    db: Session,
+    settings: Settings,
+    key: str | None,
+    *,
+    known: Tenant | None = None,
+) -> Tenant:
+    """The tenant of an API key (``known``: already authenticated from this key), and the
+    key's rate limit: one lookup for the API (Bearer header) and the console (cookie)."""
+    tenant = (
+        db.merge(known, load=False)
+        if known is not None
+        else tenants_service.authenticate(db=db, key=key, admin_key=settings.api_key)
+    )
     buckets: TokenBuckets | None = request.app.state.rate_buckets
     if buckets is not None and key and (wait := buckets.take(tenants_service.hash_key(key))):
         raise RateLimited(

@@ -2,7 +2,9 @@
 
 - :class:`EarlyAuth`: a request that carries a body is authenticated from its headers
   alone, so a wrong key is answered ``401`` before one byte of a (possibly large)
-  multipart body is read; and a predict takes one of its tenant's
+  multipart body is read (the route's :func:`app.api.deps.current_tenant` then takes the
+  tenant found, :data:`AUTHENTICATED_TENANT`, instead of looking the key up again); and a
+  predict takes one of its tenant's
   ``DOVECOTE_TENANT_MAX_CONCURRENT_PREDICTS`` slots (:func:`predict_slot`, shared with the
   console's quick test) for as long as it runs, or is answered ``429`` before its photos
   are read. The request's inference batches then take its tenant's turns in the
@@ -30,6 +32,7 @@ from app import strict_json
 from app.api.problems import error_response, problem_response
 from app.api.ratelimit import InFlight
 from app.config import Settings
+from app.db.models import Tenant
 from app.db.session import get_sessionmaker
 from app.errors import DovecoteError, TooManyConcurrentPredicts
 from app.services import predict as predict_service
@@ -64,6 +67,10 @@ def predict_slot(slots: InFlight | None, tenant_id: str, *, max_files: int) -> I
             slots.leave(tenant_id)
 
 
+#: ``scope["state"]`` key of the tenant :class:`EarlyAuth` authenticated (detached from
+#: its session, every column loaded).
+AUTHENTICATED_TENANT = "dovecote.tenant"
+
 #: The two predict routes: ``/v1/models/{model_id}/predict``, ``/v1/projects/{project_id}/predict``.
 _PREDICT = re.compile(r"/v1/(models|projects)/[^/]+/predict/?")
 
@@ -79,13 +86,13 @@ class EarlyAuth:
         self.settings = settings
         self.predict_slots = predict_slots
 
-    def _tenant_id(self, authorization: str) -> str:
+    def _tenant(self, authorization: str) -> Tenant:
         scheme, _, key = authorization.partition(" ")
         key = key.strip() if scheme.lower() == "bearer" else ""
         with get_sessionmaker(self.settings.resolved_database_url)() as db:
             return tenants_service.authenticate(
                 db=db, key=key or None, admin_key=self.settings.api_key
-            ).id
+            )
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if not (
@@ -100,15 +107,16 @@ class EarlyAuth:
         slots = self.predict_slots if _PREDICT.fullmatch(scope["path"]) else None
         with ExitStack() as held:
             try:
-                tenant_id = await run_in_threadpool(
-                    self._tenant_id, headers.get(b"authorization", b"").decode("latin-1")
+                tenant = await run_in_threadpool(
+                    self._tenant, headers.get(b"authorization", b"").decode("latin-1")
                 )
                 held.enter_context(
-                    predict_slot(slots, tenant_id, max_files=self.settings.predict_max_files)
+                    predict_slot(slots, tenant.id, max_files=self.settings.predict_max_files)
                 )
             except DovecoteError as exc:
                 await error_response(exc)(scope, receive, send)
                 return
+            scope.setdefault("state", {})[AUTHENTICATED_TENANT] = tenant
             await self.app(scope, receive, send)
 
 

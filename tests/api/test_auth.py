@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 from pathlib import Path
+from typing import Any
 
 import pytest
 from fastapi.testclient import TestClient
@@ -14,6 +15,7 @@ from app.config import get_settings
 from app.db.base import utcnow
 from app.db.models import ApiKey, Tenant
 from app.db.session import session_scope
+from app.services import tenants as tenants_service
 from tests.api.helpers import (
     assert_problem,
     blob_files,
@@ -131,6 +133,31 @@ def test_keys_of_two_tenants_are_distinct(api: Api) -> None:
     for key in (a, b):
         with client_with_key(api, key) as c:
             assert c.get("/v1/projects").status_code == 200
+
+
+def test_a_body_carrying_request_looks_its_key_up_once(
+    api: Api, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """EarlyAuth authenticates before the body is read; the route takes that tenant."""
+    lookups: list[str | None] = []
+    real = tenants_service.authenticate
+
+    def counted(**kwargs: Any) -> Tenant:
+        lookups.append(kwargs["key"])
+        return real(**kwargs)
+
+    monkeypatch.setattr(tenants_service, "authenticate", counted)
+    key = new_key(api.settings, "acme")
+    with client_with_key(api, key) as acme:
+        r = acme.post("/v1/projects", json={"name": "mine"})
+        assert r.status_code == 201, r.text
+        assert lookups == [key]
+        pid = r.json()["id"]
+        assert acme.patch(f"/v1/projects/{pid}", json={"name": "ours"}).json()["name"] == "ours"
+        assert acme.get(f"/v1/projects/{pid}").json()["name"] == "ours"  # no body: the route's
+        assert lookups == [key] * 3
+    # The tenant taken over is the key's own: another tenant still sees a 404.
+    assert_problem(api.client.get(f"/v1/projects/{pid}"), 404, "not_found")
 
 
 def test_revoked_key_is_401(api: Api) -> None:
