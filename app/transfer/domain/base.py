@@ -17,7 +17,7 @@ import torch
 from torch import nn
 
 from app.transfer.heads import Head, LinearHead
-from app.transfer.methods.linear_probe import LinearProbe, LinearProbeParams
+from app.transfer.logistic import fit_logistic_head
 
 if TYPE_CHECKING:
     from app.transfer.domain.adabn import DomainStatistics
@@ -118,7 +118,7 @@ def fit_linear(X: np.ndarray, y: np.ndarray, n_classes: int, C: float) -> Linear
         bias[present[0]] = 0.0
     else:
         remap = np.searchsorted(present, y)
-        head = LinearProbe().fit_head(X, remap, len(present), LinearProbeParams(Cs=[C]))
+        head = fit_logistic_head(X, remap, len(present), Cs=[C])
         weight[present] = head.linear.weight.detach().numpy()
         bias[present] = head.linear.bias.detach().numpy()
     return LinearHead(torch.from_numpy(weight), torch.from_numpy(bias))

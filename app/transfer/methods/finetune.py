@@ -77,9 +77,9 @@ from app.transfer.evaluation import (
     stratified_holdout,
 )
 from app.transfer.heads import LinearHead
+from app.transfer.logistic import fit_logistic_head
 from app.transfer.methods import register_method
 from app.transfer.methods.base import MAX_GRID, Method, MethodParams, frozen_features
-from app.transfer.methods.linear_probe import LinearProbe, LinearProbeParams
 from app.transfer.preprocess import decode_image, eval_transform
 from app.transfer.training import (
     ImageDataset,
@@ -255,7 +255,7 @@ class Finetune(Method):
         _, feats = frozen_features(data, samples)
 
         def probe_of(idx: np.ndarray) -> LinearHead:
-            return LinearProbe().fit_head(feats[idx], y[idx], len(classes), LinearProbeParams())  # type: ignore[return-value]
+            return fit_logistic_head(feats[idx], y[idx], len(classes))
 
         probe = probe_of(pool)
         with torch.inference_mode():
