@@ -247,10 +247,33 @@ def cmd_keys_revoke(args: argparse.Namespace) -> None:
         sys.exit(f"error: {exc.detail}")
 
 
+def cmd_secrets_new_key(args: argparse.Namespace) -> None:
+    from app.sealing import new_key
+
+    print(new_key())
+
+
+def cmd_secrets_reseal(args: argparse.Namespace) -> None:
+    _apply_data_dir(args.data_dir)
+    from app.config import get_settings
+    from app.db.session import session_scope
+    from app.sealing import Unsealable
+    from app.services.webhooks import reseal_secrets
+
+    settings = get_settings()
+    try:
+        with session_scope(settings.resolved_database_url) as db:
+            counts = reseal_secrets(db=db, settings=settings)
+    except Unsealable as exc:
+        sys.exit(f"error: {exc}; nothing was changed")
+    print(f"webhook secrets: {counts['sealed']} sealed, {counts['rotated']} resealed")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="dovecote",
-        description="Dovecote. Admin (on the server's machine): serve, worker, migrate, keys. "
+        description="Dovecote. Admin (on the server's machine): serve, worker, migrate, keys, "
+        "secrets. "
         "User (over HTTP): project, upload, train, predict, export.",
     )
     sub = parser.add_subparsers(dest="command", required=True)
@@ -292,6 +315,17 @@ def build_parser() -> argparse.ArgumentParser:
     revoke = with_data_dir(keys.add_parser("revoke", help="revoke a key (401 from then on)"))
     revoke.add_argument("key", help="the key's id (from `keys list`), its prefix, or the key")
     revoke.set_defaults(func=cmd_keys_revoke)
+    secrets = sub.add_parser("secrets", help="the key that seals stored secrets")
+    secrets_sub = secrets.add_subparsers(dest="secrets", required=True)
+    secrets_sub.add_parser("new-key", help="print a new key for DOVECOTE_SECRET_KEY").set_defaults(
+        func=cmd_secrets_new_key
+    )
+    with_data_dir(
+        secrets_sub.add_parser(
+            "reseal",
+            help="seal stored secrets with the first key (after an upgrade, or to rotate)",
+        )
+    ).set_defaults(func=cmd_secrets_reseal)
     user_cli.register(sub)
     return parser
 

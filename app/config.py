@@ -5,12 +5,20 @@ One class, one place: the API, the worker and the CLI all read their settings he
 
 from __future__ import annotations
 
+import base64
 import os
 from functools import lru_cache
 from pathlib import Path
 from typing import Annotated, Literal, get_args
 
-from pydantic import BeforeValidator, Field, NonNegativeFloat, model_validator
+from pydantic import (
+    BeforeValidator,
+    Field,
+    NonNegativeFloat,
+    SecretStr,
+    field_validator,
+    model_validator,
+)
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 #: The queues a training job can be sent to (:mod:`app.queue`): ``train`` for jobs on frozen
@@ -277,6 +285,33 @@ class Settings(BaseSettings):
     metrics_key: str | None = Field(
         None, description="When set, `/metrics` needs `Authorization: Bearer <this key>`."
     )
+    secret_key: SecretStr | None = Field(
+        None,
+        description="Fernet key(s) that seal secrets stored in the database (webhook signing "
+        "secrets), comma-separated: the first seals, all unseal (`dovecote secrets new-key` "
+        "prints one). Unset: `<data dir>/secret.key`, made on first use. Every API and worker "
+        "process needs the same key.",
+    )
+
+    @field_validator("secret_key", mode="before")
+    @classmethod
+    def _empty_key_is_none(cls, value: object) -> object:
+        return None if value == "" else value
+
+    @field_validator("secret_key")
+    @classmethod
+    def _fernet_keys(cls, value: SecretStr | None) -> SecretStr | None:
+        if value is not None:
+            for key in value.get_secret_value().split(","):
+                try:
+                    if len(base64.urlsafe_b64decode(key.strip().encode())) != 32:
+                        raise ValueError
+                except ValueError:
+                    raise ValueError(
+                        "DOVECOTE_SECRET_KEY: each comma-separated key must be a Fernet key "
+                        "(32 bytes, URL-safe base64; `dovecote secrets new-key` prints one)"
+                    ) from None
+        return value
 
     @model_validator(mode="after")
     def _refuse_unsafe_production(self) -> Settings:

@@ -292,7 +292,8 @@ class StoredPrediction(Base):
 class Webhook(Base):
     """A URL that receives a signed JSON POST for each event it subscribed to
     (:mod:`app.services.webhooks`): a project's (``project_id``) or, with ``project_id``
-    null, every project's of its tenant. The secret signs the bodies; it is shown once."""
+    null, every project's of its tenant. The secret signs the bodies; it is shown once and
+    stored sealed (``fernet:...``, :mod:`app.sealing`)."""
 
     __tablename__ = "webhooks"
 
@@ -303,7 +304,7 @@ class Webhook(Base):
     )
     url: Mapped[str] = mapped_column(String(2048))
     events: Mapped[list[str]] = mapped_column(JSON)
-    secret: Mapped[str] = mapped_column(String(100))
+    secret: Mapped[str] = mapped_column(String(400))
     created_at: Mapped[datetime] = mapped_column(Timestamp, default=utcnow)
 
 

@@ -40,6 +40,7 @@ from sqlalchemy import delete as delete_rows
 from sqlalchemy import or_, select, update
 from sqlalchemy.orm import Session
 
+from app import sealing
 from app.config import Settings
 from app.db.base import new_id, utcnow
 from app.db.models import Job, Model, Project, Webhook, WebhookDelivery
@@ -168,7 +169,8 @@ def create(
 ) -> tuple[Webhook, str]:
     """Register ``url`` for ``events`` of one project (or, ``project_id`` None, of every
     project of the tenant), within the webhook quotas (:func:`quotas.check_new_webhook`);
-    returns the webhook and its secret, which is not shown again."""
+    returns the webhook and its secret, which is not shown again (it is stored sealed:
+    :mod:`app.sealing`)."""
     unknown = sorted(set(events) - set(EVENTS))
     if unknown or not events:
         raise UnknownWebhookEvent(
@@ -184,11 +186,22 @@ def create(
         project_id=project_id,
         url=url,
         events=sorted(set(events)),
-        secret=secret,
+        secret=sealing.seal(secret, settings=settings),
     )
     db.add(webhook)
     db.commit()
     return webhook, secret
+
+
+def reseal_secrets(*, db: Session, settings: Settings) -> dict[str, int]:
+    """Seal every webhook secret with the first key of ``settings`` (those stored in clear
+    before sealing existed, and those sealed with an older key); counts by what was done."""
+    counts = {"sealed": 0, "rotated": 0}
+    for webhook in db.scalars(select(Webhook).order_by(Webhook.id)):
+        counts["rotated" if sealing.is_sealed(webhook.secret) else "sealed"] += 1
+        webhook.secret = sealing.reseal(webhook.secret, settings=settings)
+    db.commit()
+    return counts
 
 
 def get(*, db: Session, tenant_id: str, webhook_id: str) -> Webhook:
@@ -347,13 +360,18 @@ def _claim(db: Session, delivery_id: str, lease: float) -> bool:
 
 
 async def _attempt(
-    client: httpx.AsyncClient, settings: Settings, url: str, secret: str,
+    client: httpx.AsyncClient, settings: Settings, url: str, stored_secret: str,
     delivery: WebhookDelivery,
 ) -> tuple[int | None, str | None]:  # fmt: skip
     """One attempt, the host's lookup included, within ``webhook_timeout_seconds`` in all:
     (status code, error); error None means delivered (a 2xx). httpx's timeouts bound each
     read, so a receiver that drips a byte now and then would hold a connection for hours;
-    this deadline bounds the whole attempt."""
+    this deadline bounds the whole attempt. ``stored_secret``: the webhook's secret as
+    stored (sealed)."""
+    try:
+        secret = sealing.unseal(stored_secret, settings=settings)
+    except sealing.Unsealable as exc:
+        return None, f"not sent: {exc}"
     deadline = settings.webhook_timeout_seconds
     try:
         async with asyncio.timeout(deadline):

@@ -15,10 +15,12 @@ from pathlib import Path
 import httpx
 import pytest
 from fastapi.testclient import TestClient
+from pydantic import SecretStr
 from sqlalchemy import select
 
+from app import cli, sealing
 from app.config import Settings
-from app.db.models import WebhookDelivery
+from app.db.models import Webhook, WebhookDelivery
 from app.db.session import session_scope
 from app.services import webhooks
 from tests.api.helpers import assert_problem, digit
@@ -497,3 +499,70 @@ def test_tenants_take_turns_in_a_batch() -> None:
     assert webhooks.fair_order(due, 4) == ["a1", "b1", "c1", "a2"]
     assert webhooks.fair_order(due, 10) == ["a1", "b1", "c1", "a2", "b2", "a3"]
     assert webhooks.fair_order([], 3) == []
+
+
+def test_secrets_are_stored_sealed_resealed_and_rotated(
+    api: Api,
+    settings: Settings,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """The database holds no secret in clear; a secret stored before sealing still signs and
+    ``dovecote secrets reseal`` seals it; a new first key reseals all; a wrong key sends
+    nothing (the attempt fails, the delivery waits)."""
+    verified = documented_verifier()
+    project = api.project("sealed")
+    api.upload_labeled(project["id"], [(str(d), digit(d, i)) for d in (0, 1) for i in range(2)])
+    with receiver(script=[200] * 8) as hook:
+        new = register(api.client, f"/v1/projects/{project['id']}/webhooks", hook.url)
+        old = register(api.client, "/v1/webhooks", hook.url)  # the tenant's
+        legacy = "whsec_stored-in-clear-before-sealing"
+        with session_scope(settings.resolved_database_url) as db:
+            rows = {w.id: w for w in db.scalars(select(Webhook))}
+            stored = rows[new["id"]].secret
+            rows[old["id"]].secret = legacy  # as a row from before sealing
+        assert stored.startswith("fernet:") and new["secret"] not in stored
+        assert sealing.unseal(stored, settings=settings) == new["secret"]
+        key_file = settings.data_dir / sealing.KEY_FILE
+        assert key_file.stat().st_mode & 0o777 == 0o600
+
+        def job_end_signed_by(secrets: list[str], with_settings: Settings) -> None:
+            job_id = queue_job(api, project["id"])
+            api.client.post(f"/v1/jobs/{job_id}/cancel")
+            before = len(hook.received)
+            assert deliver(with_settings) == {"succeeded": 2}
+            got = hook.received[before:]
+            for secret in secrets:
+                assert (
+                    sum(verified(secret, r.body, r.headers["Dovecote-Signature"]) for r in got) == 1
+                )
+
+        job_end_signed_by([new["secret"], legacy], settings)
+
+        monkeypatch.setenv("DOVECOTE_DATA_DIR", str(settings.data_dir))
+        cli.main(["secrets", "reseal"])
+        assert capsys.readouterr().out.strip() == "webhook secrets: 1 sealed, 1 resealed"
+        with session_scope(settings.resolved_database_url) as db:
+            assert all(sealing.is_sealed(w.secret) for w in db.scalars(select(Webhook)))
+        job_end_signed_by([new["secret"], legacy], settings)
+
+        # Rotation: a new key first, the old one still opening; reseal; then the new alone.
+        rotated = settings.model_copy(
+            update={"secret_key": SecretStr(f"{sealing.new_key()},{key_file.read_text().strip()}")}
+        )
+        with session_scope(settings.resolved_database_url) as db:
+            assert webhooks.reseal_secrets(db=db, settings=rotated) == {"sealed": 0, "rotated": 2}
+        first_only = rotated.model_copy(
+            update={"secret_key": SecretStr(rotated.secret_key.get_secret_value().split(",")[0])}
+        )
+        job_end_signed_by([new["secret"], legacy], first_only)
+
+        wrong = settings.model_copy(update={"secret_key": SecretStr(sealing.new_key())})
+        job_id = queue_job(api, project["id"])
+        api.client.post(f"/v1/jobs/{job_id}/cancel")
+        before = len(hook.received)
+        assert deliver(wrong) == {"pending": 2}
+        assert len(hook.received) == before  # nothing went out unsigned or signed wrongly
+    [pending, *_] = deliveries(api.client, new["id"])[::-1]
+    assert pending["status"] == "pending"
+    assert pending["last_error"].startswith("not sent: no key opens this sealed secret")
