@@ -3,9 +3,9 @@
 Every limit is a setting (``DOVECOTE_TENANT_MAX_*``, ``DOVECOTE_MAX_*_PER_PROJECT``,
 ``DOVECOTE_MAX_TENANT_WEBHOOKS``; 0 means no limit). Active jobs are a ``429`` with
 ``Retry-After`` (they end, so waiting helps); projects, images, stored bytes, models, aliases
-and webhooks are a ``403`` (deleting something helps, waiting does not). The checks read the database
-at request time: two requests racing past a limit may both pass it by one request's worth,
-never more.
+and webhooks are a ``403`` (deleting something helps, waiting does not). The checks read
+the database at request time: two requests racing past a limit may both pass it by one
+request's worth, never more.
 
 Stored predictions are the exception: storing never fails a predict, so past
 ``DOVECOTE_TENANT_MAX_STORED_PREDICTIONS`` a predict is answered and not stored
