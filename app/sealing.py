@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import os
 import threading
+from collections.abc import Callable
 from pathlib import Path
 
 from cryptography.fernet import Fernet, InvalidToken, MultiFernet
@@ -77,12 +78,10 @@ def is_sealed(stored: str) -> bool:
     return stored.startswith(PREFIX)
 
 
-def unseal(stored: str, *, settings: Settings) -> str:
-    """The clear value of ``stored``; :class:`Unsealable` when no key opens it."""
-    if not is_sealed(stored):
-        return stored
+def _opened(stored: str, settings: Settings, how: Callable[[MultiFernet, bytes], bytes]) -> str:
+    """``how(box, token)`` on a sealed value's token; :class:`Unsealable` when no key opens it."""
     try:
-        return _box(settings).decrypt(stored.removeprefix(PREFIX).encode()).decode()
+        return how(_box(settings), stored.removeprefix(PREFIX).encode()).decode()
     except InvalidToken:
         raise Unsealable(
             "no key opens this sealed secret: DOVECOTE_SECRET_KEY (or <data dir>/secret.key) "
@@ -90,11 +89,13 @@ def unseal(stored: str, *, settings: Settings) -> str:
         ) from None
 
 
+def unseal(stored: str, *, settings: Settings) -> str:
+    """The clear value of ``stored``; :class:`Unsealable` when no key opens it."""
+    return _opened(stored, settings, MultiFernet.decrypt) if is_sealed(stored) else stored
+
+
 def reseal(stored: str, *, settings: Settings) -> str:
     """``stored`` sealed with the first key (a clear value sealed; a sealed one rotated)."""
     if not is_sealed(stored):
         return seal(stored, settings=settings)
-    try:
-        return PREFIX + _box(settings).rotate(stored.removeprefix(PREFIX).encode()).decode()
-    except InvalidToken:
-        raise Unsealable("no key opens this sealed secret") from None
+    return PREFIX + _opened(stored, settings, MultiFernet.rotate)

@@ -267,8 +267,11 @@ def point(
     no limit, for the moves the service itself makes)."""
     check_name(name)
     model = _model_of(db, project, model_id)
-    new = name != PRODUCTION and pointer(db=db, project=project, name=name) is None
-    if settings is not None and new:
+    if (
+        settings is not None
+        and name != PRODUCTION
+        and pointer(db=db, project=project, name=name) is None  # a new alias
+    ):
         quotas.check_new_alias(db=db, settings=settings, project_id=project.id)
     _move(db, project, name, model, actor=actor, action=action, reason=reason)
     try:
