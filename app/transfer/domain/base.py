@@ -109,8 +109,10 @@ def accuracy(model: Adapted, pool: Pool, rows: np.ndarray, y: np.ndarray) -> flo
 
 
 def fit_linear(X: np.ndarray, y: np.ndarray, n_classes: int, C: float) -> LinearHead:
-    """The linear probe's softmax regression with inverse regularisation ``C``, for any
-    label set: classes absent from ``y`` (pseudo-labels may miss some) are never predicted."""
+    """The linear probe's softmax regression with inverse regularisation ``C`` on
+    per-feature standardised features (the scale this package's ``C`` and algorithms were
+    measured on), for any label set: classes absent from ``y`` (pseudo-labels may miss
+    some) are never predicted."""
     present = np.unique(y)
     weight = np.zeros((n_classes, X.shape[1]), np.float32)
     bias = np.full(n_classes, _ABSENT_BIAS, np.float32)
@@ -118,7 +120,7 @@ def fit_linear(X: np.ndarray, y: np.ndarray, n_classes: int, C: float) -> Linear
         bias[present[0]] = 0.0
     else:
         remap = np.searchsorted(present, y)
-        head = fit_logistic_head(X, remap, len(present), Cs=[C])
+        head = fit_logistic_head(X, remap, len(present), Cs=[C], scaling="per_feature")
         weight[present] = head.linear.weight.detach().numpy()
         bias[present] = head.linear.bias.detach().numpy()
     return LinearHead(torch.from_numpy(weight), torch.from_numpy(bias))

@@ -1,7 +1,7 @@
 """``linear_probe``: frozen pretrained features + multinomial logistic regression.
 
 The "try first" method (Kornblith et al., 2019, "Do Better ImageNet Models Transfer
-Better?"). The fit (standardised features, L2-regularised softmax regression with ``C``
+Better?"). The fit (centred features on one scale, L2-regularised softmax regression with ``C``
 chosen by stratified k-fold CV, solved in the features' row space) is
 :func:`app.transfer.logistic.fit_logistic_head`, shared with the methods that start from or
 build on a probe.
