@@ -52,10 +52,10 @@ from app.transfer.methods.base import MAX_GRID, FeatureMethod, Method, MethodPar
 #: Always scored, and preferred on ties: no selected candidate scores below it.
 FLOOR = "linear_probe"
 #: Scored beside the job's backbone when ``backbones`` is omitted: on the transfer suite
-#: (bench/README.md, ``bench.backbone_suite``) ``auto`` with it gains +0.040 (5 shots) and
-#: +0.014 (20 shots) over the job's backbone alone, below it on no data set, for one more
-#: extraction at 0.6-0.7x efficientnet_lite0's cost; ``available`` (four backbones)
-#: gained +0.012 and +0.016 for 4.5-5x the extraction.
+#: (bench/README.md, ``bench.backbone_suite``) ``auto`` with it gains +0.007 (5 shots) and
+#: +0.004 (20 shots) over the job's backbone alone, all on digits, below it on no data set,
+#: for one more extraction at 0.6x efficientnet_lite0's cost (+0.040 and +0.014 before the
+#: probe's global scale); ``available`` (four backbones): -0.004 and +0.006.
 SUGGESTED = ("mobilenetv2_100",)
 
 
