@@ -67,11 +67,11 @@ def main() -> None:
         f"`python -m bench.probe_scaling --backbones {' '.join(args.backbones)}`",
     ]
     for backbone_name in args.backbones:
+        backbone = shared_backbone(backbone_name, None, False)
         cells: dict[tuple[str, int], dict[str, list[float]]] = {}
         for name in args.datasets:
             d = DATASETS[name](N_TEST)
             samples, blobs = _blobs(d)
-            backbone = shared_backbone(backbone_name, None, False)
             X = features(d, samples, blobs, backbone, args.cache / backbone_name)
             for shots in args.shots:
                 for seed in range(args.seeds):

@@ -59,11 +59,10 @@ def fit_logistic_head(
     from ``Cs`` by stratified k-fold CV (k = min(5, smallest class); the last ``C`` when
     there is one candidate or k < 2); ``scaling`` as in the module's docstring."""
     mu = X.mean(axis=0)
-    if scaling == "global":
-        sigma = np.full(X.shape[1], np.linalg.norm(X - mu, axis=1).mean() + 1e-6, X.dtype)
-    else:
-        sigma = X.std(axis=0) + 1e-6
-    Z = (X - mu) / sigma
+    centred = X - mu
+    spread = np.linalg.norm(centred, axis=1).mean() if scaling == "global" else X.std(axis=0)
+    sigma = spread + 1e-6  # a scalar or (D,): both broadcast below and fold into W
+    Z = centred / sigma
     _, s, vt = np.linalg.svd(Z, full_matrices=False)
     basis = vt[s > s[0] * 1e-6].T  # (D, r)
     Zr = Z @ basis
